@@ -1,0 +1,60 @@
+"""python -m export {train,onnx,demo}: train ADDE, export a bundle, or run the whole demo."""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import torch
+
+from .catalog_args import add_catalog_args
+
+
+def _add_train_args(parser: argparse.ArgumentParser) -> None:
+    from .train import TrainConfig
+
+    parser.add_argument("--backbone", default="compact", choices=["compact", "alexnet", "resnet18"])
+    parser.add_argument("--dim", type=int, default=64, help="embedding dimensions per attribute (paper: 340)")
+    parser.add_argument("--width", type=int, default=24, help="compact backbone base width")
+    parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                        help="input height and width (default 80 64 for compact, 224 224 otherwise)")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--cache", type=Path, default=Path("runs/cache"), help="decoded-pixel cache folder")
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        kind = float if f.type in ("float", "float | None") else int
+        parser.add_argument(flag, type=kind, default=f.default, help=f"default {f.default}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m export", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train ADDE and save a checkpoint (state dict + JSON config)")
+    add_catalog_args(p)
+    _add_train_args(p)
+    p.add_argument("--out", type=Path, required=True, help="checkpoint directory")
+
+    p = sub.add_parser("onnx", help="export a checkpoint to a bundle (ONNX + prototypes + manifest)")
+    add_catalog_args(p)
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="bundle directory")
+    p.add_argument("--parity-images", type=int, default=64)
+
+    p = sub.add_parser("demo", help="train, export, index the test split, evaluate, draw examples")
+    add_catalog_args(p)
+    _add_train_args(p)
+    p.add_argument("--out", type=Path, default=Path("runs/demo"))
+    p.set_defaults(stage1_epochs=5, stage2_epochs=25)
+
+    args = parser.parse_args(argv)
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+    from . import pipeline
+
+    return {"train": pipeline.cmd_train, "onnx": pipeline.cmd_onnx, "demo": pipeline.cmd_demo}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

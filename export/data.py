@@ -1,0 +1,110 @@
+"""Catalog images decoded once into memory (uint8), batches sampled by label combination.
+
+Decoding uses fashsdk.preprocess, the same code the runtime uses, so training pixels and
+production pixels cannot drift apart.
+"""
+from __future__ import annotations
+
+import hashlib
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from fashsdk.catalog import Catalog
+from fashsdk.evaluation import combination_keys
+from fashsdk.files import atomic_save_npy, load_npy
+from fashsdk.image_source import load_images
+from fashsdk.preprocess import PreprocessSpec, decode_resized
+
+
+@dataclass
+class ImageSet:
+    """Decoded pixels (n, H, W, 3) uint8 aligned with a catalog's rows."""
+
+    catalog: Catalog
+    pixels: np.ndarray
+
+    def subset(self, rows: np.ndarray) -> "ImageSet":
+        return ImageSet(self.catalog.subset(rows), self.pixels[rows])
+
+
+def decode_catalog(catalog: Catalog, images: str | Path | Sequence[str | Path], spec: PreprocessSpec,
+                   cache_dir: Path | None = None, workers: int = 2) -> ImageSet:
+    """Decode every catalog image at the model's input size (cached as .npy if asked)."""
+    cache = None
+    if cache_dir is not None:
+        key = hashlib.sha256(("|".join(catalog.ids) + repr(spec.to_json()) + str(images)).encode()).hexdigest()[:16]
+        cache = Path(cache_dir) / f"pixels-{spec.height}x{spec.width}-{key}.npy"
+        if cache.is_file():
+            pixels = load_npy(cache, "pixel cache", RuntimeError)
+            if pixels.shape == (len(catalog), spec.height, spec.width, 3):
+                return ImageSet(catalog, pixels)
+    encoded = load_images(images, catalog.ids)
+    pixels = np.empty((len(catalog), spec.height, spec.width, 3), np.uint8)
+
+    def work(i: int) -> None:
+        pixels[i] = decode_resized(encoded[catalog.ids[i]], spec)
+
+    with ThreadPoolExecutor(workers) as pool:
+        list(tqdm(pool.map(work, range(len(catalog)), chunksize=256), total=len(catalog),
+                  desc="decode images", unit="img", file=sys.stdout, mininterval=2))
+    if cache is not None:
+        atomic_save_npy(cache, pixels)
+    return ImageSet(catalog, pixels)
+
+
+def split_validation(catalog: Catalog, fraction: float = 0.1, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices (train, val) carved from the training rows by a seeded shuffle."""
+    rows = np.random.default_rng(seed).permutation(len(catalog))
+    n_val = max(1, int(round(len(rows) * fraction)))
+    return np.sort(rows[n_val:]), np.sort(rows[:n_val])
+
+
+class CombinationSampler:
+    """Batches of P label combinations x K images each, so every anchor has positives."""
+
+    def __init__(self, codes: np.ndarray, sizes: Sequence[int], p: int = 32, k: int = 4, seed: int = 0) -> None:
+        keys = combination_keys(codes, sizes)
+        order = np.argsort(keys, kind="stable")
+        uniq, starts = np.unique(keys[order], return_index=True)
+        groups = np.split(order, starts[1:])
+        self.groups = [g for g in groups if len(g) >= 2]
+        self.p, self.k = p, k
+        self.rng = np.random.default_rng(seed)
+        self.n_items = int(sum(len(g) for g in self.groups))
+
+    def __len__(self) -> int:
+        return max(1, self.n_items // (self.p * self.k))
+
+    def __iter__(self):
+        for _ in range(len(self)):
+            chosen = self.rng.choice(len(self.groups), size=min(self.p, len(self.groups)), replace=False)
+            rows = [self.rng.choice(self.groups[g], size=self.k, replace=len(self.groups[g]) < self.k) for g in chosen]
+            yield np.concatenate(rows)
+
+
+def to_tensor(pixels: np.ndarray, spec: PreprocessSpec, augment: bool, generator: torch.Generator | None = None) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> normalised float (N, 3, H, W), channels_last; flip/shift if ``augment``.
+
+    Normalisation is the same arithmetic as fashsdk.preprocess.normalize. No colour
+    jitter: colour is a label.
+    """
+    x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float()
+    mean = torch.tensor(spec.mean).view(1, 3, 1, 1) * 255.0
+    std = torch.tensor(spec.std).view(1, 3, 1, 1) * 255.0
+    x = (x - mean) / std
+    if augment:
+        n = x.shape[0]
+        flip = torch.rand(n, generator=generator) < 0.5
+        x[flip] = x[flip].flip(3)
+        pad = 4
+        padded = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="replicate")
+        dy, dx = torch.randint(0, 2 * pad + 1, (2,), generator=generator).tolist()
+        x = padded[:, :, dy:dy + x.shape[2], dx:dx + x.shape[3]]
+    return x.contiguous(memory_format=torch.channels_last)

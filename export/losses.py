@@ -1,0 +1,53 @@
+"""ADDE's losses: classification with unknowns ignored, batch-hard triplets, memory terms."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def batch_hard_triplet(anchors: torch.Tensor, candidates: torch.Tensor, anchor_keys: torch.Tensor,
+                       candidate_keys: torch.Tensor, margin: float, same_set: bool = False) -> torch.Tensor:
+    """Mean over anchors of relu(d(hardest positive) - d(hardest negative) + margin).
+
+    Keys < 0 (unknown) never act as positives or negatives; anchors without a positive
+    or a negative are skipped. ``same_set`` excludes each anchor from its own positives.
+    """
+    dist = torch.cdist(anchors, candidates)
+    valid_anchor = anchor_keys >= 0
+    same = (anchor_keys[:, None] == candidate_keys[None, :]) & (candidate_keys[None, :] >= 0)
+    if same_set:
+        same = same & ~torch.eye(len(anchors), dtype=torch.bool, device=anchors.device)
+    diff = (anchor_keys[:, None] != candidate_keys[None, :]) & (candidate_keys[None, :] >= 0)
+    hardest_pos = torch.where(same, dist, torch.full_like(dist, -1.0)).max(dim=1).values
+    hardest_neg = torch.where(diff, dist, torch.full_like(dist, 1e9)).min(dim=1).values
+    usable = valid_anchor & same.any(1) & diff.any(1)
+    if not usable.any():
+        return anchors.sum() * 0.0
+    return F.relu(hardest_pos - hardest_neg + margin)[usable].mean()
+
+
+def classification(logits: torch.Tensor, codes: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """Sum over attributes of cross-entropy; unknown labels (-1) are ignored."""
+    total = logits.sum() * 0.0
+    offset = 0
+    for a, n in enumerate(sizes):
+        target = codes[:, a].long()
+        if (target >= 0).any():
+            total = total + F.cross_entropy(logits[:, offset:offset + n], target, ignore_index=-1)
+        offset += n
+    return total
+
+
+def attribute_triplets(embedding: torch.Tensor, codes: torch.Tensor, dim: int, margin: float) -> torch.Tensor:
+    """Per-attribute batch-hard triplets on each normalised chunk, keyed by that attribute."""
+    total = embedding.sum() * 0.0
+    for a in range(codes.shape[1]):
+        chunk = F.normalize(embedding[:, a * dim:(a + 1) * dim], dim=1)
+        keys = codes[:, a].long()
+        total = total + batch_hard_triplet(chunk, chunk, keys, keys, margin, same_set=True)
+    return total
+
+
+def offblock_l1(memory: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Pushes each prototype's entries outside its attribute's block to zero."""
+    return (memory.abs() * mask).sum() / memory.shape[1]

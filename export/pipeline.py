@@ -1,0 +1,206 @@
+"""The commands behind ``python -m export``: train, onnx, demo (the product end to end)."""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fashsdk import Retriever
+from fashsdk.contact_sheet import render_sheet
+from fashsdk.evaluation import adde_queries, exact_topk, hit_rates, manipulation_queries
+from fashsdk.files import atomic_write_json
+from fashsdk.image_source import load_images
+from fashsdk.preprocess import PreprocessSpec
+from fashsdk.progress import progress_bar
+
+from .catalog_args import load_catalog_from_args
+from .data import decode_catalog, split_validation
+from .models import ModelConfig
+from .onnx_export import build_bundle
+from .train import TrainConfig, load_checkpoint, save_checkpoint, train_adde
+
+
+def _spec_for(args: argparse.Namespace) -> PreprocessSpec:
+    if args.input_size:
+        h, w = args.input_size
+    else:
+        h, w = (80, 64) if args.backbone == "compact" else (224, 224)
+    return PreprocessSpec(height=h, width=w)
+
+
+def _train(args: argparse.Namespace, catalog, images) -> tuple[Any, Any, PreprocessSpec, TrainConfig, dict[str, float]]:
+    spec = _spec_for(args)
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    train_catalog = catalog.split("train")
+    decoded = decode_catalog(train_catalog, images, spec, cache_dir=args.cache)
+    timings["decode_train_s"] = time.perf_counter() - t
+    train_rows, val_rows = split_validation(train_catalog, 0.1, args.seed)
+    config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    model_config = ModelConfig(backbone=args.backbone, attribute_sizes=catalog.schema.sizes, dim=args.dim,
+                               width=args.width, height_px=spec.height, width_px=spec.width)
+    t = time.perf_counter()
+    result = train_adde(catalog.schema, spec, decoded.subset(train_rows), decoded.subset(val_rows), model_config, config)
+    timings["train_s"] = time.perf_counter() - t
+    return result, decoded.subset(val_rows), spec, config, timings
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    catalog, images = load_catalog_from_args(args)
+    result, _, spec, config, timings = _train(args, catalog, images)
+    save_checkpoint(args.out, result, catalog.schema, spec, config)
+    print(json.dumps({"checkpoint": str(args.out), **{k: round(v, 1) for k, v in timings.items()},
+                      "best": result.best}))
+    return 0
+
+
+def cmd_onnx(args: argparse.Namespace) -> int:
+    model, schema, spec, config = load_checkpoint(args.checkpoint)
+    catalog, images = load_catalog_from_args(args)
+    sample = catalog.split("train").subset(np.arange(min(args.parity_images, len(catalog))))
+    pixels = decode_catalog(sample, images, spec).pixels
+    bundle, parity = build_bundle(model, schema, spec, args.out, pixels, {"training": config.get("best", {})})
+    print(json.dumps({"bundle": str(args.out), "parity": parity.to_json()}))
+    return 0
+
+
+def _machine() -> dict[str, Any]:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import os
+
+    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "python": platform.python_version(),
+            "platform": platform.platform()}
+
+
+def evaluate_index(retriever: Retriever, max_queries: int = 20000, seed: int = 0,
+                   ks: tuple[int, ...] = (1, 5, 10, 20, 30, 50)) -> dict[str, Any]:
+    """Single-attribute manipulation Top-k over the indexed gallery, exact and through hnswlib."""
+    index = retriever.index
+    assert index is not None
+    ids, vectors, codes = index.vectors_and_codes()
+    schema = retriever.schema
+    queries = manipulation_queries(codes, schema.sizes, max_queries=max_queries, seed=seed)
+    q = adde_queries(vectors, retriever.bundle.prototypes, schema.offsets, codes, queries)
+    exact = exact_topk(q, vectors, max(ks))
+    slot = {i: n for n, i in enumerate(ids)}
+    approx_ids, _ = index.search(q, max(ks))
+    approx = np.array([[slot[i] for i in row] for row in approx_ids])
+    plain = exact_topk(vectors[queries.rows], vectors, max(ks))
+    return {"queries": len(queries), "valid_queries": queries.candidates,
+            "adde_m_exact": hit_rates(exact, codes, queries.targets, ks),
+            "adde_m_hnsw": hit_rates(approx, codes, queries.targets, ks),
+            "no_manipulation": hit_rates(plain, codes, queries.targets, ks)}
+
+
+def _examples(retriever: Retriever, encoded: dict[str, bytes], path: Path, seed: int = 1) -> list[dict[str, Any]]:
+    """A few manipulation queries drawn from the gallery, rendered as a contact sheet."""
+    ids, _, codes = retriever.index.vectors_and_codes()  # type: ignore[union-attr]
+    schema = retriever.schema
+    queries = manipulation_queries(codes, schema.sizes, max_queries=None, seed=seed)
+    rng = np.random.default_rng(seed)
+    rows, printed = [], []
+    for a in range(len(schema.attributes)):
+        pick = np.flatnonzero(queries.attrs[:, 0] == a)
+        if not len(pick):
+            continue
+        qi = int(rng.choice(pick))
+        qid = ids[queries.rows[qi]]
+        change = {schema.names[a]: schema.attributes[a].values[queries.values[qi, 0]]}
+        results = retriever.search(qid, change=change, k=8)
+        rows.append({"query": encoded[qid], "query_labels": schema.decode(codes[queries.rows[qi]]), "change": change,
+                     "results": [(encoded[r.id], r.id, r.score, r.attributes) for r in results]})
+        printed.append({"query": qid, "change": change,
+                        "top": [(r.id, r.attributes[schema.names[a]]) for r in results[:5]]})
+    render_sheet(rows, path, title="fashsdk demo: query (blue), requested change, top results "
+                                   "(green = has the new value)")
+    return printed
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    t_all = time.perf_counter()
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"== fashsdk demo -> {out}", flush=True)
+    catalog, images = load_catalog_from_args(args)
+    result, val, spec, config, timings = _train(args, catalog, images)
+    save_checkpoint(out / "checkpoint", result, catalog.schema, spec, config)
+
+    print("== export to ONNX and build the bundle", flush=True)
+    t = time.perf_counter()
+    bundle, parity = build_bundle(result.model, catalog.schema, spec, out / "bundle", val.pixels[:64],
+                                  {"training": result.best})
+    timings["export_s"] = time.perf_counter() - t
+    print(f"   parity on 64 real images: max |diff| {parity.max_abs_diff:.1e}, min cosine {parity.min_cosine:.7f}")
+
+    print("== index the test split with fashsdk.Retriever (ONNX Runtime + hnswlib)", flush=True)
+    test = catalog.split("test")
+    t = time.perf_counter()
+    encoded = load_images(images, test.ids)
+    timings["read_test_images_s"] = time.perf_counter() - t
+    retriever = Retriever(out / "bundle")
+    labels = {i: catalog.schema.decode(c) for i, c in zip(test.ids, test.codes)}
+    bar, update = progress_bar(len(test), "index test split")
+    t = time.perf_counter()
+    retriever.add(((i, encoded[i]) for i in test.ids), labels, progress=update)
+    bar.close()
+    encode_s = time.perf_counter() - t
+    retriever.save_index(out / "index")
+    encode_ms = 1000 * encode_s / len(test)
+    print(f"   {len(test)} images in {encode_s:.1f} s: {encode_ms:.2f} ms per image end to end "
+          f"(JPEG bytes -> vectors in the index), backend {retriever.backend_name}")
+
+    print("== evaluate: single-attribute manipulation queries, the papers' protocol", flush=True)
+    t = time.perf_counter()
+    quality = evaluate_index(retriever, seed=args.seed)
+    timings["evaluate_s"] = time.perf_counter() - t
+    top = quality["adde_m_exact"]
+    print(f"   {quality['queries']} queries (sampled from {quality['valid_queries']} valid, seed {args.seed})")
+    for name in ("adde_m_exact", "adde_m_hnsw", "no_manipulation"):
+        r = quality[name]
+        print(f"   {name:16s} Top-10 {r[10]:.3f}  Top-30 {r[30]:.3f}  Top-50 {r[50]:.3f}")
+
+    rng = np.random.default_rng(0)
+    ids = retriever.index.ids  # type: ignore[union-attr]
+    schema = catalog.schema
+    lat = []
+    for _ in range(300):
+        qid = ids[int(rng.integers(len(ids)))]
+        a = int(rng.integers(len(schema.attributes)))
+        value = schema.attributes[a].values[int(rng.integers(schema.sizes[a]))]
+        t = time.perf_counter()
+        retriever.search(qid, change={schema.names[a]: value}, k=30)
+        lat.append(time.perf_counter() - t)
+    search_ms = {"p50": 1000 * float(np.median(lat)), "p99": 1000 * float(np.percentile(lat, 99))}
+    print(f"   search by id with one change, k=30: p50 {search_ms['p50']:.3f} ms, p99 {search_ms['p99']:.3f} ms")
+
+    examples = _examples(retriever, encoded, out / "examples.png")
+    total = time.perf_counter() - t_all
+    report = {
+        "machine": _machine(), "bundle": str(out / "bundle"), "bundle_sha256": bundle.sha256(),
+        "model": bundle.manifest["model"]["config"], "train_config": {f.name: getattr(config, f.name) for f in fields(config)},
+        "training_time_s": round(timings["train_s"], 1), "timings_s": {k: round(v, 2) for k, v in timings.items()},
+        "validation": result.best, "parity": parity.to_json(),
+        "top_k": {"adde_m": quality["adde_m_exact"], "adde_m_hnsw": quality["adde_m_hnsw"],
+                  "no_manipulation": quality["no_manipulation"]},
+        "queries": quality["queries"], "valid_queries": quality["valid_queries"],
+        "encode_ms_per_image": round(encode_ms, 3), "search_ms_per_query": search_ms,
+        "gallery_items": len(test), "examples": examples, "total_s": round(total, 1),
+    }
+    atomic_write_json(out / "report.json", report)
+    print(f"== done in {total / 60:.1f} min: Top-10 {top[10]:.3f}, Top-30 {top[30]:.3f}; "
+          f"wrote {out}/bundle, {out}/report.json, {out}/examples.png", flush=True)
+    return 0

@@ -1,0 +1,14 @@
+"""fashsdk: fashion retrieval with attribute manipulation ("this shirt, but in red").
+
+The runtime needs numpy, onnxruntime, hnswlib and Pillow; it never imports torch.
+"""
+from .bundle import Bundle
+from .errors import BundleError, CatalogError, FashsdkError, ImageError, IndexFileError, QueryError
+from .index import CatalogIndex
+from .retriever import AttributePrediction, Retriever, SearchResult
+
+__version__ = "0.1.0"
+__all__ = [
+    "AttributePrediction", "Bundle", "BundleError", "CatalogError", "CatalogIndex", "FashsdkError",
+    "ImageError", "IndexFileError", "QueryError", "Retriever", "SearchResult",
+]
