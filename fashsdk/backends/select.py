@@ -1,7 +1,12 @@
-"""Pick the fastest engine a bundle has that this machine can run, or the one asked for."""
+"""Pick the fastest engine a bundle has that this machine can run, or the one asked for.
+
+Each backend is one module; this table is the only place that knows them all. A row is
+(name, manifest backend, manifest precision, "module:Class", availability check).
+"""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import importlib
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
 from ..errors import BundleError
 
@@ -9,18 +14,30 @@ if TYPE_CHECKING:
     from ..bundle import Bundle
     from .base import EmbeddingBackend
 
-# Fastest first. Each name is "<backend>-<device>-<precision>".
-PREFERENCE = ("onnxruntime-cpu-int8", "onnxruntime-cpu-fp32")
+
+def _always() -> bool:
+    return True
+
+
+class BackendSpec(NamedTuple):
+    name: str  # "<backend>-<device>-<precision>", what users pass as backend=...
+    manifest_backend: str
+    precision: str
+    factory: str  # "module:Class", imported lazily
+    available: Callable[[], bool]
+
+
+# Fastest first. Helpers for GPU backends append their rows above the CPU ones.
+REGISTRY: list[BackendSpec] = [
+    BackendSpec("onnxruntime-cpu-int8", "onnxruntime", "int8", ".onnxruntime_cpu:OnnxRuntimeCpuBackend", _always),
+    BackendSpec("onnxruntime-cpu-fp32", "onnxruntime", "fp32", ".onnxruntime_cpu:OnnxRuntimeCpuBackend", _always),
+]
 
 
 def available_backends(bundle: "Bundle") -> list[str]:
-    """Backend names this bundle has engines for, fastest first."""
-    names = []
-    for name in PREFERENCE:
-        backend, device, precision = name.split("-")
-        if bundle.engine(backend, precision) is not None and device == "cpu":
-            names.append(name)
-    return names
+    """Backend names this bundle has engines for and this machine can run, fastest first."""
+    return [s.name for s in REGISTRY
+            if bundle.engine(s.manifest_backend, s.precision) is not None and s.available()]
 
 
 def open_backend(bundle: "Bundle", backend: str = "auto", threads: int | None = None) -> "EmbeddingBackend":
@@ -31,11 +48,12 @@ def open_backend(bundle: "Bundle", backend: str = "auto", threads: int | None = 
             raise BundleError(f"bundle {str(bundle.directory)!r} has no engine this machine can run")
         backend = names[0]
     if backend not in names:
+        known = [s.name for s in REGISTRY]
         raise BundleError(f"backend {backend!r} is not available for bundle {str(bundle.directory)!r}; "
-                          f"available: {names}")
-    from .onnxruntime_cpu import OnnxRuntimeCpuBackend
-
-    precision = backend.rsplit("-", 1)[1]
-    entry = bundle.engine("onnxruntime", precision)
+                          f"available here: {names}; all known backends: {known}")
+    spec = next(s for s in REGISTRY if s.name == backend)
+    entry = bundle.engine(spec.manifest_backend, spec.precision)
     assert entry is not None
-    return OnnxRuntimeCpuBackend(bundle.path_of(entry.file), precision=precision, threads=threads)
+    module_name, class_name = spec.factory.split(":")
+    cls = getattr(importlib.import_module(module_name, __package__), class_name)
+    return cls(bundle.path_of(entry.file), precision=spec.precision, threads=threads)
