@@ -1,0 +1,64 @@
+"""A real but untrained bundle (compact ADDE -> ONNX -> manifest) for fast runtime tests."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from fashsdk.bundle import Bundle
+from fashsdk.preprocess import PreprocessSpec
+from fashsdk.schema import AttributeSchema
+
+SCHEMA = AttributeSchema.from_dict({
+    "colour": ["Black", "Blue", "Red", "White"], "kind": ["Shirt", "Shoe", "Watch"], "sex": ["Men", "Women"]})
+SPEC = PreprocessSpec(height=40, width=32)
+
+
+def make_tiny_bundle(directory: Path, seed: int = 0, dim: int = 16) -> Bundle:
+    import torch
+
+    from export.models import ADDE, ModelConfig
+    from export.onnx_export import build_bundle
+
+    torch.manual_seed(seed)
+    model = ADDE(ModelConfig(backbone="compact", attribute_sizes=SCHEMA.sizes, dim=dim, width=8,
+                             height_px=SPEC.height, width_px=SPEC.width))
+    with torch.no_grad():
+        # centre the untrained features (BN statistics from real-looking images) and drop the
+        # learners' biases, so different images get clearly different embeddings
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.momentum = None
+        model.train()
+        sample = np.stack([_resize(img) for img in random_images(64, seed=seed + 100)])
+        from fashsdk.preprocess import normalize
+        model(torch.from_numpy(normalize(sample, SPEC)))
+        for learner in model.learners:
+            learner[0].bias.zero_()
+            learner[2].bias.zero_()
+        model.memory.normal_(0, 0.3)  # real, block-structured prototypes
+        model.memory.mul_(1 - model.offblock_mask)
+    pixels = np.random.default_rng(seed).integers(0, 256, (4, SPEC.height, SPEC.width, 3), dtype=np.uint8)
+    bundle, _ = build_bundle(model.eval(), SCHEMA, SPEC, directory, pixels)
+    return bundle
+
+
+def _resize(img: np.ndarray) -> np.ndarray:
+    from fashsdk.preprocess import decode_resized
+
+    return decode_resized(img, SPEC)
+
+
+def random_images(n: int, seed: int = 0) -> list[np.ndarray]:
+    """Distinct synthetic photos: a coloured background with a coloured block and noise."""
+    rng = np.random.default_rng(seed)
+    images = []
+    for i in range(n):
+        h, w = 60 + i % 7, 50 + i % 5
+        img = np.empty((h, w, 3), np.float32)
+        img[:] = rng.integers(0, 256, 3)
+        y, x = rng.integers(0, h // 2), rng.integers(0, w // 2)
+        img[y:y + h // 2, x:x + w // 2] = rng.integers(0, 256, 3)
+        img += rng.normal(0, 12, img.shape)
+        images.append(np.clip(img, 0, 255).astype(np.uint8))
+    return images
