@@ -6,9 +6,10 @@ Each backend is one module; this table is the only place that knows them all. A 
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Callable, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 from ..errors import BundleError
+from .gpu_probe import onnxruntime_cuda_usable, tensorrt_usable
 
 if TYPE_CHECKING:
     from ..bundle import Bundle
@@ -29,6 +30,9 @@ class BackendSpec(NamedTuple):
 
 # Fastest first. Helpers for GPU backends append their rows above the CPU ones.
 REGISTRY: list[BackendSpec] = [
+    BackendSpec("tensorrt-cuda-fp16", "tensorrt", "fp16", ".tensorrt_plan:TensorRTPlanBackend", tensorrt_usable),
+    BackendSpec("onnxruntime-cuda-fp16", "onnxruntime", "fp16", ".onnxruntime_cuda:OnnxRuntimeCudaBackend",
+                onnxruntime_cuda_usable),
     BackendSpec("onnxruntime-cpu-int8", "onnxruntime", "int8", ".onnxruntime_cpu:OnnxRuntimeCpuBackend", _always),
     BackendSpec("onnxruntime-cpu-fp32", "onnxruntime", "fp32", ".onnxruntime_cpu:OnnxRuntimeCpuBackend", _always),
 ]
@@ -40,8 +44,13 @@ def available_backends(bundle: "Bundle") -> list[str]:
             if bundle.engine(s.manifest_backend, s.precision) is not None and s.available()]
 
 
-def open_backend(bundle: "Bundle", backend: str = "auto", threads: int | None = None) -> "EmbeddingBackend":
-    """Open ``backend`` ("auto" = fastest available) for the bundle."""
+def open_backend(bundle: "Bundle", backend: str = "auto", threads: int | None = None,
+                 **options: Any) -> "EmbeddingBackend":
+    """Open ``backend`` ("auto" = fastest available) for the bundle.
+
+    ``options`` go to backends that open from the whole bundle (a ``from_bundle``
+    classmethod, e.g. TensorRT's ``allow_rebuild=True``); the others ignore them.
+    """
     names = available_backends(bundle)
     if backend == "auto":
         if not names:
@@ -56,4 +65,6 @@ def open_backend(bundle: "Bundle", backend: str = "auto", threads: int | None = 
     assert entry is not None
     module_name, class_name = spec.factory.split(":")
     cls = getattr(importlib.import_module(module_name, __package__), class_name)
+    if hasattr(cls, "from_bundle"):
+        return cls.from_bundle(bundle, entry, precision=spec.precision, threads=threads, **options)
     return cls(bundle.path_of(entry.file), precision=spec.precision, threads=threads)
