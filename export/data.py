@@ -67,25 +67,34 @@ def split_validation(catalog: Catalog, fraction: float = 0.1, seed: int = 0) -> 
 
 
 class CombinationSampler:
-    """Batches of P label combinations x K images each, so every anchor has positives."""
+    """Batches of P label combinations x K images (so anchors have positives) plus
+    ``extra`` items drawn at random (so the heads see the natural, diverse distribution:
+    P x K alone gives only P distinct looks per batch and the classifiers learn slowly)."""
 
-    def __init__(self, codes: np.ndarray, sizes: Sequence[int], p: int = 32, k: int = 4, seed: int = 0) -> None:
+    def __init__(self, codes: np.ndarray, sizes: Sequence[int], p: int = 16, k: int = 4, seed: int = 0,
+                 power: float = 0.5, extra: int = 64) -> None:
         keys = combination_keys(codes, sizes)
         order = np.argsort(keys, kind="stable")
         uniq, starts = np.unique(keys[order], return_index=True)
         groups = np.split(order, starts[1:])
         self.groups = [g for g in groups if len(g) >= 2]
-        self.p, self.k = p, k
+        # combinations drawn with probability ~ size**power: 0 = uniform over combinations
+        # (rare ones dominate and the heads learn a skewed prior), 1 = natural frequency
+        weights = np.array([len(g) for g in self.groups], dtype=np.float64) ** power
+        self.weights = weights / weights.sum()
+        self.p, self.k, self.extra = p, k, extra
         self.rng = np.random.default_rng(seed)
-        self.n_items = int(sum(len(g) for g in self.groups))
+        self.n_items = len(codes)
 
     def __len__(self) -> int:
-        return max(1, self.n_items // (self.p * self.k))
+        return max(1, self.n_items // (self.p * self.k + self.extra))
 
     def __iter__(self):
         for _ in range(len(self)):
-            chosen = self.rng.choice(len(self.groups), size=min(self.p, len(self.groups)), replace=False)
+            chosen = self.rng.choice(len(self.groups), size=min(self.p, len(self.groups)), replace=False,
+                                     p=self.weights)
             rows = [self.rng.choice(self.groups[g], size=self.k, replace=len(self.groups[g]) < self.k) for g in chosen]
+            rows.append(self.rng.integers(0, self.n_items, self.extra))
             yield np.concatenate(rows)
 
 

@@ -5,7 +5,6 @@ check against PyTorch on real images that fails loudly above a tolerance.
 """
 from __future__ import annotations
 
-import io
 import logging
 import tempfile
 import warnings

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -14,7 +13,7 @@ import numpy as np
 
 from fashsdk import Retriever
 from fashsdk.contact_sheet import render_sheet
-from fashsdk.evaluation import adde_queries, exact_topk, hit_rates, manipulation_queries
+from fashsdk.evaluation import manipulation_queries
 from fashsdk.files import atomic_write_json
 from fashsdk.image_source import load_images
 from fashsdk.preprocess import PreprocessSpec
@@ -86,26 +85,6 @@ def _machine() -> dict[str, Any]:
             "platform": platform.platform()}
 
 
-def evaluate_index(retriever: Retriever, max_queries: int = 20000, seed: int = 0,
-                   ks: tuple[int, ...] = (1, 5, 10, 20, 30, 50)) -> dict[str, Any]:
-    """Single-attribute manipulation Top-k over the indexed gallery, exact and through hnswlib."""
-    index = retriever.index
-    assert index is not None
-    ids, vectors, codes = index.vectors_and_codes()
-    schema = retriever.schema
-    queries = manipulation_queries(codes, schema.sizes, max_queries=max_queries, seed=seed)
-    q = adde_queries(vectors, retriever.bundle.prototypes, schema.offsets, codes, queries)
-    exact = exact_topk(q, vectors, max(ks))
-    slot = {i: n for n, i in enumerate(ids)}
-    approx_ids, _ = index.search(q, max(ks))
-    approx = np.array([[slot[i] for i in row] for row in approx_ids])
-    plain = exact_topk(vectors[queries.rows], vectors, max(ks))
-    return {"queries": len(queries), "valid_queries": queries.candidates,
-            "adde_m_exact": hit_rates(exact, codes, queries.targets, ks),
-            "adde_m_hnsw": hit_rates(approx, codes, queries.targets, ks),
-            "no_manipulation": hit_rates(plain, codes, queries.targets, ks)}
-
-
 def _examples(retriever: Retriever, encoded: dict[str, bytes], path: Path, seed: int = 1) -> list[dict[str, Any]]:
     """A few manipulation queries drawn from the gallery, rendered as a contact sheet."""
     ids, _, codes = retriever.index.vectors_and_codes()  # type: ignore[union-attr]
@@ -163,15 +142,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"   {len(test)} images in {encode_s:.1f} s: {encode_ms:.2f} ms per image end to end "
           f"(JPEG bytes -> vectors in the index), backend {retriever.backend_name}")
 
-    print("== evaluate: single-attribute manipulation queries, the papers' protocol", flush=True)
+    print("== evaluate: the papers' protocol with baselines (python -m benchmarks.quality)", flush=True)
+    from benchmarks import quality as quality_benchmark
+
     t = time.perf_counter()
-    quality = evaluate_index(retriever, seed=args.seed)
+    quality_args = ["--bundle", str(out / "bundle"), "--index", str(out / "index"), "--json", str(out / "quality.json"),
+                    "--labels", str(args.labels or args.data / "styles.csv"), "--images", *[str(i) for i in images],
+                    "--seed", str(args.seed)]
+    quality_benchmark.main(quality_args)
+    quality = json.loads((out / "quality.json").read_text())
     timings["evaluate_s"] = time.perf_counter() - t
-    top = quality["adde_m_exact"]
-    print(f"   {quality['queries']} queries (sampled from {quality['valid_queries']} valid, seed {args.seed})")
-    for name in ("adde_m_exact", "adde_m_hnsw", "no_manipulation"):
-        r = quality[name]
-        print(f"   {name:16s} Top-10 {r[10]:.3f}  Top-30 {r[30]:.3f}  Top-50 {r[50]:.3f}")
+    top = {int(k): v for k, v in quality["top_k"]["adde_m"].items()}
 
     rng = np.random.default_rng(0)
     ids = retriever.index.ids  # type: ignore[union-attr]
@@ -194,8 +175,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "model": bundle.manifest["model"]["config"], "train_config": {f.name: getattr(config, f.name) for f in fields(config)},
         "training_time_s": round(timings["train_s"], 1), "timings_s": {k: round(v, 2) for k, v in timings.items()},
         "validation": result.best, "parity": parity.to_json(),
-        "top_k": {"adde_m": quality["adde_m_exact"], "adde_m_hnsw": quality["adde_m_hnsw"],
-                  "no_manipulation": quality["no_manipulation"]},
+        "top_k": quality["top_k"], "top_k_hnsw": quality["top_k_hnsw"], "quality_report": str(out / "quality.md"),
         "queries": quality["queries"], "valid_queries": quality["valid_queries"],
         "encode_ms_per_image": round(encode_ms, 3), "search_ms_per_query": search_ms,
         "gallery_items": len(test), "examples": examples, "total_s": round(total, 1),

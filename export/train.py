@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from fashsdk.evaluation import combination_keys, exact_topk, hit_rates, manipulation_queries
@@ -34,13 +33,16 @@ from .models import ADDE, ModelConfig
 class TrainConfig:
     stage1_epochs: int = 6
     stage2_epochs: int = 30
-    batch_p: int = 32
+    batch_p: int = 16
     batch_k: int = 4
+    batch_random: int = 64
     lr: float = 1e-3
     stage2_lr: float = 1e-3
     stage2_batch: int = 256
     margin: float = 0.3
-    w_cls: float = 0.2
+    w_cls: float = 1.0  # the paper's 0.2 assumes an ImageNet-initialised backbone; from scratch
+    # the classifiers are the main teacher and triplets are ramped in over the first epoch
+    w_stage2_cls: float = 0.2
     w_attr_triplet: float = 0.2
     w_label_triplet: float = 1.0
     w_comp_triplet: float = 1.0
@@ -120,12 +122,10 @@ def manipulation_top_k(model: ADDE, features: torch.Tensor, codes: np.ndarray, q
     ind = torch.zeros(len(queries), sum(sizes))
     q_rows = torch.from_numpy(queries.rows)
     for c in range(queries.attrs.shape[1]):
-        a = torch.from_numpy(queries.attrs[:, c])
         new = torch.from_numpy(offsets[queries.attrs[:, c]] + queries.values[:, c])
         old = torch.from_numpy(offsets[queries.attrs[:, c]] + codes[queries.rows, queries.attrs[:, c]])
         ind[torch.arange(len(queries)), new] += 1
         ind[torch.arange(len(queries)), old] -= 1
-        del a
     q = model.manipulate(emb[q_rows], ind).numpy()
     top = exact_topk(q, emb.numpy(), max(ks))
     return hit_rates(top, codes, queries.targets, ks)
@@ -159,7 +159,8 @@ def train_adde(schema: AttributeSchema, spec: PreprocessSpec, train: ImageSet, v
 
     # ---- stage 1: attribute learning -------------------------------------------------
     t0 = time.perf_counter()
-    sampler = CombinationSampler(train_codes, sizes, config.batch_p, config.batch_k, config.seed)
+    sampler = CombinationSampler(train_codes, sizes, config.batch_p, config.batch_k, config.seed,
+                                 extra=config.batch_random)
     params = [p for n, p in model.named_parameters() if n != "memory"]
     opt = torch.optim.Adam(params, lr=config.lr)
     total_steps = max(1, config.stage1_epochs * len(sampler))
@@ -167,6 +168,7 @@ def train_adde(schema: AttributeSchema, spec: PreprocessSpec, train: ImageSet, v
     codes_t = torch.from_numpy(train_codes.astype(np.int64))
     combo = torch.from_numpy(combination_keys(train_codes, sizes))
     best_state, best_score = None, -1.0
+    step = 0
     for epoch in range(config.stage1_epochs):
         model.train()
         bar = tqdm(sampler, desc=f"stage 1 epoch {epoch + 1}/{config.stage1_epochs}", file=sys.stdout,
@@ -175,9 +177,11 @@ def train_adde(schema: AttributeSchema, spec: PreprocessSpec, train: ImageSet, v
             x = to_tensor(train.pixels[rows], spec, augment=True, generator=gen)
             emb, logits, _ = model.head_outputs(model.backbone(x))
             r = torch.from_numpy(rows)
+            ramp = min(1.0, step / len(sampler))  # batch-hard triplets from a random start collapse
+            step += 1
             loss = (config.w_cls * losses.classification(logits, codes_t[r], sizes)
-                    + config.w_attr_triplet * losses.attribute_triplets(emb, codes_t[r], model_config.dim, config.margin)
-                    + config.w_label_triplet * losses.batch_hard_triplet(emb, emb, combo[r], combo[r], config.margin, True))
+                    + ramp * config.w_attr_triplet * losses.attribute_triplets(emb, codes_t[r], model_config.dim, config.margin)
+                    + ramp * config.w_label_triplet * losses.batch_hard_triplet(emb, emb, combo[r], combo[r], config.margin, True))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -256,7 +260,7 @@ def _stage2(model: ADDE, feats: torch.Tensor, codes: np.ndarray, val_feats: torc
             ind[torch.arange(B), torch.from_numpy(offsets[a] + codes[anchors, a])] -= 1
             q = model.manipulate(emb[:B], ind)
             tk = torch.from_numpy(target_keys[qi])
-            loss = (config.w_cls * losses.classification(logits, codes_t[rows], sizes)
+            loss = (config.w_stage2_cls * losses.classification(logits, codes_t[rows], sizes)
                     + config.w_label_triplet * losses.batch_hard_triplet(emb, emb, keys_t[rows], keys_t[rows], config.margin, True)
                     + config.w_comp_triplet * losses.batch_hard_triplet(q, emb, tk, keys_t[rows], config.margin)
                     + config.w_offblock * losses.offblock_l1(model.memory, mask))

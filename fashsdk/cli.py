@@ -10,12 +10,23 @@ from typing import Sequence
 
 from .catalog import read_catalog
 from .errors import FashsdkError, QueryError
-from .image_source import iter_images, load_images
+from .image_source import iter_images
 from .progress import progress_bar
 from .retriever import Retriever
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
 def _parse_changes(items: Sequence[str]) -> dict[str, str]:
+    """ATTR=VALUE strings -> {attr: value}; one attribute given twice is refused, not last-wins."""
     change: dict[str, str] = {}
     for item in items:
         name, eq, value = item.partition("=")
@@ -96,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--bundle", required=True, help="bundle directory (manifest.json, model.onnx, prototypes.npy)")
-    common.add_argument("--threads", type=int, default=None, help="inference threads (default: all usable cores)")
+    common.add_argument("--threads", type=_positive_int, default=None, help="inference threads (default: all usable cores)")
 
     p = sub.add_parser("index", parents=[common], help="encode catalog images and save an index")
     p.add_argument("--labels", required=True, help="labels CSV with an id column and attribute columns")
@@ -129,12 +140,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Exit 0 on success; 2 with a one-line 'fashsdk: error: ...' for bad arguments, inputs or files."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
     except FashsdkError as exc:
         print(f"fashsdk: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # unwritable output, full disk, unreadable input: the OS names the file
+        print(f"fashsdk: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fashsdk: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -39,7 +39,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     train_catalog = catalog.split("train")
     pixels = decode_catalog(train_catalog, folder, spec)
     train_rows, val_rows = split_validation(train_catalog, 0.15)
-    config = TrainConfig(stage1_epochs=3, stage2_epochs=4, batch_p=8, batch_k=4, stage2_batch=64, val_queries=300)
+    config = TrainConfig(stage1_epochs=3, stage2_epochs=4, batch_p=8, batch_k=4, batch_random=16, stage2_batch=64, val_queries=300)
     model_config = ModelConfig(backbone="compact", attribute_sizes=catalog.schema.sizes, dim=16, width=8,
                                height_px=spec.height, width_px=spec.width)
     result = train_adde(catalog.schema, spec, pixels.subset(train_rows), pixels.subset(val_rows), model_config, config)
