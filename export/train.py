@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from fashsdk.evaluation import combination_keys, exact_topk, hit_rates, manipulation_queries
+from fashsdk.evaluation import adde_queries, combination_keys, exact_topk, hit_rates, manipulation_queries
 from fashsdk.files import atomic_write, atomic_write_json
 from fashsdk.preprocess import PreprocessSpec
 from fashsdk.schema import AttributeSchema
@@ -114,21 +114,14 @@ def prototype_rows(codes: np.ndarray, sizes: list[int], per_value: int, seed: in
 @torch.no_grad()
 def manipulation_top_k(model: ADDE, features: torch.Tensor, codes: np.ndarray, queries: Any,
                        ks: tuple[int, ...] = (10, 30)) -> dict[int, float]:
-    """Top-k of the memory-block manipulation with ``features``' items as the gallery."""
+    """Top-k of the memory-block manipulation with ``features``' items as the gallery
+    (the runtime's own arithmetic, fashsdk.evaluation.adde_queries)."""
     model.eval()
-    emb, _, _ = model.head_outputs(features)
+    emb = model.head_outputs(features)[0].numpy()
     sizes = model.config.attribute_sizes
-    offsets = np.cumsum([0] + sizes[:-1])
-    ind = torch.zeros(len(queries), sum(sizes))
-    q_rows = torch.from_numpy(queries.rows)
-    for c in range(queries.attrs.shape[1]):
-        new = torch.from_numpy(offsets[queries.attrs[:, c]] + queries.values[:, c])
-        old = torch.from_numpy(offsets[queries.attrs[:, c]] + codes[queries.rows, queries.attrs[:, c]])
-        ind[torch.arange(len(queries)), new] += 1
-        ind[torch.arange(len(queries)), old] -= 1
-    q = model.manipulate(emb[q_rows], ind).numpy()
-    top = exact_topk(q, emb.numpy(), max(ks))
-    return hit_rates(top, codes, queries.targets, ks)
+    offsets = [int(x) for x in np.cumsum([0] + sizes[:-1])]
+    q = adde_queries(emb, model.memory.detach().numpy(), offsets, codes, queries)
+    return hit_rates(exact_topk(q, emb, max(ks)), codes, queries.targets, ks)
 
 
 def _accuracy(model: ADDE, features: torch.Tensor, codes: np.ndarray) -> float:
