@@ -1,0 +1,79 @@
+"""The papers' protocol on hand-made cases with known answers."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from fashsdk.evaluation import exact_topk, hit_rates, manipulation_queries, ndcg
+from fashsdk.quality import Gallery, attribute_based_topk, conditional_similarity, mean_swap_queries, value_means
+from fashsdk.schema import AttributeSchema
+
+SIZES = [3, 2]  # colour (3 values), kind (2 values)
+CODES = np.array([[0, 0], [1, 0], [2, 1], [0, 1], [-1, 0]])
+
+
+def test_queries_skip_targets_absent_from_the_gallery_and_unknown_items() -> None:
+    qs = manipulation_queries(CODES, SIZES, max_queries=None)
+    got = {(int(r), int(a), int(v)) for r, a, v in zip(qs.rows, qs.attrs[:, 0], qs.values[:, 0])}
+    # item 0 (0,0): colour->1 gives (1,0) present; colour->2 gives (2,0) absent; kind->1 gives (0,1) present
+    assert (0, 0, 1) in got and (0, 0, 2) not in got and (0, 1, 1) in got
+    assert not any(r == 4 for r, _, _ in got)  # an item with an unknown label makes no queries
+    assert len(got) == qs.candidates == 6  # 2 + 1 + 1 + 2 valid changes for items 0..3
+    for t, (r, a, v) in zip(qs.targets, zip(qs.rows, qs.attrs[:, 0], qs.values[:, 0])):
+        expected = CODES[r].copy()
+        expected[a] = v
+        assert t.tolist() == expected.tolist()
+
+
+def test_two_attribute_queries_change_both() -> None:
+    qs = manipulation_queries(CODES, SIZES, changes=2, max_queries=None)
+    pairs = {(int(r), int(v0), int(v1)) for r, (v0, v1) in zip(qs.rows, qs.values)}
+    # (item, new colour, new kind) whose target combination exists; (1,1) and (2,0) never do
+    assert pairs == {(0, 2, 1), (1, 0, 1), (1, 2, 1), (2, 0, 0), (2, 1, 0), (3, 1, 0)}
+
+
+def test_sampling_is_seeded_and_bounded() -> None:
+    codes = np.array([[i % 3, i % 2] for i in range(60)])
+    a = manipulation_queries(codes, SIZES, max_queries=10, seed=3)
+    b = manipulation_queries(codes, SIZES, max_queries=10, seed=3)
+    assert len(a) == 10 and a.candidates > 10 and a.rows.tolist() == b.rows.tolist()
+
+
+def test_hit_rule_needs_the_exact_combination() -> None:
+    targets = np.array([[1, 0]])
+    results = np.array([[3, 2, 1, 0]])  # gallery rows: (0,1), (2,1), (1,0), (0,0)
+    assert hit_rates(results, CODES, targets, ks=(1, 2, 3, 4)) == {1: 0.0, 2: 0.0, 3: 1.0, 4: 1.0}
+
+
+def test_ndcg_values() -> None:
+    targets = np.array([[1, 0]])
+    results = np.array([[1, 3]])  # relevances 1.0, then 0.0
+    assert ndcg(results, CODES, targets, ks=(1, 2))[2] == pytest.approx(1.0 / (1.0 + 1 / math.log2(3)))
+    results = np.array([[0, 1]])  # relevances 0.5, then 1.0
+    gains = (2 ** 0.5 - 1) + 1 / math.log2(3)
+    assert ndcg(results, CODES, targets, ks=(2,))[2] == pytest.approx(gains / (1 + 1 / math.log2(3)))
+
+
+def test_exact_topk_orders_by_similarity() -> None:
+    gallery = np.eye(4, dtype=np.float32)
+    query = np.array([[0.1, 0.9, 0.5, 0.0]], np.float32)
+    assert exact_topk(query, gallery, 3).tolist() == [[1, 2, 0]]
+
+
+def test_baselines_on_a_toy_gallery() -> None:
+    schema = AttributeSchema.from_dict({"colour": ["a", "b", "c"], "kind": ["x", "y"]})
+    layout = [(0, 2), (2, 4)]
+    vectors = np.array([[1, 0, 1, 0], [0, 1, 1, 0], [0, 1, 0, 1], [1, 0, 0, 1], [1, 0, 1, 0]], np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    gallery = Gallery([str(i) for i in range(5)], vectors, CODES, np.array([[0, 0], [1, 0], [2, 1], [0, 1], [0, 0]]))
+    qs = manipulation_queries(CODES, SIZES, max_queries=None)
+    means = value_means(vectors, CODES, schema, layout)
+    q = mean_swap_queries(gallery, means, schema, layout, qs)
+    i = next(n for n, (r, a, v) in enumerate(zip(qs.rows, qs.attrs[:, 0], qs.values[:, 0])) if (r, a, v) == (0, 0, 1))
+    assert np.allclose(q[i, :2] / np.linalg.norm(q[i, :2]), [0, 1])  # colour chunk swapped to value b's mean
+    top = attribute_based_topk(gallery, qs, 2)
+    assert top[i, 0] == 1  # predicted (b, x) matches the wanted (b, x) exactly
+    cond = conditional_similarity(gallery, schema, layout, k=1, triplets=50, seed=0)
+    assert set(cond) <= {"colour", "kind"}
