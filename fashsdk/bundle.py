@@ -6,16 +6,20 @@ sha256 before native code (ONNX Runtime, numpy) reads it.
 """
 from __future__ import annotations
 
-import shutil
+import hashlib
+import json
+import os
+import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
 from .errors import BundleError
-from .files import atomic_save_npy, atomic_write_json, contained_file, load_npy, read_json, sha256_file
+from .files import (atomic_copy, atomic_save_npy, atomic_write_json, check_seal, contained_file, fsync_dir, load_npy,
+                    read_json, seal, sha256_file)
 from .preprocess import PreprocessSpec
 from .schema import AttributeSchema
 
@@ -48,6 +52,8 @@ class Bundle:
     layout: dict[str, tuple[int, int]]
     prototypes: np.ndarray  # (D, J): column j = prototype residual of global value j
     engines: list[EngineEntry]
+    # (size, mtime_ns, inode) of each file when its sha256 was checked: path_of re-checks a changed file
+    verified: dict[str, tuple[int, int, int]] = field(default_factory=dict)
 
     @property
     def dim(self) -> int:
@@ -58,7 +64,16 @@ class Bundle:
         return str(self.manifest["model"].get("input_name", "images"))
 
     def path_of(self, name: str) -> Path:
-        return contained_file(self.directory, name, f"bundle manifest {str(self.directory / MANIFEST)!r}", BundleError)
+        """The path of a bundle file, for handing to native code (ONNX Runtime, TensorRT).
+
+        If the file changed on disk since its checksum was verified, it is verified again
+        first, so a file modified after Bundle.load is still refused before native code reads it.
+        """
+        path = contained_file(self.directory, name, f"bundle manifest {str(self.directory / MANIFEST)!r}", BundleError)
+        meta = self.manifest["files"].get(name)
+        if isinstance(meta, dict) and (name not in self.verified or self.verified[name] != _stat_key(path)):
+            self.verified[name] = _verify_file(path, meta)
+        return path
 
     def engine(self, backend: str, precision: str) -> EngineEntry | None:
         for e in self.engines:
@@ -70,47 +85,62 @@ class Bundle:
         """Identity of the bundle: the manifest's own checksum (it pins every file)."""
         return sha256_file(self.directory / MANIFEST)
 
+    def embedding_sha256(self) -> str:
+        """Identity of the embedding space: the reference model, prototypes, schema, layout, preprocessing.
+
+        Unlike ``sha256()`` it does not change when an engine (int8, fp16, a TensorRT plan:
+        the same network at another precision) is registered, so indexes stay valid.
+        """
+        files = self.manifest["files"]
+        proto = self.manifest.get("prototypes", PROTOTYPES)
+        space = {"model": files.get(MODEL, {}).get("sha256"), "prototypes": files.get(proto, {}).get("sha256"),
+                 **{key: self.manifest[key] for key in ("schema", "embedding", "preprocess")}}
+        return hashlib.sha256(json.dumps(space, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
     @classmethod
     def load(cls, directory: str | Path, verify: bool = True) -> "Bundle":
         directory = Path(directory)
+        try:
+            os.fspath(directory).encode("utf-8")
+        except UnicodeEncodeError:
+            raise BundleError(f"bundle directory {str(directory)!r} is not a valid UTF-8 path, which ONNX Runtime "
+                              "needs to open the model; rename or move the bundle") from None
         if not directory.is_dir():
             raise BundleError(f"bundle directory {str(directory)!r} does not exist; build one with "
                               "'python -m export onnx' or 'make demo'")
         manifest_path = directory / MANIFEST
         manifest = read_json(manifest_path, "bundle manifest", BundleError)
+        check_seal(manifest, manifest_path, "bundle manifest", BundleError)
         _check_manifest(manifest, manifest_path)
         files = manifest["files"]
-        if verify:
-            for name, meta in files.items():
-                path = contained_file(directory, name, f"bundle manifest {str(manifest_path)!r}", BundleError)
-                if not path.is_file():
-                    raise BundleError(f"bundle file {str(path)!r} listed in the manifest is missing")
-                if path.stat().st_size != meta.get("bytes", path.stat().st_size):
-                    raise BundleError(f"bundle file {str(path)!r} has {path.stat().st_size} bytes, manifest "
-                                      f"says {meta['bytes']}: truncated or modified; rebuild or restore the bundle")
-                if sha256_file(path) != meta.get("sha256"):
-                    raise BundleError(f"bundle file {str(path)!r} fails its sha256 check: it was modified or "
-                                      "corrupted after export; rebuild or restore the bundle")
+        where = f"bundle manifest {str(manifest_path)!r}"
+        verified: dict[str, tuple[int, int, int]] = {}
+        for name, meta in files.items():
+            path = contained_file(directory, name, where, BundleError)
+            if not isinstance(meta, dict):
+                raise BundleError(f"{where}: the entry for {name!r} must be {{'sha256': ..., 'bytes': ...}}")
+            if verify:
+                verified[name] = _verify_file(path, meta)
         try:
             schema = AttributeSchema.from_json(manifest["schema"])
             preprocess = PreprocessSpec.from_json(manifest["preprocess"])
-            layout = {k: (int(v[0]), int(v[1])) for k, v in manifest["embedding"]["layout"].items()}
+            dim = _int(manifest["embedding"]["dim"])
+            layout = {str(k): (_int(v[0]), _int(v[1])) for k, v in manifest["embedding"]["layout"].items()}
             engines = [
-                EngineEntry(e["backend"], e["precision"], e["file"],
+                EngineEntry(str(e["backend"]), str(e["precision"]), _file_name(e["file"]),
                             {k: v for k, v in e.items() if k not in ("backend", "precision", "file")})
                 for e in manifest["engines"]
             ]
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
-            raise BundleError(f"bundle manifest {str(manifest_path)!r} is malformed ({type(exc).__name__}: {exc})") from None
-        dim = int(manifest["embedding"]["dim"])
+            proto_name = _file_name(manifest.get("prototypes", PROTOTYPES))
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError) as exc:
+            raise BundleError(f"{where} is malformed ({type(exc).__name__}: {exc})") from None
         _check_layout(schema, layout, dim, manifest_path)
         for e in engines:
             if e.file not in files:
-                raise BundleError(f"bundle manifest {str(manifest_path)!r} lists engine file {e.file!r} without a checksum")
-        proto_name = manifest.get("prototypes", PROTOTYPES)
+                raise BundleError(f"{where} lists engine file {e.file!r} without a checksum")
         if proto_name not in files:
-            raise BundleError(f"bundle manifest {str(manifest_path)!r} has no checksum for {proto_name!r}")
-        prototypes = load_npy(contained_file(directory, proto_name, "bundle manifest", BundleError),
+            raise BundleError(f"{where} has no checksum for {proto_name!r}")
+        prototypes = load_npy(contained_file(directory, proto_name, where, BundleError),
                               "bundle prototypes", BundleError)
         if prototypes.shape != (dim, schema.total_values) or prototypes.dtype != np.float32:
             raise BundleError(
@@ -119,27 +149,86 @@ class Bundle:
             )
         if not np.isfinite(prototypes).all():
             raise BundleError(f"bundle prototypes {str(directory / proto_name)!r} contain NaN or infinity")
-        return cls(directory, manifest, schema, preprocess, layout, prototypes, engines)
+        return cls(directory, manifest, schema, preprocess, layout, prototypes, engines, verified)
 
-    def register_engine(self, entry: EngineEntry, source: str | Path | None = None) -> None:
-        """Add (or replace) an engine file and rewrite the manifest atomically, last."""
-        target = self.path_of(entry.file)
+    def register_engine(self, entry: EngineEntry, source: str | Path | None = None) -> EngineEntry:
+        """Add (or replace) an engine and rewrite the manifest atomically, last.
+
+        With ``source``, the file is copied in crash-safely: a file the current manifest
+        already pins is never overwritten in place (the new copy gets a fresh name, returned
+        in the entry), so a crash at any moment leaves the previous bundle loadable.
+        Without ``source``, ``entry.file`` must already be complete in the bundle directory.
+        """
+        target = contained_file(self.directory, entry.file, f"engine entry {entry!r}", BundleError)
         if source is not None and Path(source).resolve() != target.resolve():
-            tmp = target.with_name(f".{target.name}.tmp")
-            shutil.copyfile(source, tmp)
-            tmp.replace(target)
+            if entry.file in self.manifest["files"]:
+                stem, dot, suffix = entry.file.rpartition(".")
+                name = f"{stem}-{secrets.token_hex(4)}.{suffix}" if dot else f"{entry.file}-{secrets.token_hex(4)}"
+                entry = replace(entry, file=name)
+                target = contained_file(self.directory, name, f"engine entry {entry!r}", BundleError)
+            atomic_copy(source, target)
+        if not target.is_file():
+            raise BundleError(f"engine file {str(target)!r} does not exist; pass source= to copy it into the bundle")
+        previous = {e.file for e in self.engines}
         self.manifest["files"][entry.file] = {"sha256": sha256_file(target), "bytes": target.stat().st_size}
         self.engines = [e for e in self.engines if not (e.backend == entry.backend and e.precision == entry.precision)]
         self.engines.append(entry)
         self.manifest["engines"] = [e.to_json() for e in self.engines]
+        proto_name = self.manifest.get("prototypes", PROTOTYPES)
+        dropped = previous - {e.file for e in self.engines} - {proto_name, MODEL}  # model.onnx: the reference export
+        for name in dropped:
+            self.manifest["files"].pop(name, None)
+        self.manifest = seal(self.manifest)
         atomic_write_json(self.directory / MANIFEST, self.manifest)
+        self.verified[entry.file] = _stat_key(target)
+        for name in dropped:  # only after the new manifest is durable
+            try:
+                (self.directory / name).unlink()
+            except FileNotFoundError:
+                pass
+        fsync_dir(self.directory)
+        return entry
+
+
+def _int(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected an integer, got {value!r}")
+    return value
+
+
+def _file_name(name: object) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"file name {name!r} is not a string")
+    return name
+
+
+def _stat_key(path: Path) -> tuple[int, int, int]:
+    try:
+        st = path.stat()
+    except OSError:
+        return (-1, -1, -1)
+    return st.st_size, st.st_mtime_ns, st.st_ino
+
+
+def _verify_file(path: Path, meta: dict[str, Any]) -> tuple[int, int, int]:
+    """Size and sha256 against the manifest; returns the stat key the check applies to."""
+    if not path.is_file():
+        raise BundleError(f"bundle file {str(path)!r} listed in the manifest is missing")
+    key = _stat_key(path)
+    if key[0] != meta.get("bytes", key[0]):
+        raise BundleError(f"bundle file {str(path)!r} has {key[0]} bytes, manifest says {meta.get('bytes')!r}: "
+                          "truncated or modified; rebuild or restore the bundle")
+    if sha256_file(path) != meta.get("sha256"):
+        raise BundleError(f"bundle file {str(path)!r} fails its sha256 check: it was modified or corrupted "
+                          "after export; rebuild or restore the bundle")
+    return key
 
 
 def _check_manifest(manifest: Any, path: Path) -> None:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BundleError(f"{str(path)!r} is not a fashsdk bundle manifest (missing format {FORMAT!r})")
     version = manifest.get("format_version")
-    if not isinstance(version, int) or version < 1:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise BundleError(f"bundle manifest {str(path)!r} has an invalid format_version {version!r}")
     if version > FORMAT_VERSION:
         raise BundleError(
@@ -151,6 +240,9 @@ def _check_manifest(manifest: Any, path: Path) -> None:
             raise BundleError(f"bundle manifest {str(path)!r} lacks the {key!r} section")
     if not isinstance(manifest["files"], dict):
         raise BundleError(f"bundle manifest {str(path)!r}: 'files' must map file names to checksums")
+    for key, kind in (("model", dict), ("embedding", dict), ("preprocess", dict), ("schema", list), ("engines", list)):
+        if not isinstance(manifest[key], kind):
+            raise BundleError(f"bundle manifest {str(path)!r}: {key!r} must be a JSON {kind.__name__}")
 
 
 def _check_layout(schema: AttributeSchema, layout: Mapping[str, tuple[int, int]], dim: int, path: Path) -> None:
@@ -180,9 +272,7 @@ def write_bundle(
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / MODEL
     if Path(model_file).resolve() != target.resolve():
-        tmp = directory / f".{MODEL}.tmp"
-        shutil.copyfile(model_file, tmp)
-        tmp.replace(target)
+        atomic_copy(model_file, target)
     atomic_save_npy(directory / PROTOTYPES, np.asarray(prototypes, dtype=np.float32))
     dim = int(prototypes.shape[0])
     manifest = {
@@ -201,5 +291,5 @@ def write_bundle(
             for name in (MODEL, PROTOTYPES)
         },
     }
-    atomic_write_json(directory / MANIFEST, manifest)
+    atomic_write_json(directory / MANIFEST, seal(manifest))
     return Bundle.load(directory)
