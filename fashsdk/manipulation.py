@@ -42,7 +42,11 @@ def indicator(schema: AttributeSchema, current: np.ndarray, change: Mapping[int,
 
 def manipulate(embedding: np.ndarray, prototypes: np.ndarray, ind: np.ndarray) -> np.ndarray:
     """Apply the residual and re-normalise; embedding (D,) or (N, D), ind (J,) or (N, J)."""
-    out = embedding + ind @ prototypes.T
+    if np.ndim(ind) == 1:  # one query: only the changed values' columns (a 4080 x 151 block is 2.4 MB)
+        changed = np.flatnonzero(ind)
+        out = embedding + prototypes[:, changed] @ np.asarray(ind)[changed]
+    else:
+        out = embedding + ind @ prototypes.T
     norm = np.linalg.norm(out, axis=-1, keepdims=True)
     return (out / np.maximum(norm, 1e-12)).astype(np.float32)
 

@@ -74,7 +74,7 @@ def test_index_round_trip_and_incremental_add_remove(retriever: Retriever, bundl
     loaded.save_index(tmp_path / "index")
     again = Retriever(bundle_dir, tmp_path / "index")
     assert len(again.index) == 40 + 5 - 2 and "new2" not in again.index and "new3" in again.index
-    assert sorted(p.name for p in (tmp_path / "index").iterdir() if p.name.startswith("graph-")) and len(
+    assert sorted(p.name for p in (tmp_path / "index").iterdir() if p.name.startswith("ids-")) and len(
         [p for p in (tmp_path / "index").iterdir() if p.name.startswith("vectors-")]) == 1  # old generation cleaned
 
 

@@ -1,0 +1,477 @@
+"""python -m benchmarks.search --json OUT: manipulation search at catalog scale.
+
+For the paper's layout (12 x 340 = 4080-d, structured synthetic model) and the demo
+bundle's layout (read from its manifest), per gallery size: build time, bytes per item,
+single-query latency (one thread) for manipulation queries by vector and by catalog id,
+recall@10/30 against exact search on the same manipulated queries, and Top-30 manipulation
+accuracy. Galleries larger than the real catalog are the real embeddings plus synthetic
+ones (benchmarks.galleries says how). Baselines measured in the same run: plain hnswlib on
+the full float32 vectors and an exact numpy scan. A crossover sweep measures at which size
+the graph beats an exact scan (fashsdk.index.EXACT_MAX_VALUES).
+
+    python -m benchmarks.search --json benchmarks/results/search-cpu.json
+    python -m benchmarks.search --json OUT --sizes 1000000 --layouts demo --no-sweep
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # single-thread queries; set before numpy loads
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import resource  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any, Callable, Iterator  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from benchmarks.galleries import ChunkModel, paper_model  # noqa: E402
+from fashsdk.evaluation import adde_queries, hit_rates, manipulation_queries  # noqa: E402
+from fashsdk.index import EXACT_MAX_VALUES, CatalogIndex  # noqa: E402
+from fashsdk.manipulation import indicator, manipulate  # noqa: E402
+from fashsdk.schema import UNKNOWN, AttributeSchema  # noqa: E402
+
+CHUNK = 65536
+K10, K30 = 10, 30
+BASELINE_M, BASELINE_EFC, BASELINE_EF = 16, 100, 128
+
+
+@dataclass
+class Workload:
+    layout: str  # "demo" | "paper"
+    source: str
+    model: ChunkModel
+    schema: AttributeSchema
+    prototypes: np.ndarray  # (D, J)
+    base_vectors: np.ndarray  # the real (or first synthetic) items; queries come from these
+    base_codes: np.ndarray
+    base_current: np.ndarray  # label, else the model's predicted value
+    labels_real: bool
+    precision: str
+
+    @property
+    def dim(self) -> int:
+        return int(self.base_vectors.shape[1])
+
+
+def demo_workload(bundle_dir: Path, index_dir: Path, precision: str) -> Workload:
+    from fashsdk.bundle import Bundle
+
+    bundle = Bundle.load(bundle_dir)
+    index = CatalogIndex.load(index_dir)
+    ids, vectors, codes = index.vectors_and_codes()
+    predicted = np.stack([index.get(i)[2] for i in ids])
+    current = np.where(codes != UNKNOWN, codes, predicted)
+    layout = [tuple(bundle.layout[name]) for name in bundle.schema.names]
+    model = ChunkModel.fit(vectors, codes, current, layout, bundle.schema.sizes)  # type: ignore[arg-type]
+    chunks = "+".join(f"{b - a}" for a, b in layout)
+    return Workload("demo", f"{bundle_dir} ({len(ids)} real test items, {chunks} = {vectors.shape[1]}-d)", model,
+                    bundle.schema, bundle.prototypes, vectors, codes, current, True, precision)
+
+
+def paper_workload(precision: str, base: int = 8890) -> Workload:
+    model = paper_model(seed=0)
+    schema = AttributeSchema.from_dict({f"attr{a}": [f"v{v}" for v in range(s)] for a, s in enumerate(model.sizes)})
+    vectors, codes = model.sample(base, np.random.default_rng(1))
+    return Workload("paper", "structured synthetic model, 12 x 340 = 4080-d (benchmarks.galleries.paper_model)",
+                    model, schema, model.prototypes(), vectors, codes, codes.copy(), False, precision)
+
+
+def gallery(work: Workload, n: int, seed: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The base items first, then synthetic ones, in chunks of (vectors float32, codes)."""
+    rng = np.random.default_rng(seed)
+    take = min(n, len(work.base_vectors))
+    first_v, first_c = [work.base_vectors[:take]], [work.base_codes[:take]]
+    extra = min(n - take, CHUNK - take) if n > take else 0
+    if extra > 0:
+        v, c = work.model.sample(extra, rng)
+        first_v.append(v)
+        first_c.append(c)
+    yield np.concatenate(first_v), np.concatenate(first_c)
+    done = take + max(extra, 0)
+    while done < n:
+        v, c = work.model.sample(min(CHUNK, n - done), rng)
+        done += len(v)
+        yield v, c
+
+
+def exact_topk_merge(best: tuple[np.ndarray, np.ndarray] | None, q: np.ndarray, block: np.ndarray, offset: int,
+                     k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Running exact top-k (rows, scores) over gallery blocks."""
+    sims = q @ block.T
+    rows = np.broadcast_to(np.arange(offset, offset + len(block)), sims.shape)
+    if best is not None:
+        rows, sims = np.concatenate([best[0], rows], 1), np.concatenate([best[1], sims], 1)
+    keep = min(k, sims.shape[1])
+    top = np.argpartition(-sims, keep - 1, axis=1)[:, :keep]
+    return np.take_along_axis(rows, top, 1), np.take_along_axis(sims, top, 1)
+
+
+def tolerant_recall(approx: list[list[int]], exact_scores: np.ndarray, qvec: np.ndarray,
+                    vectors_of: Callable[[list[int]], np.ndarray], k: int, eps: float = 1e-3) -> float:
+    """ann-benchmarks' k-nn recall: a result counts when its cosine distance is within ``eps``
+    of the k-th exact one, so near-ties (collapsed embeddings) do not count as misses."""
+    found = []
+    for rows, ex, q in zip(approx, exact_scores, qvec):
+        scores = vectors_of(rows[:k]) @ q
+        found.append(min(k, int((scores >= ex[k - 1] - eps).sum())) / k)
+    return float(np.mean(found))
+
+
+def percentiles(times: list[float]) -> tuple[float, float]:
+    ms = 1000 * np.asarray(times)
+    return float(np.median(ms)), float(np.percentile(ms, 99))
+
+
+def timed(fn: Callable[[int], Any], count: int, warmup: int = 30) -> list[float]:
+    for i in range(min(warmup, count)):
+        fn(i)
+    out = []
+    for i in range(count):
+        t = time.perf_counter()
+        fn(i)
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def recall(approx: list[list[int]], exact: np.ndarray, k: int) -> float:
+    return float(np.mean([len(set(a[:k]) & set(e[:k].tolist())) / k for a, e in zip(approx, exact)]))
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_size(work: Workload, n: int, args: argparse.Namespace) -> list[dict[str, Any]]:
+    print(f"== {work.layout} n={n}", flush=True)
+    qs = manipulation_queries(work.base_codes, work.schema.sizes, max_queries=args.queries, seed=0)
+    qvec = adde_queries(work.base_vectors, work.prototypes, work.schema.offsets, work.base_current, qs)
+    qids = [f"b{r}" for r in qs.rows]
+    qrow = qs.rows.astype(np.int64)
+    keep_gallery = n * work.dim * 4 <= args.baseline_max_bytes
+    index = CatalogIndex(work.dim, len(work.schema.sizes), precision=work.precision)
+    codes_all, kept, best, offset, build_s = [], [], None, 0, 0.0
+    for vectors, codes in gallery(work, n, seed=n):
+        ids = [f"b{i}" if i < len(work.base_vectors) else f"s{i}" for i in range(offset, offset + len(vectors))]
+        t = time.perf_counter()
+        index.add(ids, vectors, codes)
+        build_s += time.perf_counter() - t
+        best = exact_topk_merge(best, qvec, vectors, offset, K30 + 1)
+        codes_all.append(codes)
+        if keep_gallery:
+            kept.append(vectors)
+        offset += len(vectors)
+    codes_all = np.concatenate(codes_all)
+    order = np.argsort(-best[1], axis=1, kind="stable")
+    exact_rows = np.take_along_axis(best[0], order, 1)
+    exact = np.array([[r for r in row if r != q][:K30] for row, q in zip(exact_rows, qrow)])  # query item left out
+    exact_scores = np.array([[v for r, v in zip(row, vals) if r != q][:K30] for row, vals, q in
+                             zip(exact_rows, np.take_along_axis(best[1], order, 1), qrow)])
+    stats = index.stats()
+
+    def rows_source(rows: list[int]) -> np.ndarray:
+        return np.stack([index.get(f"b{r}" if r < len(work.base_vectors) else f"s{r}")[0] for r in rows])
+
+    print(f"   built in {build_s:.1f} s: {stats}", flush=True)
+
+    def to_rows(ids: list[str]) -> list[int]:
+        return [int(i[1:]) for i in ids]  # "b<row>" (base item) or "s<row>" (synthetic)
+
+    approx10 = [to_rows(r) for r in index.search(qvec, K10, exclude=qids)[0]]
+    approx = [to_rows(r) for r in index.search(qvec, K30, exclude=qids)[0]]
+    lat = timed(lambda i: index.search(qvec[i % len(qvec)], K10, exclude=[qids[i % len(qvec)]]), args.latency_queries)
+    lat30 = timed(lambda i: index.search(qvec[i % len(qvec)], K30, exclude=[qids[i % len(qvec)]]),
+                  args.latency_queries // 2)
+    schema, proto = work.schema, work.prototypes
+
+    def by_id(i: int) -> None:
+        j = i % len(qvec)
+        vector, labels, predicted = index.get(qids[j])
+        current = np.where(labels != UNKNOWN, labels, predicted)
+        ind = indicator(schema, current, {int(qs.attrs[j, 0]): int(qs.values[j, 0])})
+        index.search(manipulate(vector, proto, ind), K10, exclude=[qids[j]])
+
+    lat_id = timed(by_id, args.latency_queries)
+    approx_arr = np.array([a + [0] * (K30 - len(a)) for a in approx])
+    hits = hit_rates(approx_arr, codes_all, qs.targets, (K10, K30))
+    hits_exact = hit_rates(exact, codes_all, qs.targets, (K10, K30))
+    p50, p99 = percentiles(lat)
+    p50_id, p99_id = percentiles(lat_id)
+    total_bytes = sum(stats["bytes"].values())
+    labels = "real labels" if (work.labels_real and n <= len(work.base_vectors)) else (
+        "real labels + synthetic distractors" if work.labels_real else "synthetic labels")
+    ours = {
+        "layout": work.layout, "method": "fashsdk two-stage", "n": n, "dim": work.dim, "precision": work.precision,
+        "mode": stats["mode"], "build_s": round(build_s, 2), "build_items_per_s": round(n / build_s, 1),
+        "bytes_per_item": round(total_bytes / n, 1), "bytes_breakdown": stats["bytes"],
+        "p50_ms": round(p50, 4), "p99_ms": round(p99, 4), "p50_by_id_ms": round(p50_id, 4),
+        "p99_by_id_ms": round(p99_id, 4), "p50_k30_ms": round(percentiles(lat30)[0], 4),
+        "recall_at_10": round(recall(approx10, exact, K10), 4), "recall_at_30": round(recall(approx, exact, K30), 4),
+        "recall_at_10_eps": round(tolerant_recall(approx10, exact_scores, qvec, rows_source, K10), 4),
+        "top30": round(hits[K30], 4),
+        "top30_exact": round(hits_exact[K30], 4), "top10": round(hits[K10], 4), "labels": labels,
+        "queries": len(qvec), "latency_queries": args.latency_queries,
+        "params": {k: stats.get(k) for k in ("projection_dim", "M", "ef_construction", "candidates_k10",
+                                             "fit_count", "fit_residual", "exact_max_items")},
+        "gallery": f"{min(n, len(work.base_vectors))} base + {max(0, n - len(work.base_vectors))} synthetic",
+        "rss_peak_mb": round(rss_mb(), 1),
+    }
+    rows = [ours]
+    print(f"   ours: p50 {p50:.3f} ms p99 {p99:.3f} ms by-id p50 {p50_id:.3f} ms, recall@10 {ours['recall_at_10']}, "
+          f"recall@30 {ours['recall_at_30']}, top30 {ours['top30']} (exact {ours['top30_exact']})", flush=True)
+    if work.layout == "demo" and args.bundle is not None:
+        ours.update(retriever_latency(args, index, qs, qids, work))
+    for count in [int(c) for c in args.pareto.split(",") if c]:
+        index.ef_search = count  # the same graph, another candidate count: the recall/latency trade-off
+        cand10 = [to_rows(r) for r in index.search(qvec, K10, exclude=qids)[0]]
+        cand30 = [to_rows(r) for r in index.search(qvec, K30, exclude=qids)[0]]
+        lat_c = timed(lambda i: index.search(qvec[i % len(qvec)], K10, exclude=[qids[i % len(qvec)]]),
+                      args.latency_queries // 2)
+        c50, c99 = percentiles(lat_c)
+        rows.append({"layout": work.layout, "method": f"fashsdk two-stage, {count} candidates", "n": n,
+                     "dim": work.dim, "precision": work.precision, "p50_ms": round(c50, 4), "p99_ms": round(c99, 4),
+                     "recall_at_10": round(recall(cand10, exact, K10), 4),
+                     "recall_at_30": round(recall(cand30, exact, K30), 4),
+                     "recall_at_10_eps": round(tolerant_recall(cand10, exact_scores, qvec, rows_source, K10), 4),
+                     "params": {"candidates": count}})
+        print(f"   {count} candidates: p50 {c50:.3f} ms, recall@10 {rows[-1]['recall_at_10']}", flush=True)
+    index.ef_search = None
+    if keep_gallery:
+        full = np.concatenate(kept)
+        del kept
+        rows += baselines(work, full, qvec, qrow, exact, codes_all, qs, n, args)
+        del full
+    ours_all = [r for r in rows if r["method"].startswith("fashsdk")]
+    for base in [r for r in rows if r["method"] == "hnswlib full vectors"]:
+        # at matched recall: our fastest setting whose recall@10 is at least the baseline's
+        good = [r for r in ours_all if r["recall_at_10"] >= base["recall_at_10"] - 1e-9]
+        if good:
+            best = min(good, key=lambda r: r["p50_ms"])
+            ours["speedup_p50_vs_hnswlib_matched_recall"] = round(base["p50_ms"] / best["p50_ms"], 2)
+            ours["matched_recall_setting"] = best["method"]
+    for base in [r for r in rows if not r["method"].startswith("fashsdk")]:
+        for key in ("p50_ms", "p99_ms"):
+            if base.get(key):
+                ours[f"speedup_{key[:3]}_vs_{base['method'].split()[0]}"] = round(base[key] / ours[key], 2)
+        if base.get("build_items_per_s"):
+            ours[f"build_ratio_vs_{base['method'].split()[0]}"] = round(
+                ours["build_items_per_s"] / base["build_items_per_s"], 2)
+    del index
+    return rows
+
+
+def retriever_latency(args: argparse.Namespace, index: CatalogIndex, qs: Any, qids: list[str],
+                      work: Workload) -> dict[str, Any]:
+    """The whole SDK call, Retriever.search(id, change, k=10), attributes decoded."""
+    from fashsdk.retriever import Retriever
+
+    retriever = Retriever(args.bundle, index)
+    names = work.schema.names
+
+    def call(i: int) -> None:
+        j = i % len(qids)
+        a = int(qs.attrs[j, 0])
+        retriever.search(qids[j], {names[a]: work.schema.attributes[a].values[int(qs.values[j, 0])]}, k=K10)
+
+    p50, p99 = percentiles(timed(call, args.latency_queries))
+    return {"retriever_p50_ms": round(p50, 4), "retriever_p99_ms": round(p99, 4)}
+
+
+def baselines(work: Workload, full: np.ndarray, qvec: np.ndarray, qrow: np.ndarray, exact: np.ndarray,
+              codes: np.ndarray, qs: Any, n: int, args: argparse.Namespace) -> list[dict[str, Any]]:
+    import hnswlib
+
+    rows = []
+    common = {"layout": work.layout, "n": n, "dim": work.dim, "precision": "float32", "queries": len(qvec)}
+    if not args.no_hnswlib_baseline:
+        graph = hnswlib.Index(space="ip", dim=work.dim)
+        graph.init_index(max_elements=n, M=BASELINE_M, ef_construction=BASELINE_EFC)
+        t = time.perf_counter()
+        graph.add_items(full, np.arange(n), num_threads=len(os.sched_getaffinity(0)))
+        build_s = time.perf_counter() - t
+        graph.set_ef(BASELINE_EF)
+        graph.set_num_threads(1)
+        labels, _ = graph.knn_query(qvec, k=K30 + 1, num_threads=1)
+        approx = [[int(r) for r in row if r != q][:K30] for row, q in zip(labels, qrow)]
+        lat = timed(lambda i: graph.knn_query(qvec[i % len(qvec)], k=K10 + 1, num_threads=1), args.latency_queries)
+        p50, p99 = percentiles(lat)
+        hits = hit_rates(np.array(approx), codes, qs.targets, (K10, K30))
+        rows.append({**common, "method": "hnswlib full vectors", "build_s": round(build_s, 2),
+                     "build_items_per_s": round(n / build_s, 1),
+                     "bytes_per_item": round(n and (graph.element_count * (2 * BASELINE_M * 4 + 4 + 4 * work.dim + 8)) / n, 1),
+                     "p50_ms": round(p50, 4), "p99_ms": round(p99, 4), "recall_at_10": round(recall(approx, exact, K10), 4),
+                     "recall_at_30": round(recall(approx, exact, K30), 4), "top30": round(hits[K30], 4),
+                     "params": {"M": BASELINE_M, "ef_construction": BASELINE_EFC, "ef": BASELINE_EF}})
+        print(f"   hnswlib full: build {build_s:.1f} s, p50 {p50:.3f} ms, recall@10 {rows[-1]['recall_at_10']}", flush=True)
+        del graph
+
+    def scan(i: int) -> None:
+        sims = full @ qvec[i % len(qvec)]
+        np.argpartition(-sims, K10)[:K10 + 1]
+
+    count = max(10, min(args.latency_queries, int(2e10 / (n * work.dim))))  # keep the slow baseline bounded
+    p50, p99 = percentiles(timed(scan, count, warmup=3))
+    rows.append({**common, "method": "exact numpy scan", "build_s": 0.0, "build_items_per_s": None,
+                 "bytes_per_item": 4 * work.dim, "p50_ms": round(p50, 4), "p99_ms": round(p99, 4),
+                 "recall_at_10": 1.0, "recall_at_30": 1.0, "latency_queries": count})
+    print(f"   exact numpy: p50 {p50:.3f} ms", flush=True)
+    return rows
+
+
+def sweep(work: Workload, sizes: list[int], repeats: int = 300) -> dict[str, Any]:
+    """Exact scan vs two-stage single-query latency on small catalogs: where is the crossover?"""
+    vectors = np.concatenate([v for v, _ in gallery(work, max(sizes), seed=7)])
+    qs = manipulation_queries(work.base_codes, work.schema.sizes, max_queries=200, seed=1)
+    qvec = adde_queries(work.base_vectors, work.prototypes, work.schema.offsets, work.base_current, qs)
+    points = []
+    for n in sizes:
+        entry: dict[str, Any] = {"n": n, "values": n * work.dim}
+        for name, limit in (("exact", n), ("two_stage", 0)):
+            index = CatalogIndex(work.dim, len(work.schema.sizes), precision=work.precision, exact_max_items=limit)
+            index.add([str(i) for i in range(n)], vectors[:n])
+            entry[f"{name}_p50_ms"] = round(percentiles(timed(lambda i: index.search(qvec[i % len(qvec)], K10), repeats))[0], 4)
+        points.append(entry)
+        print(f"   sweep {work.layout} n={n}: exact {entry['exact_p50_ms']} ms, two-stage {entry['two_stage_p50_ms']} ms",
+              flush=True)
+    cheaper = [p["n"] for p in points if p["exact_p50_ms"] <= p["two_stage_p50_ms"]]
+    return {"layout": work.layout, "dim": work.dim, "precision": work.precision, "points": points,
+            "largest_n_exact_cheaper": max(cheaper) if cheaper else None,
+            "configured_exact_max_items": EXACT_MAX_VALUES // work.dim}
+
+
+def machine() -> dict[str, Any]:
+    import hnswlib  # noqa: F401
+    import onnxruntime
+
+    info: dict[str, Any] = {"cpu": platform.processor(), "cores": len(os.sched_getaffinity(0)),
+                            "python": platform.python_version(), "numpy": np.__version__,
+                            "onnxruntime": onnxruntime.__version__, "platform": platform.platform(),
+                            "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
+                            "query_threads": 1, "build_threads": len(os.sched_getaffinity(0))}
+    try:
+        from importlib.metadata import version
+
+        info["hnswlib"] = version("hnswlib")
+    except Exception:  # pragma: no cover
+        pass
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        for line in text.splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                info["flags"] = sorted(f for f in flags if f in {"avx", "avx2", "fma", "f16c", "avx512f", "avx512_vnni",
+                                                                  "avx512_bf16", "amx_int8", "amx_bf16"})
+                break
+        info["memory_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (OSError, ValueError):
+        pass
+    return info
+
+
+def markdown(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    lines = [f"# Manipulation search at catalog scale ({m.get('cpu')}, {m.get('cores')} cores, "
+             f"{', '.join(m.get('flags', []))})", "",
+             "Queries: one thread, k=10, the query item excluded; recall against exact search on the same "
+             "manipulated queries (recall@10 (eps): a result counts when its cosine is within 1e-3 of the "
+             "10th exact one, as ann-benchmarks counts); Top-30: manipulation accuracy of these results, "
+             "exact search's in brackets; build on all cores.", "",
+             "| layout | n | method | precision | build items/s | bytes/item | p50 ms | p99 ms | p50 by id ms | "
+             "recall@10 | recall@10 (eps) | recall@30 | Top-30 (exact) | p50 speedup vs hnswlib (at its recall) "
+             "/ exact |",
+             "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
+    for r in result["rows"]:
+        top = f"{r['top30']:.3f} ({r['top30_exact']:.3f})" if "top30_exact" in r else (
+            f"{r['top30']:.3f}" if r.get("top30") is not None else "")
+        speed = (f"{r.get('speedup_p50_vs_hnswlib', '-')} ({r.get('speedup_p50_vs_hnswlib_matched_recall', '-')})"
+                 f" / {r.get('speedup_p50_vs_exact', '-')}") if r["method"] == "fashsdk two-stage" else ""
+        fmt = lambda v, f: format(v, f) if isinstance(v, (int, float)) else "-"  # noqa: E731
+        lines.append(f"| {r['layout']} | {r['n']:,} | {r['method']} | {r['precision']} | "
+                     f"{fmt(r.get('build_items_per_s'), ',.0f')} | {fmt(r.get('bytes_per_item'), ',.0f')} | "
+                     f"{fmt(r['p50_ms'], '.3f')} | {fmt(r['p99_ms'], '.3f')} | {fmt(r.get('p50_by_id_ms'), '.3f')} | "
+                     f"{fmt(r.get('recall_at_10'), '.4f')} | {fmt(r.get('recall_at_10_eps'), '.4f')} | "
+                     f"{fmt(r.get('recall_at_30'), '.4f')} | {top} | {speed} |")
+    lines += ["", "Galleries: " + "; ".join(f"{w['layout']}: {w['source']}" for w in result["workloads"]),
+              "", result["synthetic"], ""]
+    for s in result.get("sweeps", []):
+        pts = ", ".join(f"{p['n']}: {p['exact_p50_ms']}/{p['two_stage_p50_ms']}" for p in s["points"])
+        lines.append(f"Exact scan vs two-stage p50 ms ({s['layout']}, {s['dim']}-d): {pts}; exact is cheaper up to "
+                     f"n={s['largest_n_exact_cheaper']}; configured limit {s['configured_exact_max_items']} items.")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.search", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", required=True, type=Path, help="where to write the JSON (markdown goes beside it)")
+    parser.add_argument("--sizes", default="20000,100000", help="gallery sizes, comma-separated")
+    parser.add_argument("--layouts", default="demo,paper")
+    parser.add_argument("--bundle", type=Path, default=None, help="default: runs/demo/bundle, else runs/smoke/bundle")
+    parser.add_argument("--index", type=Path, default=None, help="the bundle's index of the real test split")
+    parser.add_argument("--queries", type=int, default=1000, help="manipulation queries for recall/Top-k")
+    parser.add_argument("--latency-queries", type=int, default=2000)
+    parser.add_argument("--demo-precision", default="float32", choices=["float32", "float16"])
+    parser.add_argument("--paper-precision", default="float16", choices=["float32", "float16"])
+    parser.add_argument("--baseline-max-bytes", type=float, default=2.0e9,
+                        help="baselines need the float32 gallery in memory; skipped above this size")
+    parser.add_argument("--no-hnswlib-baseline", action="store_true")
+    parser.add_argument("--pareto", default="64,128,256,384",
+                        help="extra candidate counts to measure on the same graph ('' for none)")
+    parser.add_argument("--no-sweep", action="store_true")
+    parser.add_argument("--no-real-row", action="store_true", help="skip the real-catalog-size demo row")
+    parser.add_argument("--append", action="store_true",
+                        help="add this run's rows to an existing --json (e.g. a separate 1M run)")
+    args = parser.parse_args(argv)
+    if args.bundle is None:
+        demo = Path("runs/demo/bundle")
+        args.bundle = demo if (demo / "manifest.json").exists() else Path("runs/smoke/bundle")
+    if args.index is None:
+        args.index = args.bundle.parent / "index"
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    result: dict[str, Any] = {"machine": machine(), "rows": [], "workloads": [], "sweeps": [],
+                              "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.search"] + sys.argv[1:]),
+                              "synthetic": __import__("benchmarks.galleries", fromlist=["x"]).__doc__.strip()}
+    if args.append and args.json.exists():
+        previous = json.loads(args.json.read_text())
+        result["rows"], result["sweeps"] = previous.get("rows", []), previous.get("sweeps", [])
+        result["workloads"] = previous.get("workloads", [])
+        result["command"] = "; ".join([previous.get("command", ""), result["command"]])
+        result["earlier_wall_s"] = previous.get("wall_s", 0) + previous.get("earlier_wall_s", 0)
+    t0 = time.perf_counter()
+    for layout in args.layouts.split(","):
+        work = (demo_workload(args.bundle, args.index, args.demo_precision) if layout == "demo"
+                else paper_workload(args.paper_precision))
+        if not any(w["layout"] == layout for w in result["workloads"]):
+            result["workloads"].append({"layout": layout, "source": work.source, "dim": work.dim,
+                                        "attributes": len(work.schema.sizes), "values": sum(work.schema.sizes)})
+        if not args.no_sweep:
+            result["sweeps"].append(sweep(work, [256, 512, 1024, 2048, 4096, 8192] if work.dim < 1024
+                                          else [64, 128, 256, 512, 1024, 2048]))
+        layout_sizes = list(sizes)
+        if layout == "demo" and not args.no_real_row and len(work.base_vectors) not in layout_sizes:
+            layout_sizes = [len(work.base_vectors)] + layout_sizes
+        for n in layout_sizes:
+            result["rows"] += run_size(work, n, args)
+            _write(args.json, result, t0)
+    _write(args.json, result, t0)
+    print(markdown(result))
+    return 0
+
+
+def _write(path: Path, result: dict[str, Any], t0: float) -> None:
+    result["wall_s"] = round(time.perf_counter() - t0, 1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    path.with_suffix(".md").write_text(markdown(result))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""Stage one of a search: an hnswlib graph over the projected vectors, giving candidates.
+
+The graph holds W^T x (p dims, inner product) under the index's own slot numbers as labels,
+so a candidate is directly a row of the full-vector store. Removing marks the label
+deleted; adding a reused slot updates that graph node in place (hnswlib's addPoint on an
+existing label), so churn does not grow the graph.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from .projection import Projection
+
+ADD_BATCH = 65536  # rows projected at once while building
+
+
+@dataclass(frozen=True)
+class GraphParams:
+    M: int
+    ef_construction: int
+
+
+def graph_params(n: int) -> GraphParams:
+    """M and efConstruction (by catalog size, should it ever pay off). Measured by
+    benchmarks.search on 1M demo-layout items: M=32/efC=200 lifted recall at equal candidates
+    (0.80 -> 0.85 at 256) but cost as much latency as adding candidates and built 2.5x slower,
+    so M=16/efC=100 at every size."""
+    return GraphParams(16, 100)
+
+
+def candidate_count(n: int, want: int, dim: int, base: int | None = None) -> int:
+    """How many graph candidates the exact re-rank sees (also hnswlib's ef for the query).
+
+    Manipulated queries sit far from every item (their best cosine is ~0.85 on the demo
+    model while neighbouring items are ~0.99 apart), so scores are flat near the top and
+    the graph must return many candidates: measured by benchmarks.search, recall@10 ~0.95
+    needs ~256 candidates at 100k items on the 256-d demo embeddings, while the 4080-d
+    synthetic paper layout reaches ~0.98 with 64-96, where each candidate also costs
+    16x more to re-rank. ``base`` (the index's ef_search) overrides this rule; the count
+    is at least 3 x want either way, so k=30 sees about 100 candidates.
+    """
+    if base is None:
+        wide = dim >= 1024
+        if n <= 20_000:
+            base = 64 if wide else 128
+        elif n <= 150_000:
+            base = 64 if wide else 256
+        else:
+            base = 96 if wide else 384
+    return max(base, 3 * want, want + 8)
+
+
+class ProjectedGraph:
+    def __init__(self, projection: Projection, capacity: int, params: GraphParams) -> None:
+        import hnswlib
+
+        self.projection = projection
+        self.params = params
+        self.graph = hnswlib.Index(space="ip", dim=projection.out_dim)
+        self.graph.init_index(max_elements=max(capacity, 1), M=params.M, ef_construction=params.ef_construction,
+                              allow_replace_deleted=False)
+        self.graph.set_num_threads(1)
+        self.graph.set_ef(16)  # searches pass k = candidate count, and hnswlib uses max(ef, k)
+        self.drift_sum = 0.0  # residual energy summed over items added after the fit
+        self.drift_count = 0
+        self.built_count = 0  # live items when the graph was built
+
+    @classmethod
+    def load(cls, projection: Projection, path: str, capacity: int, params: GraphParams) -> "ProjectedGraph":
+        """Only call on a file whose checksum the caller verified: hnswlib trusts its input."""
+        import hnswlib
+
+        self = cls.__new__(cls)
+        self.projection, self.params = projection, params
+        self.graph = hnswlib.Index(space="ip", dim=projection.out_dim)
+        self.graph.load_index(os.fsencode(path), max_elements=max(capacity, 1))  # bytes: non-UTF-8 paths too
+        self.graph.set_num_threads(1)
+        self.graph.set_ef(16)
+        self.drift_sum, self.drift_count, self.built_count = 0.0, 0, 0
+        return self
+
+    @property
+    def count(self) -> int:
+        """Nodes in the graph, deleted ones included."""
+        return int(self.graph.get_current_count())
+
+    def reserve(self, needed: int) -> None:
+        if needed > self.graph.get_max_elements():
+            self.graph.resize_index(max(needed, 2 * self.graph.get_max_elements()))
+
+    def add(self, vectors: np.ndarray, slots: np.ndarray, threads: int, track_drift: bool = True) -> None:
+        """Project and insert (or update in place) ``slots``; ``vectors`` (n, D) float32."""
+        self.reserve(int(slots.max()) + 1 if len(slots) else 0)
+        for s in range(0, len(slots), ADD_BATCH):
+            chunk = np.asarray(vectors[s:s + ADD_BATCH], np.float32)
+            projected = self.projection.apply(chunk)
+            if track_drift:
+                self.drift_sum += float(self.projection.residuals(chunk, projected).sum())
+                self.drift_count += len(chunk)
+            self.graph.add_items(projected, slots[s:s + ADD_BATCH], num_threads=threads)
+
+    def remove(self, slots: np.ndarray) -> None:
+        for s in slots.tolist():
+            self.graph.mark_deleted(s)
+
+    def candidates(self, queries: np.ndarray, count: int, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """(Q, count) slots and their projected inner products, best first; raises
+        RuntimeError when fewer are reachable (hnswlib's own check)."""
+        labels, distances = self.graph.knn_query(self.projection.apply(queries), k=count, num_threads=threads)
+        return labels.astype(np.int64, copy=False), 1.0 - distances
+
+    def save(self, path: str) -> None:
+        self.graph.save_index(os.fsencode(path))  # bytes: non-UTF-8 paths too
+
+    def nbytes(self) -> int:
+        """Graph memory as hnswlib lays it out: level 0 links + vector + label per node, plus
+        upper-level links (about 1/M of nodes) and the projection matrix."""
+        p, M, n = self.projection.out_dim, self.params.M, self.count
+        level0 = 2 * M * 4 + 4 + 4 * p + 8
+        upper = (M * 4 + 4) * n / max(M - 1, 1)
+        matrix = 0 if self.projection.matrix is None else self.projection.matrix.nbytes
+        return int(n * level0 + upper + matrix)
