@@ -161,18 +161,27 @@ def evaluate(reference: ModelOutputs, candidate: ModelOutputs, codes: np.ndarray
     return report
 
 
+def threshold_failures(mean_cosine: float, overlap: float, change_points: float | None, *, min_mean_cosine: float,
+                       min_overlap: float, max_change_points: float, neighbours: int, top_k: int = 30) -> list[str]:
+    """The accuracy rules every reduced-precision engine (int8, fp16, TensorRT) is held to;
+    each failure names the figure and its limit. ``change_points`` None: no labels, not checked."""
+    failures = []
+    if not mean_cosine >= min_mean_cosine:
+        failures.append(f"mean cosine {mean_cosine:.6f} < {min_mean_cosine}")
+    if not overlap >= min_overlap:
+        failures.append(f"top-{neighbours} neighbour overlap {overlap:.4f} < {min_overlap}")
+    if change_points is not None and not abs(change_points) <= max_change_points:
+        failures.append(f"Top-{top_k} accuracy moved {change_points:+.2f} points (allowed +-{max_change_points})")
+    return failures
+
+
 def decide(report: GateReport) -> list[str]:
     """The reasons a report fails (empty when it passes)."""
     t = report.thresholds
-    failures = []
-    if not report.mean_cosine >= t.min_mean_cosine:
-        failures.append(f"mean cosine {report.mean_cosine:.6f} < {t.min_mean_cosine}")
-    if not report.neighbour_overlap >= t.min_neighbour_overlap:
-        failures.append(f"top-{t.neighbours} neighbour overlap {report.neighbour_overlap:.4f} < "
-                        f"{t.min_neighbour_overlap}")
-    if not abs(report.top_k_change_points) <= t.max_top30_change_points:
-        failures.append(f"Top-{t.top_k} accuracy moved {report.top_k_change_points:+.2f} points "
-                        f"(allowed +-{t.max_top30_change_points})")
+    failures = threshold_failures(report.mean_cosine, report.neighbour_overlap, report.top_k_change_points,
+                                  min_mean_cosine=t.min_mean_cosine, min_overlap=t.min_neighbour_overlap,
+                                  max_change_points=t.max_top30_change_points, neighbours=t.neighbours,
+                                  top_k=t.top_k)
     if report.queries == 0:
         failures.append("no valid manipulation queries in the sample: use more (or labelled) images")
     return failures

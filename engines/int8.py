@@ -260,16 +260,12 @@ def evaluate_int8(bundle: Bundle, fp32_path: str | Path, int8_path: str | Path, 
 
 
 def _failures(report: Int8Report) -> list[str]:
+    from .gpu_gate import threshold_failures
+
     g = report.gate
-    out = []
-    if not report.mean_cosine >= g.min_mean_cosine:
-        out.append(f"mean cosine {report.mean_cosine:.5f} < {g.min_mean_cosine}")
-    if not report.neighbour_overlap >= g.min_neighbour_overlap:
-        out.append(f"top-{g.neighbours} neighbour overlap {report.neighbour_overlap:.4f} < {g.min_neighbour_overlap}")
-    change = report.top30_change_points
-    if change is not None and not abs(change) <= g.max_top30_change_points:
-        out.append(f"Top-30 moved {change:+.2f} points (allowed +-{g.max_top30_change_points})")
-    return out
+    return threshold_failures(report.mean_cosine, report.neighbour_overlap, report.top30_change_points,
+                              min_mean_cosine=g.min_mean_cosine, min_overlap=g.min_neighbour_overlap,
+                              max_change_points=g.max_top30_change_points, neighbours=g.neighbours)
 
 
 def build_int8_engine(bundle_dir: str | Path, labels: str | Path, images: str | Path | Sequence[str | Path],

@@ -73,7 +73,8 @@ def real_bundle_dir(tmp_path_factory: pytest.TempPathFactory, real_subset_data: 
 
     from export.models import ADDE, ModelConfig
     from export.onnx_export import build_bundle
-    from fashsdk.preprocess import PreprocessSpec, decode_resized, normalize
+    from fashsdk.preprocess import PreprocessSpec, decode_resized
+    from tiny_bundle import spread_untrained
 
     spec = PreprocessSpec(height=40, width=32)
     schema = real_subset_data.schema
@@ -81,16 +82,7 @@ def real_bundle_dir(tmp_path_factory: pytest.TempPathFactory, real_subset_data: 
     model = ADDE(ModelConfig(backbone="compact", attribute_sizes=schema.sizes, dim=8, width=8,  # type: ignore[attr-defined]
                              height_px=spec.height, width_px=spec.width))
     pixels = np.stack([decode_resized(real_subset_data.images[i], spec) for i in real_subset_data.ids])
-    # Untrained weights map every photo to nearly the same vector; recomputing the batch-norm
-    # statistics on the real photos spreads them out, so rankings in tests are meaningful.
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.reset_running_stats()
-            module.momentum = None
-    with torch.no_grad():
-        model.train()(torch.from_numpy(normalize(pixels, spec)))
-        model.memory.normal_(0, 0.3)
-        model.memory.mul_(1 - model.offblock_mask)
+    spread_untrained(model, pixels, spec)
     directory = tmp_path_factory.mktemp("real_bundle") / "bundle"
     build_bundle(model.eval(), schema, spec, directory, pixels[:8])  # type: ignore[arg-type]
     return directory

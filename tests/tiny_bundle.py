@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -23,24 +24,34 @@ def make_tiny_bundle(directory: Path, seed: int = 0, dim: int = 16) -> Bundle:
     torch.manual_seed(seed)
     model = ADDE(ModelConfig(backbone="compact", attribute_sizes=SCHEMA.sizes, dim=dim, width=8,
                              height_px=SPEC.height, width_px=SPEC.width))
-    with torch.no_grad():
-        # centre the untrained features (BN statistics from real-looking images) and drop the
-        # learners' biases, so different images get clearly different embeddings
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.momentum = None
-        model.train()
-        sample = np.stack([_resize(img) for img in random_images(64, seed=seed + 100)])
-        from fashsdk.preprocess import normalize
-        model(torch.from_numpy(normalize(sample, SPEC)))
+    sample = np.stack([_resize(img) for img in random_images(64, seed=seed + 100)])
+    spread_untrained(model, sample, SPEC)
+    with torch.no_grad():  # no learner biases: different images get clearly different embeddings
         for learner in model.learners:
             learner[0].bias.zero_()
             learner[2].bias.zero_()
-        model.memory.normal_(0, 0.3)  # real, block-structured prototypes
-        model.memory.mul_(1 - model.offblock_mask)
     pixels = np.random.default_rng(seed).integers(0, 256, (4, SPEC.height, SPEC.width, 3), dtype=np.uint8)
     bundle, _ = build_bundle(model.eval(), SCHEMA, SPEC, directory, pixels)
     return bundle
+
+
+def spread_untrained(model: Any, pixels: np.ndarray, spec: PreprocessSpec) -> None:
+    """Make an untrained ADDE usable in tests: untrained weights map every photo to nearly the
+    same vector, so recompute the batch-norm statistics on ``pixels`` (uint8 NHWC) to spread
+    them out, and give the memory random block-structured prototypes."""
+    import torch
+
+    from fashsdk.preprocess import normalize
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None  # cumulative average over the batch below
+    with torch.no_grad():
+        model.train()(torch.from_numpy(normalize(pixels, spec)))
+        model.memory.normal_(0, 0.3)
+        model.memory.mul_(1 - model.offblock_mask)
+    model.eval()
 
 
 def _resize(img: np.ndarray) -> np.ndarray:
