@@ -31,8 +31,8 @@ from typing import Any, Callable, Iterator  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from benchmarks.galleries import ChunkModel, paper_model  # noqa: E402
-from fashsdk.evaluation import adde_queries, hit_rates, manipulation_queries  # noqa: E402
+from benchmarks.galleries import ChunkModel, KernelModel, paper_model  # noqa: E402
+from fashsdk.evaluation import adde_queries, exact_topk, hit_rates, manipulation_queries  # noqa: E402
 from fashsdk.index import EXACT_MAX_VALUES, CatalogIndex  # noqa: E402
 from fashsdk.manipulation import indicator, manipulate  # noqa: E402
 from fashsdk.schema import UNKNOWN, AttributeSchema  # noqa: E402
@@ -46,7 +46,7 @@ BASELINE_M, BASELINE_EFC, BASELINE_EF = 16, 100, 128
 class Workload:
     layout: str  # "demo" | "paper"
     source: str
-    model: ChunkModel
+    model: ChunkModel | KernelModel  # the generator of synthetic items
     schema: AttributeSchema
     prototypes: np.ndarray  # (D, J)
     base_vectors: np.ndarray  # the real (or first synthetic) items; queries come from these
@@ -54,13 +54,15 @@ class Workload:
     base_current: np.ndarray  # label, else the model's predicted value
     labels_real: bool
     precision: str
+    chunks: list[tuple[int, int]]  # each attribute's (start, stop) in the vector
 
     @property
     def dim(self) -> int:
         return int(self.base_vectors.shape[1])
 
 
-def demo_workload(bundle_dir: Path, index_dir: Path, precision: str) -> Workload:
+def demo_workload(bundle_dir: Path, index_dir: Path, precision: str, synthetic: str = "kernel") -> Workload:
+    """The real items of ``index_dir`` (built with ``bundle_dir``) and a generator fitted to them."""
     from fashsdk.bundle import Bundle
 
     bundle = Bundle.load(bundle_dir)
@@ -69,10 +71,44 @@ def demo_workload(bundle_dir: Path, index_dir: Path, precision: str) -> Workload
     predicted = np.stack([index.get(i)[2] for i in ids])
     current = np.where(codes != UNKNOWN, codes, predicted)
     layout = [tuple(bundle.layout[name]) for name in bundle.schema.names]
-    model = ChunkModel.fit(vectors, codes, current, layout, bundle.schema.sizes)  # type: ignore[arg-type]
+    model: ChunkModel | KernelModel
+    if synthetic == "kernel":
+        model = KernelModel.fit(vectors, codes)
+    else:
+        model = ChunkModel.fit(vectors, codes, current, layout, bundle.schema.sizes)  # type: ignore[arg-type]
     chunks = "+".join(f"{b - a}" for a, b in layout)
-    return Workload("demo", f"{bundle_dir} ({len(ids)} real test items, {chunks} = {vectors.shape[1]}-d)", model,
-                    bundle.schema, bundle.prototypes, vectors, codes, current, True, precision)
+    return Workload("demo", f"{index_dir} ({len(ids)} real items embedded by {bundle_dir}, {chunks} = "
+                    f"{vectors.shape[1]}-d; synthetic items: {synthetic} model)", model,
+                    bundle.schema, bundle.prototypes, vectors, codes, current, True, precision, layout)
+
+
+def generator_check(work: Workload, queries: int = 500, efs: tuple[int, ...] = (16, 32, 64)) -> dict[str, Any]:
+    """Is the synthetic generator as hard for a graph index as the real items? hnswlib recall@10 at
+    fixed ef for the same manipulated queries on the real items and on each generator's sample of
+    the same size (module doc of benchmarks.galleries)."""
+    import hnswlib
+
+    real = np.ascontiguousarray(work.base_vectors, dtype=np.float32)
+    qs = manipulation_queries(work.base_codes, work.schema.sizes, max_queries=queries, seed=3)
+    qvec = adde_queries(work.base_vectors, work.prototypes, work.schema.offsets, work.base_current, qs)
+    galleries = {"real": real,
+                 "kernel": KernelModel.fit(real, work.base_codes).sample(len(real), np.random.default_rng(11))[0],
+                 "gaussian chunks": ChunkModel.fit(real, work.base_codes, work.base_current, work.chunks,
+                                                   work.schema.sizes).sample(len(real), np.random.default_rng(11))[0]}
+    out: dict[str, Any] = {"items": len(real), "queries": len(qvec), "M": BASELINE_M, "ef_construction": BASELINE_EFC}
+    for name, vectors in galleries.items():
+        exact = exact_topk(qvec, vectors, K10)
+        graph = hnswlib.Index(space="ip", dim=work.dim)
+        graph.init_index(max_elements=len(vectors), M=BASELINE_M, ef_construction=BASELINE_EFC, random_seed=1)
+        graph.add_items(vectors, num_threads=len(os.sched_getaffinity(0)))
+        found = {}
+        for ef in efs:
+            graph.set_ef(ef)
+            labels, _ = graph.knn_query(qvec, k=K10, num_threads=1)
+            found[str(ef)] = round(recall([list(r) for r in labels], exact, K10), 4)
+        out[name] = found
+        print(f"   generator check {name}: recall@10 by ef {found}", flush=True)
+    return out
 
 
 def paper_workload(precision: str, base: int = 8890) -> Workload:
@@ -80,7 +116,8 @@ def paper_workload(precision: str, base: int = 8890) -> Workload:
     schema = AttributeSchema.from_dict({f"attr{a}": [f"v{v}" for v in range(s)] for a, s in enumerate(model.sizes)})
     vectors, codes = model.sample(base, np.random.default_rng(1))
     return Workload("paper", "structured synthetic model, 12 x 340 = 4080-d (benchmarks.galleries.paper_model)",
-                    model, schema, model.prototypes(), vectors, codes, codes.copy(), False, precision)
+                    model, schema, model.prototypes(), vectors, codes, codes.copy(), False, precision,
+                    list(model.layout))
 
 
 def gallery(work: Workload, n: int, seed: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -150,8 +187,9 @@ def rss_mb() -> float:
 
 def run_size(work: Workload, n: int, args: argparse.Namespace) -> list[dict[str, Any]]:
     print(f"== {work.layout} n={n}", flush=True)
-    qs = manipulation_queries(work.base_codes, work.schema.sizes, max_queries=args.queries, seed=0)
-    qvec = adde_queries(work.base_vectors, work.prototypes, work.schema.offsets, work.base_current, qs)
+    take = min(n, len(work.base_vectors))  # queries come from base items that are in this gallery
+    qs = manipulation_queries(work.base_codes[:take], work.schema.sizes, max_queries=args.queries, seed=0)
+    qvec = adde_queries(work.base_vectors[:take], work.prototypes, work.schema.offsets, work.base_current[:take], qs)
     qids = [f"b{r}" for r in qs.rows]
     qrow = qs.rows.astype(np.int64)
     keep_gallery = n * work.dim * 4 <= args.baseline_max_bytes
@@ -254,7 +292,6 @@ def run_size(work: Workload, n: int, args: argparse.Namespace) -> list[dict[str,
         if base.get("build_items_per_s"):
             ours[f"build_ratio_vs_{base['method'].split()[0]}"] = round(
                 ours["build_items_per_s"] / base["build_items_per_s"], 2)
-    del index
     return rows
 
 
@@ -338,7 +375,6 @@ def sweep(work: Workload, sizes: list[int], repeats: int = 300) -> dict[str, Any
 
 
 def machine() -> dict[str, Any]:
-    import hnswlib  # noqa: F401
     import onnxruntime
 
     info: dict[str, Any] = {"cpu": platform.processor(), "cores": len(os.sched_getaffinity(0)),
@@ -391,8 +427,20 @@ def markdown(result: dict[str, Any]) -> str:
                      f"{fmt(r['p50_ms'], '.3f')} | {fmt(r['p99_ms'], '.3f')} | {fmt(r.get('p50_by_id_ms'), '.3f')} | "
                      f"{fmt(r.get('recall_at_10'), '.4f')} | {fmt(r.get('recall_at_10_eps'), '.4f')} | "
                      f"{fmt(r.get('recall_at_30'), '.4f')} | {top} | {speed} |")
-    lines += ["", "Galleries: " + "; ".join(f"{w['layout']}: {w['source']}" for w in result["workloads"]),
-              "", result["synthetic"], ""]
+    lines += ["", "Galleries: " + "; ".join(f"{w['layout']}: {w['source']}" for w in result["workloads"]), ""]
+    for w in result["workloads"]:
+        if "kernel_fit" in w:
+            f = w["kernel_fit"]
+            lines.append(f"Kernel model ({w['layout']}): bandwidth {f['bandwidth']}, median nearest-item cosine "
+                         f"distance {f['median_nearest_distance_real']:.3g} real vs "
+                         f"{f['median_nearest_distance_synthetic']:.3g} synthetic ({f['real_items']} items each).")
+        if "generator_check" in w:
+            c = w["generator_check"]
+            cells = "; ".join(f"{name} " + ", ".join(f"ef {ef}: {r}" for ef, r in c[name].items())
+                              for name in ("real", "kernel", "gaussian chunks"))
+            lines.append(f"Generator check ({w['layout']}, {c['items']} items each, hnswlib M={c['M']}, "
+                         f"recall@10 of {c['queries']} manipulated queries): {cells}.")
+    lines += ["", result["synthetic"], ""]
     for s in result.get("sweeps", []):
         pts = ", ".join(f"{p['n']}: {p['exact_p50_ms']}/{p['two_stage_p50_ms']}" for p in s["points"])
         lines.append(f"Exact scan vs two-stage p50 ms ({s['layout']}, {s['dim']}-d): {pts}; exact is cheaper up to "
@@ -417,6 +465,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-hnswlib-baseline", action="store_true")
     parser.add_argument("--pareto", default="64,128,256,384",
                         help="extra candidate counts to measure on the same graph ('' for none)")
+    parser.add_argument("--synthetic", default="kernel", choices=["kernel", "gaussian"],
+                        help="generator of the demo layout's synthetic items (benchmarks.galleries): the kernel "
+                             "model matched to the real catalog's density, or independent Gaussian chunks (harder)")
+    parser.add_argument("--no-generator-check", action="store_true")
     parser.add_argument("--no-sweep", action="store_true")
     parser.add_argument("--no-real-row", action="store_true", help="skip the real-catalog-size demo row")
     parser.add_argument("--append", action="store_true",
@@ -439,11 +491,16 @@ def main(argv: list[str] | None = None) -> int:
         result["earlier_wall_s"] = previous.get("wall_s", 0) + previous.get("earlier_wall_s", 0)
     t0 = time.perf_counter()
     for layout in args.layouts.split(","):
-        work = (demo_workload(args.bundle, args.index, args.demo_precision) if layout == "demo"
+        work = (demo_workload(args.bundle, args.index, args.demo_precision, args.synthetic) if layout == "demo"
                 else paper_workload(args.paper_precision))
         if not any(w["layout"] == layout for w in result["workloads"]):
-            result["workloads"].append({"layout": layout, "source": work.source, "dim": work.dim,
-                                        "attributes": len(work.schema.sizes), "values": sum(work.schema.sizes)})
+            entry = {"layout": layout, "source": work.source, "dim": work.dim,
+                     "attributes": len(work.schema.sizes), "values": sum(work.schema.sizes)}
+            if isinstance(work.model, KernelModel):
+                entry["kernel_fit"] = work.model.fit_report
+            if layout == "demo" and not args.no_generator_check:
+                entry["generator_check"] = generator_check(work)
+            result["workloads"].append(entry)
         if not args.no_sweep:
             result["sweeps"].append(sweep(work, [256, 512, 1024, 2048, 4096, 8192] if work.dim < 1024
                                           else [64, 128, 256, 512, 1024, 2048]))
