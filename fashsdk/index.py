@@ -73,6 +73,8 @@ def _id_list(ids: object) -> list[str]:
 
 def _float_matrix(values: object, what: str) -> np.ndarray:
     """A 2-D float32 array from real numbers; anything else is a QueryError naming ``what``."""
+    if type(values) is np.ndarray and values.dtype == np.float32 and values.flags.c_contiguous and values.ndim <= 2:
+        return values if values.ndim == 2 else values.reshape(1, -1)  # the common case, no copies
     try:
         arr = np.asarray(values)
     except (ValueError, TypeError) as exc:
@@ -195,7 +197,7 @@ class CatalogIndex:
         queries = _float_matrix(queries, "query vectors")
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise QueryError(f"query vectors have shape {queries.shape}, the index holds {self.dim}-d vectors")
-        if not np.isfinite(queries.sum(dtype=np.float64)):  # a float64 sum of finite float32s stays finite
+        if not np.isfinite(queries).all():  # cheaper than a float64 sum, and no overflow warnings
             raise QueryError("query vectors contain NaN or infinity")
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise QueryError(f"k must be a positive integer, got {k!r}")
@@ -209,13 +211,40 @@ class CatalogIndex:
             n = len(self._slot)
             if n == 0:
                 raise QueryError("the index is empty: add catalog items before searching")
-            skip = None
+            skip = None  # plain ints: per-call numpy on tiny arrays costs microseconds each
             if skip_keys is not None:
-                skip = np.fromiter((self._slot.get(e, -1) if e is not None else -1 for e in skip_keys),
-                                   np.int64, len(skip_keys))
-            want = min(k + (1 if skip is not None and (skip >= 0).any() else 0), n)
+                slot_of = self._slot.get
+                skip = [-1 if e is None else slot_of(e, -1) for e in skip_keys]
+            want = min(k + (1 if skip is not None and max(skip) >= 0 else 0), n)
+            graph = self._graph
+            if (len(queries) == 1 and not exact and graph is not None and graph.projection.identity
+                    and self.precision == "float32"):
+                return self._search_one_in_graph(graph, queries, want, n, k, -1 if skip is None else skip[0])
             slots, scores = self._search_slots(queries, want, exact, n)
             return self._to_ids(slots, scores, skip, k)
+
+    def _search_one_in_graph(self, graph: ProjectedGraph, query: np.ndarray, want: int, n: int, k: int,
+                             skip: int) -> tuple[list[list[str]], list[np.ndarray]]:
+        """The common call (one query, the graph holds the float32 vectors, so its scores are
+        exact) with as few numpy calls as possible: after a graph walk the caches are cold and
+        each small call costs microseconds (measured: the general path added ~60 us to a
+        ~150 us walk). Same results as ``_search_slots`` + ``_to_ids``."""
+        count = min(candidate_count(n, want, self.dim, self.ef_search), n)
+        try:
+            labels, distances = graph.graph.knn_query(query, k=count, num_threads=1)
+        except RuntimeError:  # fewer reachable nodes than asked (heavy deletions): the general path scans
+            slots, scores = self._search_slots(query, want, True, n)
+            return self._to_ids(slots, scores, None if skip < 0 else [skip], k)
+        row = labels[0, :want].tolist()
+        cut = row.index(skip) if skip >= 0 and skip in row else -1
+        near = distances[0]
+        if cut >= 0:  # then want = k + 1 (or n): dropping one leaves at most k
+            del row[cut]
+            scores = 1.0 - np.concatenate((near[:cut], near[cut + 1:want]))  # np.delete costs ~15 us here
+        else:
+            scores = 1.0 - near[:k]
+        ids = self._ids
+        return [[ids[s] for s in row[:k]]], [scores]  # type: ignore[list-item]
 
     def _search_slots(self, queries: np.ndarray, want: int, exact: bool, n: int) -> tuple[np.ndarray, np.ndarray]:
         graph = self._graph
@@ -223,17 +252,17 @@ class CatalogIndex:
             count = min(candidate_count(n, want, self.dim, self.ef_search), n)
             try:
                 # one thread per call for single queries (callers parallelise); batches use the build threads
-                cand, near = graph.candidates(queries, count, 1 if len(queries) < 64 else self.threads)
+                cand, distance = graph.candidates(queries, count, 1 if len(queries) < 64 else self.threads)
             except RuntimeError:
                 cand = None  # fewer reachable nodes than asked (heavy deletions): scan instead
             if cand is not None:
                 if graph.projection.identity and self.precision == "float32":
                     # the graph holds these very float32 vectors: its scores are already exact
-                    return cand[:, :want], near[:, :want].astype(np.float32)
+                    return cand[:, :want], 1.0 - distance[:, :want]
                 return best_first(cand, self._store.score(queries, cand), want)
         return self._store.scan_topk(queries, len(self._ids), self._alive, want)
 
-    def _to_ids(self, slots: np.ndarray, scores: np.ndarray, skip: np.ndarray | None,
+    def _to_ids(self, slots: np.ndarray, scores: np.ndarray, skip: list[int] | None,
                 k: int) -> tuple[list[list[str]], list[np.ndarray]]:
         """Slots -> ids with each query's excluded slot dropped; list work is O(k) per query."""
         ids = self._ids
@@ -243,7 +272,7 @@ class CatalogIndex:
             cut = -1
             if skip is not None and skip[qi] >= 0:
                 try:
-                    cut = row.index(int(skip[qi]), 0, k + 1)
+                    cut = row.index(skip[qi], 0, k + 1)
                 except ValueError:
                     cut = -1
             if cut < 0:

@@ -65,8 +65,9 @@ def test_default_candidates_have_high_recall_and_sorted_cosines(projection_dim) 
         np.testing.assert_allclose(s, x[[int(i[1:]) for i in row]] @ q, rtol=0, atol=1e-5)
 
 
-def test_batch_and_single_queries_agree_and_exclude_drops_only_that_id() -> None:
-    index, x = built()
+@pytest.mark.parametrize("projection_dim", [16, None], ids=["projected", "identity (single-query fast path)"])
+def test_batch_and_single_queries_agree_and_exclude_drops_only_that_id(projection_dim) -> None:
+    index, x = built(projection_dim=projection_dim)
     queries = x[:6] + 0.01
     batch, _ = index.search(queries, 5)
     singles = [index.search(q, 5)[0][0] for q in queries]
@@ -78,6 +79,11 @@ def test_batch_and_single_queries_agree_and_exclude_drops_only_that_id() -> None
     assert none_excluded == batch
     with pytest.raises(QueryError, match="one per query"):
         index.search(queries, 5, exclude=[None])
+    for q, row, s in zip(queries, batch, scores):  # single queries with an exclusion, ids and scores
+        one, one_scores = index.search(q, 5, exclude=[row[0]])
+        assert one[0] == row[1:] + one[0][4:]
+        np.testing.assert_allclose(one_scores[0][:4], index.search(q, 5)[1][0][1:], rtol=1e-6)
+        np.testing.assert_allclose(one_scores[0], s, rtol=1e-6)
 
 
 def test_mode_follows_catalog_size() -> None:
@@ -210,3 +216,22 @@ def test_bad_settings_are_refused() -> None:
     for kwargs in ({"precision": "float64"}, {"M": 1}, {"ef_search": -1}, {"projection_dim": 1.5}):
         with pytest.raises(ValueError):
             CatalogIndex(8, 1, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("mode", ["two-stage", "exact"])
+def test_query_finiteness_check_accepts_huge_finite_values_and_refuses_nan(mode: str) -> None:
+    """Huge but finite queries (their squared norm overflows float32) are answered like the
+    unscaled query, without warnings; NaN and infinity are refused, in single and batch queries."""
+    index, x = built(exact_max_items=0 if mode == "two-stage" else 10_000, projection_dim=None)
+    assert index.mode == mode
+    query = x[3]
+    ids, _ = index.search(query, 5)
+    huge_ids, _ = index.search(query * np.float32(1e30), 5)  # |q|^2 = 1e60 overflows float32
+    assert huge_ids == ids
+    for bad in (np.nan, np.inf, -np.inf):
+        broken = query.copy()
+        broken[7] = bad
+        with pytest.raises(QueryError, match="NaN or infinity"):
+            index.search(broken, 5)
+        with pytest.raises(QueryError, match="NaN or infinity"):
+            index.search(np.stack([query, broken]), 5)
