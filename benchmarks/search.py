@@ -9,8 +9,14 @@ ones (benchmarks.galleries says how). Baselines measured in the same run: plain 
 the full float32 vectors and an exact numpy scan. A crossover sweep measures at which size
 the graph beats an exact scan (fashsdk.index.EXACT_MAX_VALUES).
 
-    python -m benchmarks.search --json benchmarks/results/search-cpu.json
-    python -m benchmarks.search --json OUT --sizes 1000000 --layouts demo --no-sweep
+The real base of the demo layout is any index built with the bundle; the committed results
+use the whole catalog (44,441 items, all splits), built once with the CLI:
+
+    fashsdk index --bundle runs/demo/bundle --labels ../shared/data/myntra-small/styles.csv \
+        --images ../shared/data/myntra-small/images-00*.tar --out runs/catalog-index
+    python -m benchmarks.search --json benchmarks/results/search-cpu.json --index runs/catalog-index
+    python -m benchmarks.search --json OUT --index runs/catalog-index --append --sizes 1000000 \
+        --layouts demo --no-sweep
 """
 from __future__ import annotations
 

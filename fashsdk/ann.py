@@ -38,9 +38,10 @@ def candidate_count(n: int, want: int, dim: int, base: int | None = None) -> int
     while neighbouring items are ~0.9999 apart), so scores are flat near the top and the graph
     must return more candidates than k. Measured by benchmarks.search (real embeddings grown
     with the kernel model): on 256-d demo embeddings recall@10 >= 0.98 needs ~96 candidates
-    at 100k items; the 4080-d synthetic paper layout reaches ~0.98 with 64-96, where each
-    candidate also costs 16x more to re-rank. ``base`` (the index's ef_search) overrides this
-    rule; the count is at least 3 x want either way, so k=30 sees about 100 candidates.
+    at 100k items and 256 for recall@10 0.96 at 1M (160: 0.94); the 4080-d synthetic paper
+    layout reaches ~0.99 with 64 at 100k, where each candidate also costs 16x more to re-rank.
+    ``base`` (the index's ef_search) overrides this rule; the count is at least 3 x want either
+    way, so k=30 sees about 100 candidates.
     """
     if base is None:
         wide = dim >= 1024
@@ -49,7 +50,7 @@ def candidate_count(n: int, want: int, dim: int, base: int | None = None) -> int
         elif n <= 150_000:
             base = 64 if wide else 96
         else:
-            base = 96 if wide else 160
+            base = 96 if wide else 256
     return max(base, 3 * want, want + 8)
 
 
