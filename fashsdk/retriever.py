@@ -268,16 +268,26 @@ class Retriever:
             except QueryError:
                 if attempt == _SEARCH_RETRIES - 1:
                     raise
-        for i, c in zip(ids[0], codes):
-            self._check_codes(c, i)
-        return [SearchResult(i, float(s), self.schema.decode(c)) for i, s, c in zip(ids[0], scores[0], codes)]
+        self._check_codes(codes, ids[0])  # one vectorised check for all k rows (per-row checks cost ~15 us each)
+        names = self.schema.names
+        values = [a.values for a in self.schema.attributes]
+        return [SearchResult(i, s, {n: (vals[c] if c != UNKNOWN else None) for n, vals, c in zip(names, values, row)})
+                for i, s, row in zip(ids[0], scores[0].tolist(), codes.tolist())]
 
-    def _check_codes(self, codes: np.ndarray, item_id: str) -> None:
-        """Codes must fit the schema: an out-of-range code would silently pick another value's prototype."""
+    def _check_codes(self, codes: np.ndarray, item_ids: str | Sequence[str]) -> None:
+        """Codes (A,) of one item or (n, A) of ``item_ids`` must fit the schema: an out-of-range
+        code would silently pick another value's prototype or label."""
         sizes = np.asarray(self.schema.sizes)
-        if codes.shape != sizes.shape or (codes < UNKNOWN).any() or (codes >= sizes).any():
-            raise IndexFileError(f"index item {item_id!r} has attribute codes {codes.tolist()} outside the bundle's "
-                                 f"schema (value counts {sizes.tolist()}); rebuild the index with this bundle")
+        rows = np.atleast_2d(codes)
+        names = [item_ids] if isinstance(item_ids, str) else list(item_ids)
+        if rows.shape[1:] != sizes.shape or len(rows) != len(names):
+            raise IndexFileError(f"index items {names[:3]!r} have attribute codes of shape {codes.shape}, the bundle's "
+                                 f"schema has {len(sizes)} attributes; rebuild the index with this bundle")
+        bad = ((rows < UNKNOWN) | (rows >= sizes)).any(axis=1)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise IndexFileError(f"index item {names[row]!r} has attribute codes {rows[row].tolist()} outside the "
+                                 f"bundle's schema (value counts {sizes.tolist()}); rebuild the index with this bundle")
 
     def describe(self) -> dict[str, Any]:
         """What this retriever runs: bundle, engine, schema, catalog size."""

@@ -361,8 +361,9 @@ def test_index_codes_outside_the_schema_are_a_typed_error(real_bundle_dir: Path,
     retriever = Retriever(real_bundle_dir, tmp_path / "crafted", threads=1)
     with pytest.raises(IndexFileError, match="outside the bundle's schema"):
         retriever.search(ids[5], {schema.names[0]: schema.attributes[0].values[0]})
-    with pytest.raises(IndexFileError, match="outside the bundle's schema"):
+    with pytest.raises(IndexFileError, match="outside the bundle's schema") as caught:
         retriever.search(ids[5], k=len(ids), include_query=True)
+    assert repr(ids[5]) in str(caught.value)  # the results' check names the offending item
 
 
 def test_non_utf8_index_folder_saves_and_loads(tmp_path: Path, vectors: np.ndarray) -> None:
