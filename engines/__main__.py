@@ -4,10 +4,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Sequence
 
-DEFAULT_DATA = Path("../shared/data/myntra-small")
+from .gpu_cli import add_source_args, source_paths
 
 
 def _int8(args: argparse.Namespace) -> int:
@@ -26,8 +25,7 @@ def _int8(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    labels = args.labels or args.data / "styles.csv"
-    images = args.images or [str(args.data)]
+    labels, images = source_paths(args)
     try:
         entry, report = build_int8_engine(args.bundle, labels, images, options, gate, force=args.force,
                                           threads=args.threads)
@@ -46,11 +44,7 @@ def _int8(args: argparse.Namespace) -> int:
 def _add_int8(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     p = subparsers.add_parser("int8", help="static int8 (QDQ) model for ONNX Runtime CPU, calibrated on catalog "
                                            "images, gated against fp32, registered only if faster here")
-    p.add_argument("--bundle", type=Path, required=True, help="bundle directory to add the engine to")
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA,
-                   help=f"dataset folder with styles.csv and images-*.tar (default {DEFAULT_DATA})")
-    p.add_argument("--labels", type=Path, help="labels CSV (default: DATA/styles.csv)")
-    p.add_argument("--images", nargs="+", help="image folder or tar shards (default: DATA)")
+    add_source_args(p)
     p.add_argument("--calibration-images", type=int, default=300, help="calibration images (default 300)")
     p.add_argument("--calibration-split", default="train", help="split to calibrate on (default train; '' = all)")
     p.add_argument("--gate-images", type=int, default=500, help="held-out images for the accuracy gate (500)")

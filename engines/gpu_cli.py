@@ -16,12 +16,22 @@ from typing import Callable, Sequence
 DEFAULT_DATA = Path("../shared/data/myntra-small")
 
 
-def _data_args(parser: argparse.ArgumentParser) -> None:
+def add_source_args(parser: argparse.ArgumentParser) -> None:
+    """--bundle, and where the catalog's labels and images are: every engine command needs them."""
     parser.add_argument("--bundle", type=Path, required=True, help="bundle directory to add the engine to")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
                         help=f"dataset folder with styles.csv and images-*.tar (default {DEFAULT_DATA})")
     parser.add_argument("--labels", type=Path, help="labels CSV (default: DATA/styles.csv)")
     parser.add_argument("--images", nargs="+", help="image folder or tar shards (default: DATA)")
+
+
+def source_paths(args: argparse.Namespace) -> tuple[Path, list[str]]:
+    """(labels CSV, image sources) from ``add_source_args``' options."""
+    return args.labels or args.data / "styles.csv", args.images or [str(args.data)]
+
+
+def _data_args(parser: argparse.ArgumentParser) -> None:
+    add_source_args(parser)
     parser.add_argument("--gate-images", type=int, default=500, help="real images for the accuracy gate (500)")
     parser.add_argument("--gate-split", default="test",
                         help="split to draw gate images from ('all' for every row; default test)")
@@ -49,7 +59,7 @@ def _reported(command: Callable[[argparse.Namespace], int]) -> Callable[[argpars
 def _sources(args: argparse.Namespace) -> tuple[Path, list[str]]:
     if args.gate_split == "all":
         args.gate_split = None
-    return args.labels or args.data / "styles.csv", args.images or [str(args.data)]
+    return source_paths(args)
 
 
 @_reported
