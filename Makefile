@@ -1,5 +1,5 @@
 # make demo [OUT=runs/demo]   train on myntra-small, export, index, evaluate, draw examples
-# make quality [QOUT=runs/quality]  the longer-trained bundle (about 48 min on 2 cores) and its quality report
+# make quality [QOUT=runs/quality]  the longer-trained bundle (under 60 min of training on 2 cores) and its quality report
 # make test                   the test suite (what CI runs)
 PYTHON ?= python3
 VENV := .venv
@@ -24,9 +24,11 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m export demo --data $(DATA) --out $(OUT)
 
-# 36 stage-1 epochs: validation Top-30 plateaus from about epoch 30 (runs/quality/report.json)
+# width 32 (1.24 M parameters, ~98 s per epoch on 2 cores): +1.2 points of validation Top-30 over
+# width 24 at equal epochs; 32 stage-1 epochs fit the 60-minute budget, which the time limit enforces
 quality: $(STAMP)
-	$(PY) -m export demo --data $(DATA) --out $(QOUT) --stage1-epochs 36 --stage2-epochs 12
+	$(PY) -m export demo --data $(DATA) --out $(QOUT) --width 32 --stage1-epochs 32 --stage2-epochs 12 \
+		--stage1-time-budget-s 3300
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider tests
