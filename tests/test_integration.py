@@ -27,7 +27,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     from export.data import decode_catalog, split_validation
     from export.models import ModelConfig
     from export.onnx_export import build_bundle
-    from export.train import TrainConfig, train_adde
+    from export.train import TrainConfig, save_checkpoint, train_adde
     from fashsdk.catalog import read_catalog
     from fashsdk.preprocess import PreprocessSpec
 
@@ -44,7 +44,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
                                height_px=spec.height, width_px=spec.width)
     result = train_adde(catalog.schema, spec, pixels.subset(train_rows), pixels.subset(val_rows), model_config, config)
     bundle, parity = build_bundle(result.model, catalog.schema, spec, tmp / "bundle", pixels.pixels[:32])
-    return {"tmp": tmp, "folder": folder, "labels": labels, "catalog": catalog, "bundle": bundle, "parity": parity}
+    checkpoint = save_checkpoint(tmp / "checkpoint", result, catalog.schema, spec, config)
+    return {"tmp": tmp, "folder": folder, "labels": labels, "catalog": catalog, "bundle": bundle, "parity": parity,
+            "checkpoint": checkpoint}
 
 
 def test_export_matches_pytorch_on_real_images(trained: dict) -> None:
@@ -106,3 +108,42 @@ def test_cli_indexes_and_searches_with_a_contact_sheet(trained: dict) -> None:
     done = subprocess.run(run + ["search", "--bundle", str(bundle), "--index", str(tmp / "cli-index"), "--query", query,
                                  "--change", "baseColor=Red"], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert done.returncode == 2 and "did you mean 'baseColour'" in done.stderr
+
+
+def test_quality_ablation_figures_match_the_runtime(trained: dict) -> None:
+    """The ablation measures on PyTorch features; its checkpoint figures must be the ones the
+    exported bundle gives through ONNX Runtime on the same queries, or its verdicts mean nothing."""
+    import shutil
+
+    from benchmarks import quality_ablation
+    from fashsdk import Retriever
+    from fashsdk.evaluation import adde_queries, exact_topk, hit_rates, manipulation_queries
+    from fashsdk.image_source import iter_images
+
+    tmp, catalog = trained["tmp"], trained["catalog"]
+    data = tmp / "ablation-data"  # the script reads DATA/styles.csv and the images in DATA
+    shutil.copytree(trained["folder"], data)
+    shutil.copy(trained["labels"], data / "styles.csv")
+    out = tmp / "ablation.json"
+    assert quality_ablation.main(["--checkpoint", str(trained["checkpoint"]), "--data", str(data), "--json", str(out),
+                                  "--stage2-epochs", "1", "--test-queries", "400", "--cache", str(tmp / "cache")]) == 0
+    report = json.loads(out.read_text())
+    assert set(report["variants"]) == {"checkpoint", "stage2_again", "stage2_fresh_heads", "stage2_flip_averaged"}
+    for figures in report["variants"].values():
+        assert all(0.0 <= figures[split][k] <= 1.0 for split in ("val_top_k", "test_top_k") for k in ("10", "30", "50"))
+    accuracy = report["attribute_accuracy"]
+    assert len(accuracy["train"]) == len(catalog.schema.sizes) and all(0.0 <= a <= 1.0 for a in accuracy["test"])
+
+    test = catalog.split("test")
+    retriever = Retriever(trained["bundle"].directory)
+    retriever.add(iter_images(trained["folder"], test.ids), {i: catalog.schema.decode(c) for i, c in zip(test.ids, test.codes)})
+    ids, vectors, _ = retriever.index.vectors_and_codes()
+    vectors = vectors[[ids.index(i) for i in test.ids]]
+    sizes = catalog.schema.sizes
+    queries = manipulation_queries(test.codes, sizes, max_queries=400, seed=0)
+    assert report["test_queries"] == len(queries) > 50
+    offsets = [int(x) for x in np.cumsum([0] + sizes[:-1])]
+    q = adde_queries(vectors, retriever.bundle.prototypes, offsets, test.codes, queries)
+    runtime = hit_rates(exact_topk(q, vectors, 50), test.codes, queries.targets, (10, 30, 50))
+    for k in (10, 30, 50):
+        assert abs(runtime[k] - report["variants"]["checkpoint"]["test_top_k"][str(k)]) <= 0.01, (k, runtime, report)
