@@ -201,7 +201,8 @@ def run_size(work: Workload, n: int, args: argparse.Namespace) -> list[dict[str,
     qids = [f"b{r}" for r in qs.rows]
     qrow = qs.rows.astype(np.int64)
     keep_gallery = n * work.dim * 4 <= args.baseline_max_bytes
-    index = CatalogIndex(work.dim, len(work.schema.sizes), precision=work.precision)
+    index = CatalogIndex(work.dim, len(work.schema.sizes), precision=work.precision,
+                         ef_construction=args.ef_construction)
     codes_all, kept, best, offset, build_s = [], [], None, 0, 0.0
     for vectors, codes in gallery(work, n, seed=n):
         ids = [f"b{i}" if i < len(work.base_vectors) else f"s{i}" for i in range(offset, offset + len(vectors))]
@@ -477,6 +478,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="generator of the demo layout's synthetic items (benchmarks.galleries): the kernel "
                              "model matched to the real catalog's density, or independent Gaussian chunks (harder)")
     parser.add_argument("--no-generator-check", action="store_true")
+    parser.add_argument("--ef-construction", type=int, default=None,
+                        help="override the index's efConstruction rule (fashsdk.ann.graph_params) for every size")
     parser.add_argument("--no-sweep", action="store_true")
     parser.add_argument("--no-real-row", action="store_true", help="skip the real-catalog-size demo row")
     parser.add_argument("--append", action="store_true",
