@@ -25,9 +25,10 @@ import torch
 
 from benchmarks.quality import machine
 from export.catalog_args import DEFAULT_DATA
-from export.data import ImageSet, decode_catalog, split_validation
-from export.train import (TrainConfig, TrainResult, _stage2, backbone_features, init_memory, load_checkpoint,
-                          manipulation_top_k)
+from export.data import decode_catalog, split_validation
+from export.models import ADDE
+from export.train import (TrainConfig, TrainResult, _stage2, attribute_accuracies, backbone_features, init_memory,
+                          load_checkpoint, manipulation_top_k)
 from fashsdk.catalog import read_catalog
 from fashsdk.evaluation import manipulation_queries
 from fashsdk.files import atomic_write_json
@@ -35,24 +36,10 @@ from fashsdk.files import atomic_write_json
 KS = (10, 30, 50)
 
 
-def attribute_accuracy(model, features: torch.Tensor, codes: np.ndarray) -> list[float]:
-    with torch.no_grad():
-        _, logits, _ = model.head_outputs(features)
-    out, offset = [], 0
-    for a, n in enumerate(model.config.attribute_sizes):
-        known = codes[:, a] >= 0
-        out.append(round(float((logits[:, offset:offset + n].argmax(1).numpy()[known] == codes[known, a]).mean()), 4))
-        offset += n
-    return out
-
-
-def fresh_heads(model) -> Any:
-    """A copy with re-initialised learners, heads and memory (the backbone kept)."""
-    fresh = copy.deepcopy(model)
-    feat, d, sizes = fresh.backbone.out_features, fresh.config.dim, fresh.config.attribute_sizes
-    fresh.learners = torch.nn.ModuleList(
-        torch.nn.Sequential(torch.nn.Linear(feat, d), torch.nn.ReLU(inplace=True), torch.nn.Linear(d, d)) for _ in sizes)
-    fresh.heads = torch.nn.ModuleList(torch.nn.Linear(d, n) for n in sizes)
+def fresh_heads(model: ADDE) -> ADDE:
+    """A model with the same backbone and newly initialised learners, heads and memory."""
+    fresh = ADDE(model.config)
+    fresh.backbone.load_state_dict(model.backbone.state_dict())
     return fresh
 
 
@@ -121,12 +108,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: {report['variants'][name]}", flush=True)
 
     rows = np.random.default_rng(0).choice(len(train.catalog.codes), len(test.catalog.codes), replace=False)
-    seen = ImageSet(train.catalog.subset(rows), train.pixels[rows])
-    seen_q = manipulation_queries(seen.catalog.codes, sizes, max_queries=args.test_queries, seed=0)
-    seen_top = manipulation_top_k(model, plain["train"][torch.from_numpy(rows)], seen.catalog.codes, seen_q, KS)
+    seen_codes = train.catalog.codes[rows]
+    seen_q = manipulation_queries(seen_codes, sizes, max_queries=args.test_queries, seed=0)
+    seen_top = manipulation_top_k(model, plain["train"][torch.from_numpy(rows)], seen_codes, seen_q, KS)
     report["training_items_gallery_top_k"] = {str(k): round(x, 4) for k, x in seen_top.items()}
     report["attribute_accuracy"] = {"attributes": schema.names,
-                                    **{name: attribute_accuracy(model, plain[name], s.catalog.codes)
+                                    **{name: [round(x, 4) for x in attribute_accuracies(model, plain[name], s.catalog.codes)]
                                        for name, s in (("train", train), ("val", val), ("test", test))}}
     print(f"gallery of {len(rows)} training items: {report['training_items_gallery_top_k']}; "
           f"attribute accuracy {report['attribute_accuracy']}", flush=True)

@@ -124,7 +124,8 @@ def manipulation_top_k(model: ADDE, features: torch.Tensor, codes: np.ndarray, q
     return hit_rates(exact_topk(q, emb, max(ks)), codes, queries.targets, ks)
 
 
-def _accuracy(model: ADDE, features: torch.Tensor, codes: np.ndarray) -> float:
+def attribute_accuracies(model: ADDE, features: torch.Tensor, codes: np.ndarray) -> list[float]:
+    """Per attribute, the heads' accuracy on items whose label is known."""
     with torch.no_grad():
         _, logits, _ = model.head_outputs(features)
     accs, offset = [], 0
@@ -133,7 +134,7 @@ def _accuracy(model: ADDE, features: torch.Tensor, codes: np.ndarray) -> float:
         pred = logits[:, offset:offset + n].argmax(1).numpy()
         accs.append(float((pred[known] == codes[known, a]).mean()))
         offset += n
-    return float(np.mean(accs))
+    return accs
 
 
 def train_adde(schema: AttributeSchema, spec: PreprocessSpec, train: ImageSet, val: ImageSet,
@@ -183,7 +184,7 @@ def train_adde(schema: AttributeSchema, spec: PreprocessSpec, train: ImageSet, v
         val_feats = backbone_features(model, val, spec)
         init_memory(model, backbone_features(model, proto_set, spec), proto_set.catalog.codes, config.proto_per_value)
         top = manipulation_top_k(model, val_feats, val_codes, val_queries)
-        acc = _accuracy(model, val_feats, val_codes)
+        acc = float(np.mean(attribute_accuracies(model, val_feats, val_codes)))
         entry = {"stage": 1, "epoch": epoch + 1, "loss": float(loss.item()), "val_top10": top[10],
                  "val_top30": top[30], "val_attr_acc": acc, "elapsed_s": time.perf_counter() - t0}
         result.history.append(entry)
