@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", type=Path, required=True, help="a `python -m export train/demo` checkpoint folder")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--labels", type=Path, help="labels CSV (default DATA/styles.csv)")
+    p.add_argument("--images", nargs="+", help="image folder or tar shards (default DATA)")
     p.add_argument("--json", type=Path, required=True)
     p.add_argument("--stage2-epochs", type=int, default=12)
     p.add_argument("--test-queries", type=int, default=20000)
@@ -57,11 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     model, schema, spec, saved = load_checkpoint(args.checkpoint)
     train_saved = saved["train"]
-    catalog, _ = read_catalog(args.data / "styles.csv", schema.names, schema=schema)
-    images = [str(args.data)]
+    catalog, _ = read_catalog(args.labels or args.data / "styles.csv", schema.names, schema=schema)
+    images = args.images or [str(args.data)]
     train_catalog = catalog.split("train")
     decoded = decode_catalog(train_catalog, images, spec, cache_dir=args.cache)
-    train_rows, val_rows = split_validation(train_catalog, 0.1, train_saved["seed"])
+    train_rows, val_rows = split_validation(train_catalog, seed=train_saved["seed"])  # training's split
     train, val = decoded.subset(train_rows), decoded.subset(val_rows)
     test = decode_catalog(catalog.split("test"), images, spec, cache_dir=args.cache)
     sizes = schema.sizes

@@ -41,7 +41,7 @@ def _train(args: argparse.Namespace, catalog, images) -> tuple[Any, Any, Preproc
     train_catalog = catalog.split("train")
     decoded = decode_catalog(train_catalog, images, spec, cache_dir=args.cache)
     timings["decode_train_s"] = time.perf_counter() - t
-    train_rows, val_rows = split_validation(train_catalog, 0.1, args.seed)
+    train_rows, val_rows = split_validation(train_catalog, seed=args.seed)
     config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
     model_config = ModelConfig(backbone=args.backbone, attribute_sizes=catalog.schema.sizes, dim=args.dim,
                                width=args.width, height_px=spec.height, width_px=spec.width)
