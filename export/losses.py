@@ -26,14 +26,16 @@ def batch_hard_triplet(anchors: torch.Tensor, candidates: torch.Tensor, anchor_k
     return F.relu(hardest_pos - hardest_neg + margin)[usable].mean()
 
 
-def classification(logits: torch.Tensor, codes: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+def classification(logits: torch.Tensor, codes: torch.Tensor, sizes: list[int],
+                   label_smoothing: float = 0.0) -> torch.Tensor:
     """Sum over attributes of cross-entropy; unknown labels (-1) are ignored."""
     total = logits.sum() * 0.0
     offset = 0
     for a, n in enumerate(sizes):
         target = codes[:, a].long()
         if (target >= 0).any():
-            total = total + F.cross_entropy(logits[:, offset:offset + n], target, ignore_index=-1)
+            total = total + F.cross_entropy(logits[:, offset:offset + n], target, ignore_index=-1,
+                                            label_smoothing=label_smoothing)
         offset += n
     return total
 

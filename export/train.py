@@ -48,6 +48,8 @@ class TrainConfig:
     w_comp_triplet: float = 1.0
     w_consistency: float = 0.0  # the reference uses 1.0; on myntra-small it cost ~5 points (notes)
     w_offblock: float = 0.4
+    weight_decay: float = 0.0  # AdamW's decoupled decay on conv/linear weights (not norms, biases)
+    label_smoothing: float = 0.0  # stage-1 attribute classifiers; colour near-synonyms are label noise
     proto_per_value: int = 100
     val_queries: int = 3000
     stage1_time_budget_s: float | None = None
@@ -155,8 +157,7 @@ def train_adde(schema: AttributeSchema, spec: PreprocessSpec, train: ImageSet, v
     t0 = time.perf_counter()
     sampler = CombinationSampler(train_codes, sizes, config.batch_p, config.batch_k, config.seed,
                                  extra=config.batch_random)
-    params = [p for n, p in model.named_parameters() if n != "memory"]
-    opt = torch.optim.Adam(params, lr=config.lr)
+    opt = torch.optim.AdamW(_decay_groups(model, config.weight_decay), lr=config.lr)
     total_steps = max(1, config.stage1_epochs * len(sampler))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=total_steps, pct_start=0.15)
     codes_t = torch.from_numpy(train_codes.astype(np.int64))
@@ -173,7 +174,7 @@ def train_adde(schema: AttributeSchema, spec: PreprocessSpec, train: ImageSet, v
             r = torch.from_numpy(rows)
             ramp = min(1.0, step / len(sampler))  # batch-hard triplets from a random start collapse
             step += 1
-            loss = (config.w_cls * losses.classification(logits, codes_t[r], sizes)
+            loss = (config.w_cls * losses.classification(logits, codes_t[r], sizes, config.label_smoothing)
                     + ramp * config.w_attr_triplet * losses.attribute_triplets(emb, codes_t[r], model_config.dim, config.margin)
                     + ramp * config.w_label_triplet * losses.batch_hard_triplet(emb, emb, combo[r], combo[r], config.margin, True))
             opt.zero_grad(set_to_none=True)
@@ -216,6 +217,14 @@ def train_adde(schema: AttributeSchema, spec: PreprocessSpec, train: ImageSet, v
     _log(f"best val Top-30 {best_score:.3f}; stage 1 {result.seconds['stage1']:.0f} s, "
          f"stage 2 {result.seconds['stage2']:.0f} s")
     return result
+
+
+def _decay_groups(model: ADDE, weight_decay: float) -> list[dict[str, Any]]:
+    """Stage-1 parameters (all but the memory) in two groups: matrices and kernels decay,
+    norm scales and biases do not (decaying them only fights the normalisation)."""
+    named = [(n, p) for n, p in model.named_parameters() if n != "memory"]
+    return [{"params": [p for _, p in named if p.ndim > 1], "weight_decay": weight_decay},
+            {"params": [p for _, p in named if p.ndim <= 1], "weight_decay": 0.0}]
 
 
 def _stage2(model: ADDE, feats: torch.Tensor, codes: np.ndarray, val_feats: torch.Tensor, val_codes: np.ndarray,

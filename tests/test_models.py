@@ -38,3 +38,44 @@ def test_losses_ignore_unknown_labels() -> None:
     assert loss.item() >= 0.0
     far = torch.tensor([[1.0, 0, 0, 0], [1.0, 0, 0, 0], [-1.0, 0, 0, 0], [-1.0, 0, 0, 0]])
     assert batch_hard_triplet(far, far, keys[:4], keys[:4], 0.3, True).item() == 0.0  # positives identical, negatives 2 apart
+
+
+def test_label_smoothing_moves_the_target_mass_to_the_other_values() -> None:
+    """Two values, logits (2, 0), true value 0, smoothing 0.2: the target is (0.9, 0.1)."""
+    import math
+    logits = torch.tensor([[2.0, 0.0]])
+    log_p0 = 2.0 - math.log(math.exp(2.0) + 1.0)
+    log_p1 = -math.log(math.exp(2.0) + 1.0)
+    plain = classification(logits, torch.tensor([[0]]), [2]).item()
+    smoothed = classification(logits, torch.tensor([[0]]), [2], label_smoothing=0.2).item()
+    assert plain == pytest.approx(-log_p0, rel=1e-5)
+    assert smoothed == pytest.approx(-(0.9 * log_p0 + 0.1 * log_p1), rel=1e-5)
+    assert classification(logits, torch.tensor([[-1]]), [2], label_smoothing=0.2).item() == 0.0  # unknowns still skipped
+
+
+def test_weight_decay_reaches_kernels_and_matrices_but_not_norms_biases_or_memory() -> None:
+    from export.train import _decay_groups
+
+    model = ADDE(ModelConfig(attribute_sizes=[2, 3], dim=4, width=8))
+    decayed, kept = _decay_groups(model, 0.05)
+    assert decayed["weight_decay"] == 0.05 and kept["weight_decay"] == 0.0
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed_names = {names[id(p)] for p in decayed["params"]}
+    kept_names = {names[id(p)] for p in kept["params"]}
+    assert "memory" not in decayed_names | kept_names  # stage 2 trains the memory, with its own optimiser
+    assert decayed_names | kept_names == set(names.values()) - {"memory"} and not decayed_names & kept_names
+    assert all(p.ndim > 1 for p in decayed["params"]) and all(p.ndim == 1 for p in kept["params"])
+    assert any(n.endswith("bias") for n in kept_names) and decayed_names
+
+
+def test_regularisation_flags_reach_the_training_config() -> None:
+    import argparse
+
+    from export.__main__ import _add_train_args
+    from export.train import TrainConfig
+
+    parser = argparse.ArgumentParser()
+    _add_train_args(parser)
+    args = parser.parse_args(["--weight-decay", "0.05", "--label-smoothing", "0.1"])
+    assert (args.weight_decay, args.label_smoothing) == (0.05, 0.1)
+    assert (TrainConfig.weight_decay, TrainConfig.label_smoothing) == (0.0, 0.0)  # make demo's recipe unchanged
