@@ -202,7 +202,7 @@ def run_size(work: Workload, n: int, args: argparse.Namespace) -> list[dict[str,
     qrow = qs.rows.astype(np.int64)
     keep_gallery = n * work.dim * 4 <= args.baseline_max_bytes
     index = CatalogIndex(work.dim, len(work.schema.sizes), precision=work.precision,
-                         ef_construction=args.ef_construction)
+                         M=args.M, ef_construction=args.ef_construction, projection_dim=args.projection_dim)
     codes_all, kept, best, offset, build_s = [], [], None, 0, 0.0
     for vectors, codes in gallery(work, n, seed=n):
         ids = [f"b{i}" if i < len(work.base_vectors) else f"s{i}" for i in range(offset, offset + len(vectors))]
@@ -480,6 +480,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-generator-check", action="store_true")
     parser.add_argument("--ef-construction", type=int, default=None,
                         help="override the index's efConstruction rule (fashsdk.ann.graph_params) for every size")
+    parser.add_argument("--M", type=int, default=None,
+                        help="override the index's M rule (fashsdk.ann.graph_params) for every size")
+    parser.add_argument("--projection-dim", type=int, default=None,
+                        help="width of the projection the graph searches (default: the index's rule; the "
+                             "full width for embeddings up to fashsdk.projection.IDENTITY_MAX_DIM)")
     parser.add_argument("--no-sweep", action="store_true")
     parser.add_argument("--no-real-row", action="store_true", help="skip the real-catalog-size demo row")
     parser.add_argument("--append", action="store_true",
