@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from export.catalog_args import add_data_args, data_paths
 from fashsdk import Retriever
 from fashsdk.catalog import read_catalog
 from fashsdk.evaluation import DEFAULT_KS, manipulation_queries
@@ -143,9 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bundle", type=Path, required=True)
-    p.add_argument("--data", type=Path, default=Path("../shared/data/myntra-small"))
-    p.add_argument("--labels", type=Path, help="labels CSV (default DATA/styles.csv)")
-    p.add_argument("--images", nargs="+", help="image folder or tar shards (default DATA)")
+    add_data_args(p)
     p.add_argument("--index", type=Path, help="a saved index of the test split to reuse (else encoded now)")
     p.add_argument("--json", type=Path, required=True)
     p.add_argument("--max-queries", type=int, default=20000, help="single-attribute query sample size")
@@ -158,8 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     retriever = Retriever(args.bundle, backend=args.backend)
     schema, layout = retriever.schema, list(retriever.bundle.layout.values())
-    labels = args.labels or args.data / "styles.csv"
-    images = args.images or [str(args.data)]
+    labels, images = data_paths(args)
     catalog, _ = read_catalog(labels, schema.names, schema=schema)
     test = catalog.split("test")
     gallery = build_gallery(retriever, test.ids, test.codes, images, args.index)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from benchmarks.quality import machine
-from export.catalog_args import DEFAULT_DATA
+from export.catalog_args import add_data_args, data_paths
 from export.data import decode_catalog, split_validation
 from export.models import ADDE
 from export.train import (TrainConfig, TrainResult, _stage2, attribute_accuracies, backbone_features, init_memory,
@@ -47,9 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.quality_ablation", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", type=Path, required=True, help="a `python -m export train/demo` checkpoint folder")
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    p.add_argument("--labels", type=Path, help="labels CSV (default DATA/styles.csv)")
-    p.add_argument("--images", nargs="+", help="image folder or tar shards (default DATA)")
+    add_data_args(p)
     p.add_argument("--json", type=Path, required=True)
     p.add_argument("--stage2-epochs", type=int, default=12)
     p.add_argument("--test-queries", type=int, default=20000)
@@ -59,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     model, schema, spec, saved = load_checkpoint(args.checkpoint)
     train_saved = saved["train"]
-    catalog, _ = read_catalog(args.labels or args.data / "styles.csv", schema.names, schema=schema)
-    images = args.images or [str(args.data)]
+    labels, images = data_paths(args)
+    catalog, _ = read_catalog(labels, schema.names, schema=schema)
     train_catalog = catalog.split("train")
     decoded = decode_catalog(train_catalog, images, spec, cache_dir=args.cache)
     train_rows, val_rows = split_validation(train_catalog, seed=train_saved["seed"])  # training's split

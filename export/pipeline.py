@@ -19,7 +19,7 @@ from fashsdk.image_source import load_images
 from fashsdk.preprocess import PreprocessSpec
 from fashsdk.progress import progress_bar
 
-from .catalog_args import load_catalog_from_args
+from .catalog_args import data_paths, load_catalog_from_args
 from .data import decode_catalog, split_validation
 from .models import ModelConfig
 from .onnx_export import build_bundle
@@ -147,7 +147,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     t = time.perf_counter()
     quality_args = ["--bundle", str(out / "bundle"), "--index", str(out / "index"), "--json", str(out / "quality.json"),
-                    "--labels", str(args.labels or args.data / "styles.csv"), "--images", *[str(i) for i in images],
+                    "--labels", str(data_paths(args)[0]), "--images", *[str(i) for i in images],
                     "--seed", str(args.seed)]
     quality_benchmark.main(quality_args)
     quality = json.loads((out / "quality.json").read_text())
