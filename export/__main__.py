@@ -23,6 +23,9 @@ def _add_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache", type=Path, default=Path("runs/cache"), help="decoded-pixel cache folder")
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
+        if f.type == "bool":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=f"default {f.default}")
+            continue
         kind = float if f.type in ("float", "float | None") else int
         parser.add_argument(flag, type=kind, default=f.default, help=f"default {f.default}")
 

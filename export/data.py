@@ -98,22 +98,34 @@ class CombinationSampler:
             yield np.concatenate(rows)
 
 
-def to_tensor(pixels: np.ndarray, spec: PreprocessSpec, augment: bool, generator: torch.Generator | None = None) -> torch.Tensor:
+SHIFT_PAD = 4  # pixels of random translation in training
+
+
+def to_tensor(pixels: np.ndarray, spec: PreprocessSpec, augment: bool, generator: torch.Generator | None = None,
+              shift_per_sample: bool = False) -> torch.Tensor:
     """uint8 (N, H, W, 3) -> normalised float (N, 3, H, W), channels_last; flip/shift if ``augment``.
 
     Normalisation is the same arithmetic as fashsdk.preprocess.normalize. No colour
-    jitter: colour is a label.
+    jitter: colour is a label. The shift (up to 4 px, edges replicated) is one per
+    batch, or one per image with ``shift_per_sample``, so that the images of one
+    combination group in a P x K batch are not all moved alike.
     """
     x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float()
     mean = torch.tensor(spec.mean).view(1, 3, 1, 1) * 255.0
     std = torch.tensor(spec.std).view(1, 3, 1, 1) * 255.0
     x = (x - mean) / std
     if augment:
-        n = x.shape[0]
+        n, _, h, w = x.shape
         flip = torch.rand(n, generator=generator) < 0.5
         x[flip] = x[flip].flip(3)
-        pad = 4
+        pad = SHIFT_PAD
         padded = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="replicate")
-        dy, dx = torch.randint(0, 2 * pad + 1, (2,), generator=generator).tolist()
-        x = padded[:, :, dy:dy + x.shape[2], dx:dx + x.shape[3]]
+        if shift_per_sample:
+            dy, dx = torch.randint(0, 2 * pad + 1, (2, n, 1), generator=generator)
+            rows = (dy + torch.arange(h)).view(n, 1, h, 1)
+            cols = (dx + torch.arange(w)).view(n, 1, 1, w)
+            x = padded[torch.arange(n).view(n, 1, 1, 1), torch.arange(3).view(1, 3, 1, 1), rows, cols]
+        else:
+            dy, dx = torch.randint(0, 2 * pad + 1, (2,), generator=generator).tolist()
+            x = padded[:, :, dy:dy + h, dx:dx + w]
     return x.contiguous(memory_format=torch.channels_last)

@@ -50,6 +50,7 @@ class TrainConfig:
     w_offblock: float = 0.4
     weight_decay: float = 0.0  # AdamW's decoupled decay on conv/linear weights (not norms, biases)
     label_smoothing: float = 0.0  # stage-1 attribute classifiers; colour near-synonyms are label noise
+    shift_per_sample: bool = False  # one random shift per image instead of per batch
     proto_per_value: int = 100
     val_queries: int = 3000
     stage1_time_budget_s: float | None = None
@@ -169,7 +170,8 @@ def train_adde(schema: AttributeSchema, spec: PreprocessSpec, train: ImageSet, v
         bar = tqdm(sampler, desc=f"stage 1 epoch {epoch + 1}/{config.stage1_epochs}", file=sys.stdout,
                    mininterval=5, unit="batch")
         for rows in bar:
-            x = to_tensor(train.pixels[rows], spec, augment=True, generator=gen)
+            x = to_tensor(train.pixels[rows], spec, augment=True, generator=gen,
+                          shift_per_sample=config.shift_per_sample)
             emb, logits, _ = model.head_outputs(model.backbone(x))
             r = torch.from_numpy(rows)
             ramp = min(1.0, step / len(sampler))  # batch-hard triplets from a random start collapse

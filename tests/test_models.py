@@ -1,6 +1,7 @@
 """Backbones and ADDE's shapes: the paper's AlexNet/fc7, ResNet18, the compact CNN."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -79,3 +80,44 @@ def test_regularisation_flags_reach_the_training_config() -> None:
     args = parser.parse_args(["--weight-decay", "0.05", "--label-smoothing", "0.1"])
     assert (args.weight_decay, args.label_smoothing) == (0.05, 0.1)
     assert (TrainConfig.weight_decay, TrainConfig.label_smoothing) == (0.0, 0.0)  # make demo's recipe unchanged
+
+
+def _shifted_offsets(shift_per_sample: bool) -> list[tuple[int, int]]:
+    """Augment 16 copies of one random image and find, for each output, the window of the
+    padded (and maybe flipped) image it was cut from."""
+    from export.data import SHIFT_PAD, to_tensor
+    from fashsdk.preprocess import PreprocessSpec
+
+    spec = PreprocessSpec(height=12, width=10, mean=(0.0, 0.0, 0.0), std=(1 / 255, 1 / 255, 1 / 255))
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)
+    out = to_tensor(np.stack([image] * 16), spec, augment=True, generator=torch.Generator().manual_seed(3),
+                    shift_per_sample=shift_per_sample)
+    base = torch.from_numpy(image).permute(2, 0, 1).float()[None]
+    offsets = []
+    for x in out:
+        found = []
+        for flipped in (base, base.flip(3)):
+            padded = torch.nn.functional.pad(flipped, (SHIFT_PAD,) * 4, mode="replicate")[0]
+            found += [(dy, dx) for dy in range(2 * SHIFT_PAD + 1) for dx in range(2 * SHIFT_PAD + 1)
+                      if torch.equal(padded[:, dy:dy + 12, dx:dx + 10], x)]
+        assert len(found) == 1, "every augmented image is exactly one shifted window of the (flipped) input"
+        offsets.append(found[0])
+    return offsets
+
+
+def test_shift_is_one_per_batch_by_default_and_one_per_image_on_request() -> None:
+    assert len(set(_shifted_offsets(False))) == 1
+    assert len(set(_shifted_offsets(True))) > 4  # 16 draws from 81 offsets
+
+
+def test_boolean_training_flags_parse_as_switches() -> None:
+    import argparse
+
+    from export.__main__ import _add_train_args
+    from export.train import TrainConfig
+
+    parser = argparse.ArgumentParser()
+    _add_train_args(parser)
+    assert parser.parse_args(["--shift-per-sample"]).shift_per_sample is True
+    assert parser.parse_args([]).shift_per_sample is TrainConfig.shift_per_sample is False
