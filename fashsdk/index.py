@@ -34,7 +34,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .ann import GraphParams, ProjectedGraph, candidate_count, graph_params
+from .ann import GraphParams, ProjectedGraph, candidate_count, graph_params, locality_order
 from .errors import IndexFileError, QueryError
 from .files import (atomic_save_npy, atomic_write_json, check_seal, contained_file, fsync_dir, load_npy, read_json,
                     seal, sha256_file)
@@ -398,7 +398,8 @@ class CatalogIndex:
             self._ids[slot] = key
             self._slot[key] = slot
         if self._graph is not None:
-            self._graph.add(vectors, slots, self.threads)
+            order = locality_order(self._current_codes(slots))
+            self._graph.add(np.asarray(vectors)[order], slots[order], self.threads)
 
     def _remove_locked(self, keys: list[str]) -> None:
         slots = np.array([self._slot.pop(k) for k in keys], np.int64)
@@ -437,9 +438,15 @@ class CatalogIndex:
         params = GraphParams(self.M or auto.M, self.ef_construction or auto.ef_construction)
         graph = ProjectedGraph(projection, self._store.capacity, params)
         graph.built_count = len(alive)
+        alive = alive[locality_order(self._current_codes(alive))]
         for chunk, vectors in self._store.iter_rows(alive, max(256, (1 << 23) // self.dim)):
             graph.add(vectors, chunk, self.threads, track_drift=False)
         self._graph = graph
+
+    def _current_codes(self, slots: np.ndarray) -> np.ndarray:
+        """Each item's attribute values: its label, else the model's prediction."""
+        codes = self._codes[slots]
+        return np.where(codes >= 0, codes, self._predicted[slots])
 
     def _reserve(self, needed: int) -> None:
         capacity = self._store.capacity

@@ -235,3 +235,32 @@ def test_query_finiteness_check_accepts_huge_finite_values_and_refuses_nan(mode:
             index.search(broken, 5)
         with pytest.raises(QueryError, match="NaN or infinity"):
             index.search(np.stack([query, broken]), 5)
+
+
+def test_locality_order_groups_combinations_within_blocks_only() -> None:
+    from fashsdk.ann import locality_order
+
+    rng = np.random.default_rng(4)
+    codes = np.stack([rng.integers(0, 3, 50), rng.integers(-1, 2, 50)], 1)
+    order = locality_order(codes, block=20)
+    assert sorted(order.tolist()) == list(range(50))  # a permutation
+    for start in (0, 20, 40):
+        part = order[start:start + 20]
+        assert part.min() >= start and part.max() < start + 20  # rows stay in their block
+        keys = [tuple(codes[r]) for r in part]
+        assert keys == sorted(keys)  # schema order: the first attribute is the primary key
+        assert len({tuple(codes[r]) for r in part}) == len([i for i, k in enumerate(keys) if i == 0 or k != keys[i - 1]])
+
+
+@pytest.mark.parametrize("projection_dim", [12, None], ids=["projected", "identity"])
+def test_items_added_to_a_built_graph_keep_their_ids_when_inserted_grouped(projection_dim) -> None:
+    index, x = built(n=300, ef_search=10_000, projection_dim=projection_dim)
+    more = clustered(300, seed=9)
+    codes = np.stack([np.random.default_rng(2).integers(0, 5, 300), np.arange(300) % 3], 1)  # not in row order
+    index.add([f"i{i}" for i in range(300, 600)], more, codes)
+    everything = np.concatenate([x, more])
+    queries = clustered(20, seed=5)
+    ids, _ = index.search(queries, 10)
+    assert [[int(i[1:]) for i in row] for row in ids] == brute(queries, everything, 10).tolist()
+    own, _ = index.search(more[:40], 1)  # each added item finds itself
+    assert [row[0] for row in own] == [f"i{i}" for i in range(300, 340)]
