@@ -194,6 +194,19 @@ class CatalogIndex:
     def search(self, queries: np.ndarray, k: int, *, exact: bool = False,
                exclude: Sequence[str | None] | None = None) -> tuple[list[list[str]], list[np.ndarray]]:
         """Top-k ids and cosine scores per query; ``exclude[i]`` drops one id from query i."""
+        ids, scores, _ = self._search(queries, k, exact, exclude, with_codes=False)
+        return ids, scores
+
+    def search_with_codes(self, queries: np.ndarray, k: int, *, exact: bool = False,
+                          exclude: Sequence[str | None] | None = None
+                          ) -> tuple[list[list[str]], list[np.ndarray], list[np.ndarray]]:
+        """``search`` plus each result's label codes (k, A), read under the same lock: a
+        concurrent ``remove`` cannot take a result between the search and the lookup."""
+        ids, scores, codes = self._search(queries, k, exact, exclude, with_codes=True)
+        return ids, scores, codes  # type: ignore[return-value]
+
+    def _search(self, queries: np.ndarray, k: int, exact: bool, exclude: Sequence[str | None] | None,
+                with_codes: bool) -> tuple[list[list[str]], list[np.ndarray], list[np.ndarray] | None]:
         queries = _float_matrix(queries, "query vectors")
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise QueryError(f"query vectors have shape {queries.shape}, the index holds {self.dim}-d vectors")
@@ -219,22 +232,27 @@ class CatalogIndex:
             graph = self._graph
             if (len(queries) == 1 and not exact and graph is not None and graph.projection.identity
                     and self.precision == "float32"):
-                return self._search_one_in_graph(graph, queries, want, n, k, -1 if skip is None else skip[0])
-            slots, scores = self._search_slots(queries, want, exact, n)
-            return self._to_ids(slots, scores, skip, k)
+                rows, scores = self._search_one_in_graph(graph, queries, want, n, k, -1 if skip is None else skip[0])
+            else:
+                slots, scores_matrix = self._search_slots(queries, want, exact, n)
+                rows, scores = self._drop_skipped(slots, scores_matrix, skip, k)
+            ids = self._ids
+            out_ids = [[ids[s] for s in row] for row in rows]
+            codes = [self._codes[row] for row in rows] if with_codes else None  # fancy indexing copies
+            return out_ids, scores, codes  # type: ignore[return-value]
 
     def _search_one_in_graph(self, graph: ProjectedGraph, query: np.ndarray, want: int, n: int, k: int,
-                             skip: int) -> tuple[list[list[str]], list[np.ndarray]]:
+                             skip: int) -> tuple[list[list[int]], list[np.ndarray]]:
         """The common call (one query, the graph holds the float32 vectors, so its scores are
         exact) with as few numpy calls as possible: after a graph walk the caches are cold and
         each small call costs microseconds (measured: the general path added ~60 us to a
-        ~150 us walk). Same results as ``_search_slots`` + ``_to_ids``."""
+        ~150 us walk). Same results as ``_search_slots`` + ``_drop_skipped``."""
         count = min(candidate_count(n, want, self.dim, self.ef_search), n)
         try:
             labels, distances = graph.graph.knn_query(query, k=count, num_threads=1)
         except RuntimeError:  # fewer reachable nodes than asked (heavy deletions): the general path scans
             slots, scores = self._search_slots(query, want, True, n)
-            return self._to_ids(slots, scores, None if skip < 0 else [skip], k)
+            return self._drop_skipped(slots, scores, None if skip < 0 else [skip], k)
         row = labels[0, :want].tolist()
         cut = row.index(skip) if skip >= 0 and skip in row else -1
         near = distances[0]
@@ -243,8 +261,7 @@ class CatalogIndex:
             scores = 1.0 - np.concatenate((near[:cut], near[cut + 1:want]))  # np.delete costs ~15 us here
         else:
             scores = 1.0 - near[:k]
-        ids = self._ids
-        return [[ids[s] for s in row[:k]]], [scores]  # type: ignore[list-item]
+        return [row[:k]], [scores]
 
     def _search_slots(self, queries: np.ndarray, want: int, exact: bool, n: int) -> tuple[np.ndarray, np.ndarray]:
         graph = self._graph
@@ -262,11 +279,11 @@ class CatalogIndex:
                 return best_first(cand, self._store.score(queries, cand), want)
         return self._store.scan_topk(queries, len(self._ids), self._alive, want)
 
-    def _to_ids(self, slots: np.ndarray, scores: np.ndarray, skip: list[int] | None,
-                k: int) -> tuple[list[list[str]], list[np.ndarray]]:
-        """Slots -> ids with each query's excluded slot dropped; list work is O(k) per query."""
-        ids = self._ids
-        out_ids: list[list[str]] = []
+    @staticmethod
+    def _drop_skipped(slots: np.ndarray, scores: np.ndarray, skip: list[int] | None,
+                      k: int) -> tuple[list[list[int]], list[np.ndarray]]:
+        """Each query's top-k slots with its excluded slot dropped; list work is O(k) per query."""
+        out_rows: list[list[int]] = []
         out_scores: list[np.ndarray] = []
         for qi, row in enumerate(slots.tolist()):
             cut = -1
@@ -276,13 +293,13 @@ class CatalogIndex:
                 except ValueError:
                     cut = -1
             if cut < 0:
-                out_ids.append([ids[s] for s in row[:k]])  # type: ignore[misc]
+                out_rows.append(row[:k])
                 out_scores.append(scores[qi, :k].copy())
             else:
                 del row[cut]
-                out_ids.append([ids[s] for s in row[:k]])  # type: ignore[misc]
+                out_rows.append(row[:k])
                 out_scores.append(np.concatenate((scores[qi, :cut], scores[qi, cut + 1:k + 1])))
-        return out_ids, out_scores
+        return out_rows, out_scores
 
     def stats(self) -> dict[str, Any]:
         """What the index is doing and what it costs: mode, parameters, bytes by part."""

@@ -5,7 +5,8 @@ attribute's slice of the embedding. M is linear, so several changes simply add.
 """
 from __future__ import annotations
 
-from typing import Mapping
+import math
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -49,6 +50,26 @@ def manipulate(embedding: np.ndarray, prototypes: np.ndarray, ind: np.ndarray) -
         out = embedding + ind @ prototypes.T
     norm = np.linalg.norm(out, axis=-1, keepdims=True)
     return (out / np.maximum(norm, 1e-12)).astype(np.float32)
+
+
+def manipulate_one(embedding: np.ndarray, prototype_rows: np.ndarray, offsets: Sequence[int],
+                   current: Sequence[int], change: Mapping[int, int]) -> np.ndarray:
+    """``manipulate(embedding, prototypes, indicator(...))`` for one query, as a fresh (D,)
+    float32 vector: the wanted values' prototypes added and the current ones subtracted,
+    without the (J,) indicator. Why: after a graph walk each small numpy call costs
+    microseconds, and the SDK's per-query work is a handful of them this way.
+
+    ``prototype_rows`` is the memory block transposed, (J, D) C-contiguous, so each prototype
+    is one contiguous row; ``current`` holds the query's value per attribute (UNKNOWN allowed).
+    """
+    out = np.array(embedding, dtype=np.float32)
+    for a, v in change.items():
+        out += prototype_rows[offsets[a] + v]
+        old = int(current[a])
+        if old != UNKNOWN:
+            out -= prototype_rows[offsets[a] + old]
+    out *= np.float32(1.0 / max(math.sqrt(float(np.dot(out, out))), 1e-12))
+    return out
 
 
 def mean_swap(embedding: np.ndarray, value_means: np.ndarray, layout: list[tuple[int, int]],

@@ -15,12 +15,11 @@ from .bundle import Bundle
 from .encoder import Encoder
 from .errors import BundleError, FashsdkError, IndexFileError, QueryError
 from .index import CatalogIndex, normalize_id
-from .manipulation import indicator, manipulate, parse_change, predicted_codes
+from .manipulation import manipulate_one, parse_change, predicted_codes
 from .preprocess import ImageInput
 from .schema import UNKNOWN
 
 Labels = Mapping[str, "str | None"]
-_SEARCH_RETRIES = 8  # re-runs of a search whose result lost an item to a concurrent remove()
 
 
 @dataclass(frozen=True)
@@ -56,6 +55,11 @@ class Retriever:
                 raise QueryError(f"{name} must be a positive integer, got {value!r}")
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
         self.schema = self.bundle.schema
+        # per-query lookups prepared once: prototypes as contiguous rows, code -> value tables
+        self._prototype_rows = np.ascontiguousarray(self.bundle.prototypes.T, dtype=np.float32)
+        self._offsets, self._sizes, self._names = self.schema.offsets, self.schema.sizes, self.schema.names
+        self._value_tables: list[dict[int, str | None]] = [
+            {UNKNOWN: None, **dict(enumerate(a.values))} for a in self.schema.attributes]
         self._backend_name, self._threads, self._batch_size = backend, threads, batch_size
         self._encoder: Encoder | None = None
         self._encoder_lock = threading.Lock()
@@ -232,19 +236,18 @@ class Retriever:
                 isinstance(query, str) and self.index is not None and query in self.index):
             query_id = normalize_id(query)
             vector, labels, predicted = self._require_index().get(query_id)
-            current = np.where(labels != UNKNOWN, labels, predicted)
+            current = [p if c == UNKNOWN else c for c, p in zip(labels.tolist(), predicted.tolist())]
             self._check_codes(current, query_id)
         else:
             if isinstance(query, str) and not _is_file(query):
                 raise QueryError(f"query {query!r} is neither an indexed id nor an existing image file")
             out = self.encode([query])  # type: ignore[list-item]
             vector = out.embedding[0]
-            current, _ = predicted_codes(self.schema, out.logits)
-            current = current[0]
+            predicted_rows, _ = predicted_codes(self.schema, out.logits)
+            current = predicted_rows[0].tolist()
         if not parsed:
             return vector.astype(np.float32), query_id
-        ind = indicator(self.schema, current, parsed)
-        return manipulate(vector, self.bundle.prototypes, ind), query_id
+        return manipulate_one(vector, self._prototype_rows, self._offsets, current, parsed), query_id
 
     def search(self, query: object, change: Mapping[str, str] | None = None, k: int = 10, *,
                exact: bool = False, include_query: bool = False) -> list[SearchResult]:
@@ -260,34 +263,39 @@ class Retriever:
         index = self._require_index()
         vector, query_id = self.query_vector(query, change)
         exclude = [query_id] if (query_id is not None and not include_query) else None
-        for attempt in range(_SEARCH_RETRIES):
-            ids, scores = index.search(vector[None, :], k, exact=exact, exclude=exclude)
-            try:  # a concurrent remove() may take an item between the search and this lookup
-                codes = index.codes_of(ids[0])
-                break
-            except QueryError:
-                if attempt == _SEARCH_RETRIES - 1:
-                    raise
-        self._check_codes(codes, ids[0])  # one vectorised check for all k rows (per-row checks cost ~15 us each)
-        names = self.schema.names
-        values = [a.values for a in self.schema.attributes]
-        return [SearchResult(i, s, {n: (vals[c] if c != UNKNOWN else None) for n, vals, c in zip(names, values, row)})
-                for i, s, row in zip(ids[0], scores[0].tolist(), codes.tolist())]
+        # codes come from the same locked read as the ids: a concurrent remove() cannot race them
+        ids, scores, codes = index.search_with_codes(vector[None, :], k, exact=exact, exclude=exclude)
+        return self._results(ids[0], scores[0], codes[0])
 
-    def _check_codes(self, codes: np.ndarray, item_ids: str | Sequence[str]) -> None:
-        """Codes (A,) of one item or (n, A) of ``item_ids`` must fit the schema: an out-of-range
-        code would silently pick another value's prototype or label."""
-        sizes = np.asarray(self.schema.sizes)
-        rows = np.atleast_2d(codes)
-        names = [item_ids] if isinstance(item_ids, str) else list(item_ids)
-        if rows.shape[1:] != sizes.shape or len(rows) != len(names):
-            raise IndexFileError(f"index items {names[:3]!r} have attribute codes of shape {codes.shape}, the bundle's "
-                                 f"schema has {len(sizes)} attributes; rebuild the index with this bundle")
-        bad = ((rows < UNKNOWN) | (rows >= sizes)).any(axis=1)
-        if bad.any():
-            row = int(np.flatnonzero(bad)[0])
-            raise IndexFileError(f"index item {names[row]!r} has attribute codes {rows[row].tolist()} outside the "
-                                 f"bundle's schema (value counts {sizes.tolist()}); rebuild the index with this bundle")
+    def _results(self, ids: list[str], scores: np.ndarray, codes: np.ndarray) -> list[SearchResult]:
+        """Results with attributes decoded; plain Python per row (numpy calls on k-row arrays
+        cost more than the work). A code outside the schema is a typed error, never a
+        silently wrong value."""
+        if codes.shape[1:] != (len(self._names),):
+            raise self._codes_error(ids[:3], codes)
+        names, tables = self._names, self._value_tables
+        rows = codes.tolist()
+        try:
+            return [SearchResult(i, s, {n: t[c] for n, t, c in zip(names, tables, row)})
+                    for i, s, row in zip(ids, scores.tolist(), rows)]
+        except KeyError:
+            for item_id, row in zip(ids, rows):
+                self._check_codes(row, item_id)
+            raise
+
+    def _check_codes(self, codes: Sequence[int], item_id: str) -> None:
+        """One item's codes must fit the schema: an out-of-range code would silently pick
+        another value's prototype or label."""
+        if len(codes) != len(self._sizes) or not all(UNKNOWN <= c < n for c, n in zip(codes, self._sizes)):
+            raise self._codes_error(item_id, codes)
+
+    def _codes_error(self, item_ids: str | list[str], codes: object) -> IndexFileError:
+        shape = np.shape(codes)
+        if shape[-1:] != (len(self._sizes),):
+            return IndexFileError(f"index items {item_ids!r} have attribute codes of shape {shape}, the bundle's "
+                                  f"schema has {len(self._sizes)} attributes; rebuild the index with this bundle")
+        return IndexFileError(f"index item {item_ids!r} has attribute codes {list(codes)} outside the "  # type: ignore[call-overload]
+                              f"bundle's schema (value counts {self._sizes}); rebuild the index with this bundle")
 
     def describe(self) -> dict[str, Any]:
         """What this retriever runs: bundle, engine, schema, catalog size."""

@@ -6,6 +6,7 @@ value v of attribute a is ``offsets[a] + v``. The schema travels in the bundle m
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -54,7 +55,7 @@ class AttributeSchema:
 
     @property
     def offsets(self) -> list[int]:
-        return [int(x) for x in np.cumsum([0] + self.sizes[:-1])]
+        return list(accumulate(self.sizes[:-1], initial=0))
 
     @property
     def total_values(self) -> int:

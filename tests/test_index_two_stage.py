@@ -264,3 +264,19 @@ def test_items_added_to_a_built_graph_keep_their_ids_when_inserted_grouped(proje
     assert [[int(i[1:]) for i in row] for row in ids] == brute(queries, everything, 10).tolist()
     own, _ = index.search(more[:40], 1)  # each added item finds itself
     assert [row[0] for row in own] == [f"i{i}" for i in range(300, 340)]
+
+
+@pytest.mark.parametrize("exact", [False, True])
+@pytest.mark.parametrize("projection_dim", [12, None], ids=["projected", "identity"])
+def test_search_with_codes_gives_each_results_label_codes(projection_dim, exact: bool) -> None:
+    index, x = built(projection_dim=projection_dim)
+    ids = [f"i{i}" for i in (3, 77, 400)]
+    found, scores, codes = index.search_with_codes(x[[3, 77, 400]], 7, exact=exact, exclude=ids)
+    plain_ids, plain_scores = index.search(x[[3, 77, 400]], 7, exact=exact, exclude=ids)
+    assert found == plain_ids and all(np.array_equal(a, b) for a, b in zip(scores, plain_scores))
+    for query_id, row, row_codes in zip(ids, found, codes):
+        assert query_id not in row and len(row) == 7 and row_codes.shape == (7, 2)
+        assert row_codes.tolist() == index.codes_of(row).tolist()
+        assert row_codes.tolist() == [[int(i[1:]) % 5, int(i[1:]) % 3] for i in row]  # as built() labelled them
+    one_ids, _, one_codes = index.search_with_codes(x[5], 3)  # the single-query fast path
+    assert one_codes[0].tolist() == index.codes_of(one_ids[0]).tolist()

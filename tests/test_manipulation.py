@@ -6,7 +6,7 @@ import pytest
 
 from fashsdk.errors import QueryError
 from fashsdk.evaluation import QuerySet, adde_queries, indicator_matrix
-from fashsdk.manipulation import indicator, manipulate, mean_swap, parse_change, predicted_codes
+from fashsdk.manipulation import indicator, manipulate, manipulate_one, mean_swap, parse_change, predicted_codes
 from fashsdk.schema import UNKNOWN, AttributeSchema
 
 SCHEMA = AttributeSchema.from_dict({"colour": ["Black", "Blue", "Red"], "kind": ["Shirt", "Shoe"], "sex": ["M", "W"]})
@@ -42,6 +42,23 @@ def test_residual_lands_only_in_the_changed_block_and_changes_add() -> None:
     expected = query + (one + other) @ memory.T
     assert np.allclose(out, expected / np.linalg.norm(expected), atol=1e-6)
     assert abs(np.linalg.norm(out) - 1) < 1e-6
+
+
+@pytest.mark.parametrize("current", [[0, 1, 0], [2, UNKNOWN, 1], [1, 0, UNKNOWN]])
+@pytest.mark.parametrize("change", [{"colour": "Red"}, {"colour": "Red", "kind": "Shirt", "sex": "W"},
+                                    {"kind": "Shoe"}])
+def test_one_query_fast_path_matches_the_indicator_arithmetic(current: list[int], change: dict[str, str]) -> None:
+    rng = np.random.default_rng(2)
+    memory = block_memory(rng)
+    query = rng.normal(size=D * 3).astype(np.float32)
+    parsed = parse_change(SCHEMA, change)
+    expected = manipulate(query, memory, indicator(SCHEMA, np.array(current), parsed))
+    before = query.copy()
+    out = manipulate_one(query, np.ascontiguousarray(memory.T), SCHEMA.offsets, current, parsed)
+    assert out.dtype == np.float32 and out.shape == query.shape and np.allclose(out, expected, atol=1e-6)
+    assert np.array_equal(query, before)  # a fresh vector: the caller's embedding is left alone
+    moved = any(current[a] != v for a, v in parsed.items())
+    assert np.allclose(out, query / np.linalg.norm(query), atol=1e-6) != moved  # a no-op change is a no-op
 
 
 def test_batch_queries_match_single_queries() -> None:
