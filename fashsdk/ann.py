@@ -40,8 +40,9 @@ def candidate_count(n: int, want: int, dim: int, base: int | None = None) -> int
     while neighbouring items are ~0.9999 apart), so scores are flat near the top and the graph
     must return more candidates than k. Measured by benchmarks.search (real embeddings grown
     with the kernel model, graph built grouped by ``locality_order``): on 256-d demo embeddings
-    recall@10 at 100k items over 3,000 queries is 0.980 / 0.983 / 0.985 with 96 / 112 / 128
-    candidates (p50 0.18 / 0.18 / 0.22 ms), so 112; 256 give 0.96 at 1M (128: 0.93); the 4080-d synthetic paper
+    recall@10 at 100k items over 3,000 queries is 0.983 / 0.986 / 0.988 with 96 / 112 / 128
+    candidates (p50 0.16 / 0.18 / 0.20 ms), so 96; at 1M, 256 give 0.968 (p50 0.53-0.60 ms) and
+    192 give 0.954 (0.46 ms), so 256 keeps a margin and ``ef_search=192`` trades it for speed; the 4080-d synthetic paper
     layout reaches ~0.99 with 64 at 100k, where each candidate also costs 16x more to re-rank.
     ``base`` (the index's ef_search) overrides this rule; the count is at least 3 x want either
     way, so k=30 sees about 100 candidates.
@@ -51,7 +52,7 @@ def candidate_count(n: int, want: int, dim: int, base: int | None = None) -> int
         if n <= 20_000:
             base = 64
         elif n <= 150_000:
-            base = 64 if wide else 112
+            base = 64 if wide else 96
         else:
             base = 96 if wide else 256
     return max(base, 3 * want, want + 8)
