@@ -241,6 +241,11 @@ def run_size(work: Workload, n: int, args: argparse.Namespace) -> list[dict[str,
         if keep_gallery:
             kept.append(vectors)
         offset += len(vectors)
+    insertion_graph = index._graph.graph if index._graph is not None else None
+    t = time.perf_counter()
+    laid_out = index.optimize()  # part of building a served index (the CLI does it before saving)
+    layout_s = time.perf_counter() - t
+    build_s += layout_s
     codes_all = np.concatenate(codes_all)
     order = np.argsort(-best[1], axis=1, kind="stable")
     exact_rows = np.take_along_axis(best[0], order, 1)
@@ -277,6 +282,10 @@ def run_size(work: Workload, n: int, args: argparse.Namespace) -> list[dict[str,
     if work.layout == "demo" and args.bundle is not None:
         calls["retriever"] = (None, retriever_call(args, index, qs, qids, work))
     calls.update({f"candidates_{c}": (c, by_vector(K10)) for c in pareto})
+    if laid_out and args.layout_ab:  # the same graph in insertion order, interleaved with the renumbered one
+        calls["insertion_order"] = (None, on_graph(index, insertion_graph, by_vector(K10)))
+    else:
+        insertion_graph = None  # not kept alive: it is a whole second graph
     latency = interleaved_latency(calls, args.latency_queries, args.rounds,
                                   lambda c: setattr(index, "ef_search", c))
     approx_arr = np.array([a + [0] * (K30 - len(a)) for a in approx])
@@ -290,6 +299,7 @@ def run_size(work: Workload, n: int, args: argparse.Namespace) -> list[dict[str,
     ours = {
         "layout": work.layout, "method": "fashsdk two-stage", "n": n, "dim": work.dim, "precision": work.precision,
         "mode": stats["mode"], "build_s": round(build_s, 2), "build_items_per_s": round(n / build_s, 1),
+        "layout_s": round(layout_s, 2), "laid_out": laid_out,
         "bytes_per_item": round(total_bytes / n, 1), "bytes_breakdown": stats["bytes"],
         "p50_ms": round(p50, 4), "p99_ms": round(p99, 4), "p50_by_id_ms": round(p50_id, 4),
         "p99_by_id_ms": round(p99_id, 4), "p50_k30_ms": round(latency["k30"]["p50_ms"], 4),
@@ -307,6 +317,13 @@ def run_size(work: Workload, n: int, args: argparse.Namespace) -> list[dict[str,
     rows = [ours]
     print(f"   ours: p50 {p50:.3f} ms (rounds {ours['p50_rounds_ms']}) p99 {p99:.3f} ms by-id p50 {p50_id:.3f} ms, recall@10 {ours['recall_at_10']}, "
           f"recall@30 {ours['recall_at_30']}, top30 {ours['top30']} (exact {ours['top30_exact']})", flush=True)
+    if "insertion_order" in latency:
+        ours["p50_insertion_order_ms"] = round(latency["insertion_order"]["p50_ms"], 4)
+        ours["p50_insertion_order_rounds_ms"] = latency["insertion_order"]["p50_rounds_ms"]
+        ours["layout_speedup_p50"] = round(latency["insertion_order"]["p50_ms"] / p50, 3)
+        print(f"   same graph in insertion order: p50 {ours['p50_insertion_order_ms']:.3f} ms "
+              f"(rounds {ours['p50_insertion_order_rounds_ms']}): layout speed-up {ours['layout_speedup_p50']}x",
+              flush=True)
     if "retriever" in latency:
         ours["retriever_p50_ms"] = round(latency["retriever"]["p50_ms"], 4)
         ours["retriever_p99_ms"] = round(latency["retriever"]["p99_ms"], 4)
@@ -338,6 +355,18 @@ def run_size(work: Workload, n: int, args: argparse.Namespace) -> list[dict[str,
             ours[f"build_ratio_vs_{base['method'].split()[0]}"] = round(
                 ours["build_items_per_s"] / base["build_items_per_s"], 2)
     return rows
+
+
+def on_graph(index: CatalogIndex, graph: Any, fn: Callable[[int], Any]) -> Callable[[int], Any]:
+    """``fn`` run against another hnswlib graph of the same nodes (swapped in for the call)."""
+    def call(i: int) -> None:
+        current = index._graph.graph  # type: ignore[union-attr]
+        index._graph.graph = graph  # type: ignore[union-attr]
+        try:
+            fn(i)
+        finally:
+            index._graph.graph = current  # type: ignore[union-attr]
+    return call
 
 
 def retriever_call(args: argparse.Namespace, index: CatalogIndex, qs: Any, qids: list[str],
@@ -476,6 +505,12 @@ def markdown(result: dict[str, Any]) -> str:
                      f"{fmt(r.get('p50_by_id_ms'), '.3f')} | {fmt(r.get('retriever_p50_ms'), '.3f')} | "
                      f"{fmt(r.get('recall_at_10'), '.4f')} | {fmt(r.get('recall_at_10_eps'), '.4f')} | "
                      f"{fmt(r.get('recall_at_30'), '.4f')} | {top} | {speed} |")
+    for r in result["rows"]:
+        if "layout_speedup_p50" in r:
+            lines += ["", f"Graph layout ({r['layout']}, {r['n']:,}): optimize() renumbered the graph in {r['layout_s']} s "
+                      f"(counted in build); the same graph in insertion order, timed in the same interleaved rounds: "
+                      f"p50 {r['p50_insertion_order_ms']:.3f} ms vs {r['p50_ms']:.3f} ms "
+                      f"({r['layout_speedup_p50']}x)."]
     lines += ["", "Galleries: " + "; ".join(f"{w['layout']}: {w['source']}" for w in result["workloads"]), ""]
     for w in result["workloads"]:
         if "kernel_fit" in w:
@@ -507,6 +542,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--index", type=Path, default=None, help="the bundle's index of the real test split")
     parser.add_argument("--queries", type=int, default=1000, help="manipulation queries for recall/Top-k")
     parser.add_argument("--latency-queries", type=int, default=2000)
+    parser.add_argument("--no-layout-ab", dest="layout_ab", action="store_false",
+                        help="skip timing the graph in insertion order beside the renumbered one (optimize())")
     parser.add_argument("--rounds", type=int, default=5,
                         help="interleaved latency rounds; p50 is the median of the rounds' medians")
     parser.add_argument("--demo-precision", default="float32", choices=["float32", "float16"])

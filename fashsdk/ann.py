@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -94,6 +95,7 @@ class ProjectedGraph:
         self.drift_sum = 0.0  # residual energy summed over items added after the fit
         self.drift_count = 0
         self.built_count = 0  # live items when the graph was built
+        self.laid_out = 0  # nodes when the graph was last renumbered for locality (graph_layout)
 
     @classmethod
     def load(cls, projection: Projection, path: str, capacity: int, params: GraphParams) -> "ProjectedGraph":
@@ -106,7 +108,7 @@ class ProjectedGraph:
         self.graph.load_index(os.fsencode(path), max_elements=max(capacity, 1))  # bytes: non-UTF-8 paths too
         self.graph.set_num_threads(1)
         self.graph.set_ef(16)
-        self.drift_sum, self.drift_count, self.built_count = 0.0, 0, 0
+        self.drift_sum, self.drift_count, self.built_count, self.laid_out = 0.0, 0, 0, 0
         return self
 
     @property
@@ -128,6 +130,21 @@ class ProjectedGraph:
                 self.drift_sum += float(self.projection.residuals(chunk, projected).sum())
                 self.drift_count += len(chunk)
             self.graph.add_items(projected, slots[s:s + ADD_BATCH], num_threads=threads)
+
+    def relayout(self, groups_of_labels: Callable[[np.ndarray], np.ndarray] | None, probes: np.ndarray) -> bool:
+        """Renumber the graph's nodes for memory locality (fashsdk.graph_layout); ``probes``
+        (Q, D) full vectors whose results must not change. False (graph kept) if hnswlib's
+        state did not round-trip. Needs about three copies of the graph in memory meanwhile."""
+        from .graph_layout import relaid
+
+        fresh = relaid(self.graph, groups_of_labels, self.projection.apply(probes))
+        if fresh is None:
+            return False
+        fresh.set_num_threads(1)
+        fresh.set_ef(16)
+        self.graph = fresh
+        self.laid_out = self.count
+        return True
 
     def remove(self, slots: np.ndarray) -> None:
         for s in slots.tolist():

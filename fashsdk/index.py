@@ -51,6 +51,8 @@ FIT_SAMPLE = 32768
 REFIT_WRITES = 1.0  # items written since the build, relative to the catalog size then
 REFIT_DRIFT = 1.5
 REFIT_SLACK = 1e-4
+LAYOUT_MIN_NODES = 1 << 16  # graphs this large are renumbered for locality after a build (optimize)
+LAYOUT_PROBES = 32  # queries whose results must survive the renumbering unchanged
 _V1_ROLES = ("graph", "vectors", "codes", "predicted", "ids")
 
 
@@ -316,6 +318,7 @@ class CatalogIndex:
                 proj = graph.projection
                 out.update({"projection_dim": proj.out_dim, "fit_count": proj.fit_count,
                             "built_count": graph.built_count, "written_since_build": graph.drift_count,
+                            "laid_out_nodes": graph.laid_out,
                             "fit_residual": proj.fit_residual, "M": graph.params.M,
                             "ef_construction": graph.params.ef_construction,
                             "candidates_k10": min(candidate_count(n, 11, self.dim, self.ef_search), n),
@@ -395,6 +398,19 @@ class CatalogIndex:
             self._add_locked(keys, vectors, codes_arr, predicted_arr)
             self._maintain()
 
+    def optimize(self) -> bool:
+        """Renumber the graph so neighbours sit together in memory; call after bulk adds.
+
+        Why: hnswlib keeps nodes in insertion order, and at 1M nodes a query is bound by
+        memory latency; renumbering (breadth-first within attribute combinations) made
+        1M-item walks ~13% faster (``fashsdk.graph_layout``). Full builds do it by themselves;
+        items added later are appended in arrival order until the next ``optimize()``.
+        Blocks writers and readers while it runs (~15 s and ~3 graph copies of memory at
+        1M 256-d items). Returns whether the graph was renumbered.
+        """
+        with self._lock.write():
+            return self._layout_graph()
+
     def refit(self) -> None:
         """Refit the projection on the current items and rebuild the graph (or drop it if small)."""
         with self._lock.write():
@@ -459,6 +475,22 @@ class CatalogIndex:
         for chunk, vectors in self._store.iter_rows(alive, max(256, (1 << 23) // self.dim)):
             graph.add(vectors, chunk, self.threads, track_drift=False)
         self._graph = graph
+        self._layout_graph()
+
+    def _layout_graph(self) -> bool:
+        """``optimize`` under the write lock; nothing to do below LAYOUT_MIN_NODES (the graph's
+        working set then mostly stays in cache) or when no node was appended since the last time."""
+        graph = self._graph
+        if graph is None or graph.count < LAYOUT_MIN_NODES or graph.laid_out == graph.count:
+            return False
+
+        def combination_of(labels: np.ndarray) -> np.ndarray:
+            codes = self._current_codes(labels.astype(np.int64))
+            return np.unique(codes, axis=0, return_inverse=True)[1].reshape(-1)
+
+        alive = np.flatnonzero(self._alive[:len(self._ids)])
+        probes = alive[np.random.default_rng(len(alive)).choice(len(alive), min(LAYOUT_PROBES, len(alive)), replace=False)]
+        return graph.relayout(combination_of, self._store.rows(np.sort(probes)))
 
     def _current_codes(self, slots: np.ndarray) -> np.ndarray:
         """Each item's attribute values: its label, else the model's prediction."""
@@ -519,7 +551,7 @@ class CatalogIndex:
                     "fit_count": graph.projection.fit_count,
                     "fit_residual": graph.projection.fit_residual, "built_count": graph.built_count,
                     "drift_sum": graph.drift_sum,
-                    "drift_count": graph.drift_count},
+                    "drift_count": graph.drift_count, "laid_out": graph.laid_out},
                 "info": self.info,
                 "files": {role: {"name": name, "sha256": sha256_file(directory / name),
                                  "bytes": (directory / name).stat().st_size} for role, name in names.items()},
@@ -568,6 +600,7 @@ class CatalogIndex:
                 fit_count, fit_res = _int(graph_meta["fit_count"]), float(graph_meta["fit_residual"])
                 built_count = _int(graph_meta.get("built_count", fit_count))
                 drift_sum, drift_count = float(graph_meta["drift_sum"]), _int(graph_meta["drift_count"])
+                laid_out = _int(graph_meta.get("laid_out", 0))  # absent before graph layout existed
             files = {role: meta["files"][role] for role in roles}
             options = {key: (None if settings.get(key) is None else _int(settings[key]))
                        for key in ("M", "ef_construction", "ef_search", "projection_dim", "exact_max_items")}
@@ -620,6 +653,7 @@ class CatalogIndex:
                 raise IndexFileError(f"index graph {str(paths['graph'])!r} holds {graph.count} nodes, "
                                      f"the sidecar says {nodes}")
             graph.drift_sum, graph.drift_count, graph.built_count = drift_sum, drift_count, built_count
+            graph.laid_out = laid_out if laid_out <= nodes else 0
             index._graph = graph
         elif version == 1 or count > index._exact_limit():
             with index._lock.write():
