@@ -42,8 +42,9 @@ def candidate_count(n: int, want: int, dim: int, base: int | None = None) -> int
     must return more candidates than k. Measured by benchmarks.search (real embeddings grown
     with the kernel model, graph built grouped by ``locality_order``): on 256-d demo embeddings
     recall@10 at 100k items over 3,000 queries is 0.983 / 0.986 / 0.988 with 96 / 112 / 128
-    candidates (p50 0.16 / 0.18 / 0.20 ms), so 96; at 1M, 256 give 0.968 (p50 0.53-0.60 ms) and
-    192 give 0.954 (0.46 ms), so 256 keeps a margin and ``ef_search=192`` trades it for speed; the 4080-d synthetic paper
+    candidates (p50 0.16 / 0.18 / 0.20 ms), so 96; at 1M, with the graph renumbered by
+    ``CatalogIndex.optimize``, 192 / 224 / 256 give 0.955 / 0.961 / 0.967 at p50 0.40 / 0.44 /
+    0.49 ms (benchmarks/results/search-layout.md), so 224 keeps a margin on both; the 4080-d synthetic paper
     layout reaches ~0.99 with 64 at 100k, where each candidate also costs 16x more to re-rank.
     ``base`` (the index's ef_search) overrides this rule; the count is at least 3 x want either
     way, so k=30 sees about 100 candidates.
@@ -55,7 +56,7 @@ def candidate_count(n: int, want: int, dim: int, base: int | None = None) -> int
         elif n <= 150_000:
             base = 64 if wide else 96
         else:
-            base = 96 if wide else 256
+            base = 96 if wide else 224
     return max(base, 3 * want, want + 8)
 
 

@@ -53,6 +53,8 @@ def cmd_index(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
     indexed = len(retriever.index) if retriever.index else 0
     missing = len(catalog) - indexed - len(failures)
+    if retriever.index is not None:
+        retriever.index.optimize()  # a bulk build: lay the graph out for serving before it is saved
     retriever.save_index(args.out)
     print(json.dumps({"indexed": indexed, "skipped_bad_images": len(failures), "missing_images": missing,
                       "seconds": round(seconds, 2), "ms_per_image": round(1000 * seconds / max(indexed, 1), 3),

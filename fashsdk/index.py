@@ -18,6 +18,10 @@ projection was fitted on; or on demand with ``refit()``. Rebuilding costs about 
 the writes that triggered it, so the amortised cost of a write stays bounded.
 If removals shrink the catalog to half the exact-scan size, the graph is dropped.
 
+After bulk adds, ``optimize()`` renumbers the graph so graph neighbours lie together in memory
+(fashsdk.graph_layout; full builds do it themselves); items added later are appended in arrival
+order until the next ``optimize()``.
+
 Items are keyed by the catalog's own ids (strings; ints are accepted and stringified).
 Saving writes a new generation of files and then atomically replaces ``index.json``,
 which names that generation and pins every file by sha256: a crash at any moment leaves
