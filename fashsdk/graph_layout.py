@@ -11,6 +11,8 @@ new graph answers exactly as the old one did.
 """
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import numpy as np
 
 _LIST_HEADER = 4  # bytes: uint16 link count, a deleted-mark byte, one spare byte
@@ -106,7 +108,8 @@ def _remapped(block: np.ndarray, width: int, inverse: np.ndarray) -> np.ndarray:
     return words.view(np.uint8)
 
 
-def relaid(graph, groups_of_labels=None, probes: np.ndarray | None = None, probe_k: int = 10):
+def relaid(graph: Any, groups_of_labels: Callable[[np.ndarray], np.ndarray] | None = None,
+           probes: np.ndarray | None = None, probe_k: int = 10) -> Any:
     """A new hnswlib.Index holding ``graph`` renumbered for locality, or None when hnswlib's
     state does not round-trip (a format this code does not know): the caller keeps ``graph``.
 
