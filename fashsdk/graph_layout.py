@@ -101,11 +101,11 @@ def permuted_state(state: dict, perm: np.ndarray) -> dict:
 def _remapped(block: np.ndarray, width: int, inverse: np.ndarray) -> np.ndarray:
     """Link-list records (rows of bytes) with every valid link id mapped through ``inverse``;
     unused slots become 0 (hnswlib never reads past the count)."""
-    words = np.ascontiguousarray(block).view(np.uint32)
-    valid = np.arange(width)[None, :] < (words[:, 0] & 0xFFFF)[:, None]
-    ids = words[:, 1:1 + width]
-    words[:, 1:1 + width] = np.where(valid, inverse[np.where(valid, ids, 0)], 0)
-    return words.view(np.uint8)
+    out = np.ascontiguousarray(block)
+    counts, ids = _links(out, width)  # views into ``out``
+    valid = np.arange(width)[None, :] < counts[:, None]
+    ids[:] = np.where(valid, inverse[np.where(valid, ids, 0)], 0)
+    return out
 
 
 def relaid(graph: Any, groups_of_labels: Callable[[np.ndarray], np.ndarray] | None = None,
