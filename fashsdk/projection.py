@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 MIN_DIM = 32
-MAX_DIM = 128
+MAX_DIM = 128  # 256 measured on the paper layout: recall@10 at 1M 0.909 vs 0.904 (96 candidates), same p50
 KEEP_VARIANCE = 0.99  # the auto rule: smallest p keeping this share of the centred variance
 # Up to this width the graph searches the full vectors: measured by benchmarks.search at 256-d,
 # hnswlib's cost is memory latency per visited node rather than arithmetic, so a 48-d
