@@ -407,11 +407,11 @@ class CatalogIndex:
 
         Why: hnswlib keeps nodes in insertion order, and at 1M nodes a query is bound by
         memory latency; renumbering (breadth-first within attribute combinations,
-        ``fashsdk.graph_layout``) cut the 1M walk to 0.87x in a raw A/B and p50 by 1.05-1.13x in
-        three of benchmarks.search's same-run A/Bs; 0.98-1.10x in four at 100k. Full builds do it by
-        themselves; items added later are appended in arrival order until the next
-        ``optimize()``. Blocks writers and readers while it runs (12 s and about three graph
-        copies of memory at 1M 256-d items). Returns whether the graph was renumbered.
+        ``fashsdk.graph_layout``) cut the 1M walk to 0.87x in a raw A/B and p50 by
+        1.05-1.13x in three of benchmarks.search's same-run A/Bs (0.98-1.10x in four at 100k).
+        Full builds do it by themselves; items added later are appended in arrival order until
+        the next ``optimize()``. Blocks writers and readers while it runs (12 s and about three
+        graph copies of memory at 1M 256-d items). Returns whether the graph was renumbered.
         """
         with self._lock.write():
             return self._layout_graph()
