@@ -11,7 +11,7 @@ catalog images, each path is measured:
 - batch-1 latency: one JPEG (bytes in memory) to its vector, p50 and p99;
 - accuracy next to speed: mean/min cosine to ONNX Runtime fp32 embeddings of the same
   images, top-10 neighbour overlap, and (demo bundle) Top-30 manipulation accuracy on the
-  whole test split for fp32 and int8 (fashsdk.evaluation, one Retriever per backend).
+  whole test split for fp32 and int8 (fashsdk.eval.protocol, one Retriever per backend).
 Paths: torch_eager_fp32 (baseline), torch_bf16_cl (autocast bf16, channels_last), ort_fp32,
 ort_int8 (engines.int8: static QDQ calibrated on catalog images). Figures are medians over
 repeats, interleaved path by path so a noisy neighbour hits all alike; ratios are to
@@ -32,18 +32,17 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from fashsdk.backends.base import ModelOutputs
-from fashsdk.backends.onnxruntime_cpu import OnnxRuntimeCpuBackend
 from fashsdk.bundle import Bundle
-from fashsdk.encoder import Encoder
+from fashsdk.encoding.backends.base import ModelOutputs
+from fashsdk.encoding.backends.onnxruntime_cpu import OnnxRuntimeCpuBackend
+from fashsdk.encoding.encoder import Encoder
 from fashsdk.files import atomic_write_bytes, atomic_write_json
 from fashsdk.index import CatalogIndex
-from fashsdk.manipulation import predicted_codes
-from fashsdk.preprocess import PreprocessSpec, decode_resized, normalize
+from fashsdk.sources.preprocess import PreprocessSpec, decode_resized, normalize
 
 DEFAULT_DATA = Path("../shared/data/myntra-small")
 CACHE = Path("runs/bench")
@@ -58,7 +57,7 @@ def log(message: str) -> None:
 
 # ---- machine ------------------------------------------------------------------------------
 def machine() -> dict[str, Any]:
-    from engines.speed import cpu_info
+    from fashsdk.system import machine as cpu_info
 
     versions = {"python": platform.python_version(), "numpy": np.__version__}
     for module in ("onnxruntime", "torch", "PIL", "hnswlib"):
@@ -137,7 +136,7 @@ def prepare_images(labels: Path, images: Sequence[str], n: int, seed: int, workd
     from PIL import Image
 
     from engines.calibration import sample_ids
-    from fashsdk.image_source import load_images
+    from fashsdk.sources.images import load_images
 
     ids = sample_ids(labels, n, split="test", seed=seed)
     encoded = load_images(images, ids)
@@ -178,10 +177,9 @@ def paper_config(labels: Path, images: Sequence[str], cache: Path, calib_images:
     """The paper's model with random weights, exported once to a cached bundle (+ int8 engine)."""
     import torch
 
+    from engines.calibration import load_pixels, sample_ids
     from export.onnx_export import build_bundle
     from fashsdk.schema import AttributeSchema
-
-    from engines.calibration import load_pixels, sample_ids
 
     model = _paper_model()
     directory = cache / f"paper-bundle-torch{torch.__version__.split('+')[0]}"
@@ -214,7 +212,6 @@ def _check_same_weights(model: Any, bundle: Bundle, pixels: np.ndarray) -> None:
 
 def demo_config(bundle_dir: Path, labels: Path, images: Sequence[str], cache: Path, calib_images: int) -> Config:
     """The demo bundle's configuration; its checkpoint for torch when it sits beside the bundle."""
-    import torch
 
     from export.models import ADDE, ModelConfig
 
@@ -334,7 +331,7 @@ def end_to_end(backend: Any, bundle: Bundle, items: Sequence[tuple[str, Path]], 
     start = time.perf_counter()
     for keys, out, _ in encoder.encode_stream(iter(items)):
         t = time.perf_counter()
-        predicted, _ = predicted_codes(bundle.schema, out.logits)
+        predicted, _ = bundle.schema.predicted_codes(out.logits)
         index.add(keys, out.embedding, unknown[:len(keys)], predicted)
         add_s += time.perf_counter() - t
     seconds = time.perf_counter() - start
@@ -374,7 +371,7 @@ def agreement(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
 def decode_cost(spec: PreprocessSpec, items: Sequence[tuple[str, Path]]) -> float:
     """ms per image of file read + decode + resize + normalise on one thread (no model)."""
     out = np.empty((3, spec.height, spec.width), np.float32)
-    from fashsdk.preprocess import normalize_into
+    from fashsdk.sources.preprocess import normalize_into
 
     start = time.perf_counter()
     for _, path in items:
@@ -385,11 +382,10 @@ def decode_cost(spec: PreprocessSpec, items: Sequence[tuple[str, Path]]) -> floa
 def decode_scaling(spec: PreprocessSpec, items: Sequence[tuple[str, Path]], workers: int) -> dict[str, float]:
     """Decode-only ms per image with 1 thread, ``workers`` threads and ``workers`` processes:
     whether threads are GIL-bound (they are when more threads are not faster)."""
+    import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
-    from fashsdk.decode_procs import start_method
-
-    import multiprocessing
+    from fashsdk.sources.decode_procs import start_method
 
     paths = [str(p) for _, p in items]
     parts = [paths[i::4 * workers] for i in range(4 * workers)]
@@ -407,7 +403,7 @@ def decode_scaling(spec: PreprocessSpec, items: Sequence[tuple[str, Path]], work
 
 
 def _decode_files(job: tuple[list[str], dict[str, Any]]) -> int:
-    from fashsdk.preprocess import normalize_into
+    from fashsdk.sources.preprocess import normalize_into
 
     paths, spec_json = job
     spec = PreprocessSpec.from_json(spec_json)
@@ -515,13 +511,13 @@ def _ratios(rows: list[dict[str, Any]]) -> None:
 # ---- quality gate (demo bundle) -------------------------------------------------------------
 def quality_gate(bundle: Bundle, labels: Path, images: Sequence[str], backends: Sequence[str],
                  max_queries: int = 20000, seed: int = 0) -> dict[str, Any]:
-    """Top-k manipulation accuracy on the whole test split (the papers' protocol, fashsdk.evaluation),
+    """Top-k manipulation accuracy on the whole test split (the papers' protocol, fashsdk.eval.protocol),
     one Retriever per backend: exact search and through the Retriever's hnswlib index."""
     from fashsdk import Retriever
-    from fashsdk.catalog import read_catalog
-    from fashsdk.evaluation import adde_queries, exact_topk, hit_rates, manipulation_queries
-    from fashsdk.image_source import iter_images
+    from fashsdk.eval.protocol import exact_topk, hit_rates, manipulation_queries
     from fashsdk.progress import progress_bar
+    from fashsdk.sources.catalog import read_catalog
+    from fashsdk.sources.images import iter_images
 
     catalog, _ = read_catalog(labels, bundle.schema.names, schema=bundle.schema)
     test = catalog.split("test")
@@ -538,7 +534,7 @@ def quality_gate(bundle: Bundle, labels: Path, images: Sequence[str], backends: 
         assert index is not None
         ids, vectors, codes = index.vectors_and_codes()
         queries = manipulation_queries(codes, schema.sizes, max_queries=max_queries, seed=seed)
-        q = adde_queries(vectors, bundle.prototypes, schema.offsets, codes, queries)
+        q = retriever.family.change_batch(vectors[queries.rows], codes[queries.rows], queries.attrs, queries.values)
         exact = hit_rates(exact_topk(q, vectors, 50), codes, queries.targets, (10, 30, 50))
         slot = {i: n for n, i in enumerate(ids)}
         found, _ = index.search(q, 50)
@@ -678,7 +674,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--rebuild", action="store_true", help="re-export the cached paper bundle")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    from fashsdk.encoder import usable_cores
+    from fashsdk.encoding.encoder import usable_cores
 
     args.threads = args.threads or usable_cores()
     args.workers = args.workers or usable_cores()

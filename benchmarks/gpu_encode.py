@@ -34,14 +34,18 @@ REQUIRED_KEYS = ("device", "driver", "libraries", "machine", "bundle", "figures"
 
 def gpu_backends(bundle: Any) -> list[str]:
     """GPU backends this bundle has engines for and this machine can run, fastest first."""
-    from fashsdk.backends import available_backends
+    from fashsdk.encoding.backends import available_backends
 
     return [name for name in available_backends(bundle) if name in GPU_BACKENDS]
 
 
 def why_no_gpu(bundle: Any) -> str:
     """One line on what is missing, for a benchmark that has to skip its GPU rows."""
-    from fashsdk.backends.gpu_probe import nvidia_gpu_present, onnxruntime_cuda_usable, tensorrt_usable
+    from fashsdk.encoding.backends.gpu_probe import (
+        nvidia_gpu_present,
+        onnxruntime_cuda_usable,
+        tensorrt_usable,
+    )
 
     if not nvidia_gpu_present():
         return "no NVIDIA GPU or driver on this machine"
@@ -90,8 +94,8 @@ def model_only(backend: Any, images: np.ndarray, batches: Sequence[int] = DEFAUL
 def end_to_end(bundle: Any, backend_name: str, encoded: Sequence[bytes], batch_size: int = 256,
                workers: int | None = None, repeats: int = 3) -> dict[str, Any]:
     """JPEG bytes -> decode/resize (CPU threads) -> model -> vectors, images per second."""
-    from fashsdk.backends import open_backend
-    from fashsdk.encoder import Encoder
+    from fashsdk.encoding.backends import open_backend
+    from fashsdk.encoding.encoder import Encoder
 
     backend = open_backend(bundle, backend_name)
     try:
@@ -114,7 +118,7 @@ def end_to_end(bundle: Any, backend_name: str, encoded: Sequence[bytes], batch_s
 def gpu_rows(bundle: Any, pixels: np.ndarray, encoded: Sequence[bytes], batches: Sequence[int] = DEFAULT_BATCHES,
              repeats: int = 7) -> dict[str, Any]:
     """All GPU figures plus the same-run CPU fp32 baseline; empty 'backends' when no GPU."""
-    from fashsdk.backends import open_backend
+    from fashsdk.encoding.backends import open_backend
 
     figures: dict[str, Any] = {"backends": {}, "baseline": None, "skipped": None}
     names = gpu_backends(bundle)
@@ -145,11 +149,11 @@ def environment(bundle: Any) -> dict[str, Any]:
     """Device, driver, library versions and host CPU, for the results file."""
     from importlib import metadata
 
-    from fashsdk.backends.gpu_probe import nvidia_driver_version
+    from fashsdk.encoding.backends.gpu_probe import nvidia_driver_version
 
     device: dict[str, Any] = {}
     try:
-        from fashsdk.backends.cuda_memory import device_info
+        from fashsdk.encoding.backends.cuda_memory import device_info
 
         info = device_info()
         device = {"name": info.name, "compute_capability": info.compute_capability,
@@ -200,9 +204,9 @@ def write_gpu_results(results: Mapping[str, Any], directory: str | Path = RESULT
 
 def main(argv: Sequence[str] | None = None) -> int:
     from fashsdk.bundle import Bundle
-    from fashsdk.catalog import read_catalog
-    from fashsdk.image_source import load_images
-    from fashsdk.preprocess import decode_resized, normalize
+    from fashsdk.sources.catalog import read_catalog
+    from fashsdk.sources.images import load_images
+    from fashsdk.sources.preprocess import decode_resized, normalize
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_encode", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

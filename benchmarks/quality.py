@@ -1,49 +1,51 @@
-"""python -m benchmarks.quality --bundle B --data D --json OUT: how good is this bundle?
+"""python -m benchmarks.quality --bundle B [--bundle B2 ...] --json OUT: how good are these bundles?
 
-Evaluates a bundle on the catalog's test split with the papers' protocol (single- and
-two-attribute manipulation queries, Top-k and NDCG@k, per attribute), the baselines on the
-same queries, exact search and the production hnswlib index, and conditional similarity.
+Evaluates bundles on the catalog's test split with the papers' protocol (single- and
+two-attribute manipulation queries, Top-k and NDCG@k, per attribute) on the same queries:
+one row per bundle (its model family's own arithmetic, e.g. adde or chunk_replace), the
+mean_swap baseline (the chunk_replace family with value means over training images, built
+from the first bundle), attribute_based and no_manipulation; exact search, and again through
+the production hnswlib index; and conditional similarity per embedding space.
 Writes OUT (JSON), OUT with .md (a table) and .png (Top-k curves) beside it.
 """
 from __future__ import annotations
 
 import argparse
-import os
-import platform
+import io
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from export.catalog_args import add_data_args, data_paths
 from fashsdk import Retriever
-from fashsdk.catalog import read_catalog
-from fashsdk.evaluation import DEFAULT_KS, manipulation_queries
+from fashsdk.eval.methods import (
+    BASELINES,
+    Gallery,
+    conditional_similarity,
+    evaluate_methods,
+)
+from fashsdk.eval.protocol import DEFAULT_KS, manipulation_queries
+from fashsdk.families import Family
+from fashsdk.families.chunk_replace import ChunkReplace, reference_rows, value_means
 from fashsdk.files import atomic_write_bytes, atomic_write_json
-from fashsdk.image_source import iter_images, load_images
 from fashsdk.index import CatalogIndex
 from fashsdk.progress import progress_bar
-from fashsdk.quality import METHODS, Gallery, conditional_similarity, evaluate_methods, value_means
+from fashsdk.sources.catalog import Catalog, read_catalog
+from fashsdk.sources.images import iter_images, load_images
+from fashsdk.system import machine
 
 
-def machine() -> dict[str, Any]:
-    cpu = platform.processor()
-    try:
-        cpu = next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                   if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "python": platform.python_version()}
-
-
-def build_gallery(retriever: Retriever, ids: list[str], codes: np.ndarray, images: list[str], index: Path | None) -> Gallery:
+def build_gallery(retriever: Retriever, test: Catalog, images: list[str], index: Path | None) -> Gallery:
     """The test split as a gallery: from a saved index when it matches, else encoded now."""
+    ids, codes = test.ids, test.codes
     if index is not None and (index / "index.json").is_file():
-        retriever.index = CatalogIndex.load(index)
-        retriever._check_index(retriever.index)
-        missing = [i for i in ids if i not in retriever.index]
+        loaded = CatalogIndex.load(index)
+        retriever._check_index(loaded)
+        retriever.index = loaded
+        missing = [i for i in ids if i not in loaded]
         if missing:
             raise SystemExit(f"index {index} lacks {len(missing)} test ids (first {missing[:3]}); rebuild it")
     else:
@@ -51,44 +53,43 @@ def build_gallery(retriever: Retriever, ids: list[str], codes: np.ndarray, image
         bar, update = progress_bar(len(ids), "encode test split")
         retriever.add(iter_images(images, ids), labels, progress=update)
         bar.close()
-    all_ids, vectors, _ = retriever.index.vectors_and_codes()  # type: ignore[union-attr]
-    position = {i: n for n, i in enumerate(all_ids)}
-    order = np.array([position[i] for i in ids])
-    predicted = np.stack([retriever.index.get(i)[2] for i in ids])  # type: ignore[union-attr]
-    return Gallery(ids, vectors[order], codes, predicted)
+    assert retriever.index is not None
+    vectors, _, predicted = retriever.index.get_many(ids)
+    return Gallery(list(ids), vectors, codes, predicted)
 
 
-def reference_means(retriever: Retriever, catalog, images: list[str], per_value: int, seed: int) -> tuple[np.ndarray, int]:
-    """Mean chunk per value over up to ``per_value`` training images (never the test split)."""
-    train = catalog.split("train")
-    rng = np.random.default_rng(seed)
-    rows: set[int] = set()
-    for a, size in enumerate(catalog.schema.sizes):
-        for v in range(size):
-            r = np.flatnonzero(train.codes[:, a] == v)
-            rows.update((rng.choice(r, per_value, replace=False) if len(r) > per_value else r).tolist())
-    pick = sorted(rows)
-    ids = [train.ids[i] for i in pick]
+def mean_swap(retriever: Retriever, train: Catalog, images: list[str], per_value: int, seed: int) -> tuple[Family, int]:
+    """The chunk_replace family with value means over up to ``per_value`` training images per value."""
+    rows = reference_rows(train.codes, retriever.schema.sizes, per_value, seed)
+    ids = [train.ids[i] for i in rows]
     encoded = load_images(images, ids)
     vectors = retriever.encode([encoded[i] for i in ids]).embedding
     layout = list(retriever.bundle.layout.values())
-    return value_means(vectors, train.codes[pick], catalog.schema, layout), len(pick)
+    table, _ = value_means(vectors, train.codes[rows], retriever.schema, layout)
+    return ChunkReplace(retriever.schema, layout, table), len(rows)
+
+
+def row_names(retrievers: list[Retriever]) -> list[str]:
+    """A row per bundle, named by its family (and its folder where families repeat)."""
+    families = [r.family.name for r in retrievers]
+    return [f if families.count(f) == 1 else f"{f} ({r.bundle.directory.name})" for f, r in zip(families, retrievers)]
 
 
 def markdown(report: dict[str, Any]) -> str:
     ks = [str(k) for k in DEFAULT_KS]
-    lines = [f"Bundle `{report['bundle']}` (sha256 {report['bundle_sha256'][:12]}), gallery {report['gallery']} test items, "
-             f"{report['machine']['cpu']}", "",
+    rows = report["rows"]
+    bundles = ", ".join(f"`{b['path']}` ({b['family']}, sha256 {b['sha256'][:12]})" for b in report["bundles"])
+    lines = [f"Bundles {bundles}; gallery {report['gallery']} test items; {report['machine']['cpu']}", "",
              f"Single-attribute manipulation, {report['queries']} queries (of {report['valid_queries']} valid, seed "
              f"{report['seed']}), exact search, Top-k accuracy:", "",
              "| method | " + " | ".join(f"Top-{k}" for k in ks) + " | NDCG@30 |",
              "|---|" + "---|" * (len(ks) + 1)]
-    for m in METHODS:
+    for m in rows:
         row = report["top_k"][m]
         lines.append(f"| {m} | " + " | ".join(f"{row[k]:.3f}" for k in ks) + f" | {report['ndcg'][m]['30']:.3f} |")
     lines += ["", "Top-30 per changed attribute (single-attribute queries):", "",
               "| method | " + " | ".join(report["attributes"]) + " |", "|---|" + "---|" * len(report["attributes"])]
-    for m in METHODS:
+    for m in rows:
         per = report["per_attribute"][m]
         lines.append(f"| {m} | " + " | ".join(f"{per[a]['30']:.3f}" if a in per else "-" for a in report["attributes"]) + " |")
     lines += ["", "Through the production hnswlib index (Top-10 / Top-30), vs exact:", "",
@@ -98,15 +99,17 @@ def markdown(report: dict[str, Any]) -> str:
     two = report["two_attribute"]
     lines += ["", f"Two-attribute manipulation, {two['queries']} queries (of {two['valid_queries']} valid):", "",
               "| method | Top-10 | Top-30 | Top-50 |", "|---|---|---|---|"]
-    for m in METHODS:
+    for m in rows:
         r = two["top_k"][m]
         lines.append(f"| {m} | {r['10']:.3f} | {r['30']:.3f} | {r['50']:.3f} |")
-    lines += ["", "Conditional similarity (k-NN on one attribute's chunk vs the full embedding):", "",
-              "| attribute | precision@10 chunk | precision@10 full | triplet acc chunk | triplet acc full | chance |",
-              "|---|---|---|---|---|---|"]
-    for a, r in report["conditional_similarity"].items():
-        lines.append(f"| {a} | {r['precision_at_10']:.3f} | {r['precision_at_10_full_embedding']:.3f} | "
-                     f"{r['triplet_accuracy']:.3f} | {r['triplet_accuracy_full_embedding']:.3f} | {r['chance_precision']:.3f} |")
+    for space, cond in report["conditional_similarity"].items():
+        lines += ["", f"Conditional similarity, embedding of {space} (k-NN in one attribute's subspace vs the "
+                      "full embedding):", "",
+                  "| attribute | precision@10 subspace | precision@10 full | triplet acc subspace | triplet acc full | chance |",
+                  "|---|---|---|---|---|---|"]
+        for a, r in cond.items():
+            lines.append(f"| {a} | {r['precision_at_10']:.3f} | {r['precision_at_10_full_embedding']:.3f} | "
+                         f"{r['triplet_accuracy']:.3f} | {r['triplet_accuracy_full_embedding']:.3f} | {r['chance_precision']:.3f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -119,7 +122,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, (title, block) in zip(axes, (("single-attribute", report["top_k"]),
                                           ("two-attribute", report["two_attribute"]["top_k"]))):
-        for m in METHODS:
+        for m in report["rows"]:
             ax.plot(list(DEFAULT_KS), [block[m][str(k)] for k in DEFAULT_KS], marker="o", label=m)
         ax.set_title(f"{title} manipulation")
         ax.set_xlabel("k")
@@ -127,8 +130,6 @@ def plot(report: dict[str, Any], path: Path) -> None:
     axes[0].set_ylabel("Top-k accuracy")
     axes[0].legend()
     fig.tight_layout()
-    import io
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     atomic_write_bytes(path, buf.getvalue())
@@ -143,9 +144,10 @@ def _str_keys(obj: Any) -> Any:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bundle", type=Path, required=True)
+    p.add_argument("--bundle", type=Path, action="append", required=True,
+                   help="a bundle to evaluate; repeat to compare families on the same queries")
     add_data_args(p)
-    p.add_argument("--index", type=Path, help="a saved index of the test split to reuse (else encoded now)")
+    p.add_argument("--index", type=Path, help="a saved index of the test split for the first bundle (else encoded now)")
     p.add_argument("--json", type=Path, required=True)
     p.add_argument("--max-queries", type=int, default=20000, help="single-attribute query sample size")
     p.add_argument("--pair-queries", type=int, default=10000, help="two-attribute query sample size")
@@ -155,34 +157,42 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     t0 = time.perf_counter()
-    retriever = Retriever(args.bundle, backend=args.backend)
-    schema, layout = retriever.schema, list(retriever.bundle.layout.values())
+    retrievers = [Retriever(b, backend=args.backend) for b in args.bundle]
+    first = retrievers[0]
+    schema = first.schema
+    if any(r.schema != schema for r in retrievers):
+        raise SystemExit("the bundles have different attribute schemas, so they cannot answer the same queries")
     labels, images = data_paths(args)
     catalog, _ = read_catalog(labels, schema.names, schema=schema)
     test = catalog.split("test")
-    gallery = build_gallery(retriever, test.ids, test.codes, images, args.index)
-    means, n_ref = reference_means(retriever, catalog, images, args.means_per_value, args.seed)
-    index = retriever.index
-    assert index is not None
-    row_of = {i: n for n, i in enumerate(gallery.ids)}
+    names = row_names(retrievers)
+    spaces: dict[str, tuple[str, Gallery, Retriever]] = {}  # embedding sha256 -> (first row, gallery, retriever)
+    galleries: dict[str, Gallery] = {}
+    approximate: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {}
+    for name, retriever in zip(names, retrievers):
+        space = retriever.bundle.embedding_sha256()
+        if space not in spaces:
+            gallery = build_gallery(retriever, test, images, args.index if retriever is first else None)
+            spaces[space] = (name, gallery, retriever)
+        galleries[name] = spaces[space][1]
+        approximate[name] = _through_index(spaces[space][2].index, galleries[name])  # type: ignore[arg-type]
+    families: dict[str, Family] = {name: r.family for name, r in zip(names, retrievers)}
+    families["mean_swap"], n_ref = mean_swap(first, catalog.split("train"), images, args.means_per_value, args.seed)
+    galleries["mean_swap"], approximate["mean_swap"] = galleries[names[0]], approximate[names[0]]
 
-    def approximate(q: np.ndarray, k: int) -> np.ndarray:
-        """Gallery rows found by the production index (a short row repeats its last hit)."""
-        found, _ = index.search(q, k)
-        rows = [[row_of[i] for i in r] for r in found]
-        return np.array([r + r[-1:] * (k - len(r)) for r in rows])
-
+    gallery = galleries[names[0]]
     print(f"evaluating {len(gallery.ids)} gallery items ...", file=sys.stderr, flush=True)
     single_q = manipulation_queries(gallery.codes, schema.sizes, max_queries=args.max_queries, seed=args.seed)
-    single = evaluate_methods(gallery, retriever.bundle.prototypes, means, schema, layout, single_q,
-                              approximate=approximate)
+    single = evaluate_methods(galleries, families, schema, single_q, approximate=approximate)
     pair_q = manipulation_queries(gallery.codes, schema.sizes, changes=2, max_queries=args.pair_queries, seed=args.seed)
-    pair = evaluate_methods(gallery, retriever.bundle.prototypes, means, schema, layout, pair_q)
-    cond = conditional_similarity(gallery, schema, layout, seed=args.seed)
+    pair = evaluate_methods(galleries, families, schema, pair_q)
+    cond = {row: conditional_similarity(g, schema, list(r.bundle.layout.values()), seed=args.seed)
+            for row, g, r in spaces.values()}
     report = _str_keys({
-        "bundle": str(args.bundle), "bundle_sha256": retriever.bundle.sha256(), "machine": machine(),
-        "backend": retriever.backend_name, "gallery": len(gallery.ids), "attributes": schema.names, "seed": args.seed,
-        "mean_swap_reference_images": n_ref, **single,
+        "bundles": [{"path": str(r.bundle.directory), "family": r.family.name, "sha256": r.bundle.sha256()}
+                    for r in retrievers],
+        "machine": machine(), "backend": first.backend_name, "gallery": len(gallery.ids), "attributes": schema.names,
+        "seed": args.seed, "rows": [*families, *BASELINES], "mean_swap_reference_images": n_ref, **single,
         "two_attribute": {k: pair[k] for k in ("queries", "valid_queries", "top_k", "ndcg", "per_attribute")},
         "conditional_similarity": cond, "seconds": round(time.perf_counter() - t0, 1),
     })
@@ -194,6 +204,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {args.json}, {args.json.with_suffix('.md')}, {args.json.with_suffix('.png')} "
           f"in {report['seconds']} s", file=sys.stderr)
     return 0
+
+
+def _through_index(index: CatalogIndex, gallery: Gallery) -> Callable[[np.ndarray, int], np.ndarray]:
+    row_of = {i: n for n, i in enumerate(gallery.ids)}
+
+    def approximate(q: np.ndarray, k: int) -> np.ndarray:
+        """Gallery rows found by the production index (a short row repeats its last hit)."""
+        found, _ = index.search(q, k)
+        rows = [[row_of[i] for i in r] for r in found]
+        return np.array([r + r[-1:] * (k - len(r)) for r in rows])
+
+    return approximate
 
 
 if __name__ == "__main__":

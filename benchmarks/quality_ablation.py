@@ -23,15 +23,23 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from benchmarks.quality import machine
 from export.catalog_args import add_data_args, data_paths
 from export.data import decode_catalog, split_validation
 from export.models import ADDE
-from export.train import (TrainConfig, TrainResult, _stage2, attribute_accuracies, backbone_features, init_memory,
-                          load_checkpoint, manipulation_top_k)
-from fashsdk.catalog import read_catalog
-from fashsdk.evaluation import manipulation_queries
+from export.train import (
+    TrainConfig,
+    TrainResult,
+    _stage2,
+    attribute_accuracies,
+    backbone_features,
+    init_memory,
+    load_checkpoint,
+    manipulation_top_k,
+)
+from fashsdk.eval.protocol import manipulation_queries
 from fashsdk.files import atomic_write_json
+from fashsdk.sources.catalog import read_catalog
+from fashsdk.system import machine
 
 KS = (10, 30, 50)
 
@@ -75,15 +83,15 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
 
     def figures(m, feats: dict[str, torch.Tensor]) -> dict[str, Any]:
-        v = manipulation_top_k(m, feats["val"], val.catalog.codes, val_q, KS)
-        t = manipulation_top_k(m, feats["test"], test.catalog.codes, test_q, KS)
+        v = manipulation_top_k(m, schema, feats["val"], val.catalog.codes, val_q, KS)
+        t = manipulation_top_k(m, schema, feats["test"], test.catalog.codes, test_q, KS)
         return {"val_top_k": {str(k): round(x, 4) for k, x in v.items()},
                 "test_top_k": {str(k): round(x, 4) for k, x in t.items()}}
 
     def retrain(m, feats: dict[str, torch.Tensor], epochs: int) -> Any:
         config = TrainConfig(**{**train_saved, "stage2_epochs": epochs})
         result = TrainResult(m)
-        state, _ = _stage2(m, feats["train"], train.catalog.codes, feats["val"], val.catalog.codes, val_q, config,
+        state, _ = _stage2(m, schema, feats["train"], train.catalog.codes, feats["val"], val.catalog.codes, val_q, config,
                            result, copy.deepcopy(m.state_dict()), -1.0)
         m.load_state_dict(state)
         return m
@@ -110,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = np.random.default_rng(0).choice(len(train.catalog.codes), len(test.catalog.codes), replace=False)
     seen_codes = train.catalog.codes[rows]
     seen_q = manipulation_queries(seen_codes, sizes, max_queries=args.test_queries, seed=0)
-    seen_top = manipulation_top_k(model, plain["train"][torch.from_numpy(rows)], seen_codes, seen_q, KS)
+    seen_top = manipulation_top_k(model, schema, plain["train"][torch.from_numpy(rows)], seen_codes, seen_q, KS)
     report["training_items_gallery_top_k"] = {str(k): round(x, 4) for k, x in seen_top.items()}
     report["attribute_accuracy"] = {"attributes": schema.names,
                                     **{name: [round(x, 4) for x in attribute_accuracies(model, plain[name], s.catalog.codes)]

@@ -38,9 +38,10 @@ from typing import Any, Callable, Iterator  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks.galleries import ChunkModel, KernelModel, paper_model  # noqa: E402
-from fashsdk.evaluation import adde_queries, exact_topk, hit_rates, manipulation_queries  # noqa: E402
-from fashsdk.index import EXACT_MAX_VALUES, CatalogIndex  # noqa: E402
-from fashsdk.manipulation import indicator, manipulate  # noqa: E402
+from fashsdk.eval.protocol import QuerySet, exact_topk, hit_rates, manipulation_queries  # noqa: E402
+from fashsdk.families.adde import Adde  # noqa: E402
+from fashsdk.index import CatalogIndex  # noqa: E402
+from fashsdk.index.policy import EXACT_MAX_VALUES  # noqa: E402
 from fashsdk.schema import UNKNOWN, AttributeSchema  # noqa: E402
 
 CHUNK = 65536
@@ -66,6 +67,12 @@ class Workload:
     def dim(self) -> int:
         return int(self.base_vectors.shape[1])
 
+    def queries(self, qs: QuerySet, take: int | None = None) -> np.ndarray:
+        """The manipulated query vectors (ADDE over the workload's prototypes) for a query set."""
+        family = Adde(self.schema, self.prototypes)
+        vectors, current = self.base_vectors[:take], self.base_current[:take]
+        return family.change_batch(vectors[qs.rows], current[qs.rows], qs.attrs, qs.values)
+
 
 def demo_workload(bundle_dir: Path, index_dir: Path, precision: str, synthetic: str = "kernel") -> Workload:
     """The real items of ``index_dir`` (built with ``bundle_dir``) and a generator fitted to them."""
@@ -85,7 +92,7 @@ def demo_workload(bundle_dir: Path, index_dir: Path, precision: str, synthetic: 
     chunks = "+".join(f"{b - a}" for a, b in layout)
     return Workload("demo", f"{index_dir} ({len(ids)} real items embedded by {bundle_dir}, {chunks} = "
                     f"{vectors.shape[1]}-d; synthetic items: {synthetic} model)", model,
-                    bundle.schema, bundle.prototypes, vectors, codes, current, True, precision, layout)
+                    bundle.schema, bundle.family_array("prototypes"), vectors, codes, current, True, precision, layout)
 
 
 def generator_check(work: Workload, queries: int = 500, efs: tuple[int, ...] = (16, 32, 64)) -> dict[str, Any]:
@@ -96,7 +103,7 @@ def generator_check(work: Workload, queries: int = 500, efs: tuple[int, ...] = (
 
     real = np.ascontiguousarray(work.base_vectors, dtype=np.float32)
     qs = manipulation_queries(work.base_codes, work.schema.sizes, max_queries=queries, seed=3)
-    qvec = adde_queries(work.base_vectors, work.prototypes, work.schema.offsets, work.base_current, qs)
+    qvec = work.queries(qs)
     # the workload's own kernel model when it has one: fitting costs a few seconds per grid point
     kernel = work.model if isinstance(work.model, KernelModel) else KernelModel.fit(real, work.base_codes)
     galleries = {"real": real,
@@ -224,7 +231,7 @@ def run_size(work: Workload, n: int, args: argparse.Namespace) -> list[dict[str,
     print(f"== {work.layout} n={n}", flush=True)
     take = min(n, len(work.base_vectors))  # queries come from base items that are in this gallery
     qs = manipulation_queries(work.base_codes[:take], work.schema.sizes, max_queries=args.queries, seed=0)
-    qvec = adde_queries(work.base_vectors[:take], work.prototypes, work.schema.offsets, work.base_current[:take], qs)
+    qvec = work.queries(qs, take)
     qids = [f"b{r}" for r in qs.rows]
     qrow = qs.rows.astype(np.int64)
     keep_gallery = n * work.dim * 4 <= args.baseline_max_bytes
@@ -241,7 +248,7 @@ def run_size(work: Workload, n: int, args: argparse.Namespace) -> list[dict[str,
         if keep_gallery:
             kept.append(vectors)
         offset += len(vectors)
-    insertion_graph = index._graph.graph if index._graph is not None else None
+    insertion_graph = index.graph.graph if index.graph is not None else None
     t = time.perf_counter()
     laid_out = index.optimize()  # part of building a served index (the CLI does it before saving)
     layout_s = time.perf_counter() - t
@@ -264,7 +271,7 @@ def run_size(work: Workload, n: int, args: argparse.Namespace) -> list[dict[str,
 
     approx10 = [to_rows(r) for r in index.search(qvec, K10, exclude=qids)[0]]
     approx = [to_rows(r) for r in index.search(qvec, K30, exclude=qids)[0]]
-    schema, proto = work.schema, work.prototypes
+    family = Adde(work.schema, work.prototypes)
 
     def by_vector(k: int) -> Callable[[int], Any]:
         return lambda i: index.search(qvec[i % len(qvec)], k, exclude=[qids[i % len(qvec)]])
@@ -273,8 +280,8 @@ def run_size(work: Workload, n: int, args: argparse.Namespace) -> list[dict[str,
         j = i % len(qvec)
         vector, labels, predicted = index.get(qids[j])
         current = np.where(labels != UNKNOWN, labels, predicted)
-        ind = indicator(schema, current, {int(qs.attrs[j, 0]): int(qs.values[j, 0])})
-        index.search(manipulate(vector, proto, ind), K10, exclude=[qids[j]])
+        index.search(family.change_one(vector, current, {int(qs.attrs[j, 0]): int(qs.values[j, 0])}), K10,
+                     exclude=[qids[j]])
 
     pareto = [int(c) for c in args.pareto.split(",") if c]
     calls: dict[str, tuple[int | None, Callable[[int], Any]]] = {
@@ -360,12 +367,12 @@ def run_size(work: Workload, n: int, args: argparse.Namespace) -> list[dict[str,
 def on_graph(index: CatalogIndex, graph: Any, fn: Callable[[int], Any]) -> Callable[[int], Any]:
     """``fn`` run against another hnswlib graph of the same nodes (swapped in for the call)."""
     def call(i: int) -> None:
-        current = index._graph.graph  # type: ignore[union-attr]
-        index._graph.graph = graph  # type: ignore[union-attr]
+        current = index.graph.graph  # type: ignore[union-attr]
+        index.graph.graph = graph  # type: ignore[union-attr]
         try:
             fn(i)
         finally:
-            index._graph.graph = current  # type: ignore[union-attr]
+            index.graph.graph = current  # type: ignore[union-attr]
     return call
 
 
@@ -430,7 +437,7 @@ def sweep(work: Workload, sizes: list[int], repeats: int = 300) -> dict[str, Any
     """Exact scan vs two-stage single-query latency on small catalogs: where is the crossover?"""
     vectors = np.concatenate([v for v, _ in gallery(work, max(sizes), seed=7)])
     qs = manipulation_queries(work.base_codes, work.schema.sizes, max_queries=200, seed=1)
-    qvec = adde_queries(work.base_vectors, work.prototypes, work.schema.offsets, work.base_current, qs)
+    qvec = work.queries(qs)
     points = []
     for n in sizes:
         entry: dict[str, Any] = {"n": n, "values": n * work.dim}

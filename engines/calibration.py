@@ -2,7 +2,7 @@
 
 Calibration images come from the training split (seeded), check images from a split the
 model never trained on, so the numbers an engine records are not tuned on what it is
-judged by. Images are decoded with the bundle's own preprocessing (fashsdk.preprocess).
+judged by. Images are decoded with the bundle's own preprocessing (fashsdk.sources.preprocess).
 """
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from fashsdk.catalog import read_rows
 from fashsdk.errors import CatalogError
-from fashsdk.image_source import load_images
-from fashsdk.preprocess import PreprocessSpec, decode_resized, normalize
+from fashsdk.sources.catalog import read_rows
+from fashsdk.sources.images import load_images
+from fashsdk.sources.preprocess import PreprocessSpec, decode_resized, normalize
 
 
 def sample_ids(labels: str | Path, count: int, *, split: str | None = "train", seed: int = 0,

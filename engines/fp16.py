@@ -321,9 +321,10 @@ def build_fp16_engine(bundle_dir: str | Path, labels: str | Path, images: Any, *
     """
     import tempfile
 
-    from fashsdk.backends.gpu_probe import onnxruntime_cuda_usable
-    from fashsdk.backends.onnxruntime_cpu import OnnxRuntimeCpuBackend
     from fashsdk.bundle import Bundle, EngineEntry
+    from fashsdk.encoding.backends.gpu_probe import onnxruntime_cuda_usable
+    from fashsdk.encoding.backends.onnxruntime_cpu import OnnxRuntimeCpuBackend
+    from fashsdk.families import load_family
 
     from .gpu_gate import gate_sample, require_pass, run_gate
 
@@ -337,13 +338,15 @@ def build_fp16_engine(bundle_dir: str | Path, labels: str | Path, images: Any, *
         pixels, codes, _ = gate_sample(bundle, labels, images, n=gate_images, split=split, seed=seed)
         reference = OnnxRuntimeCpuBackend(bundle.path_of(fp32.file), "fp32")
         if onnxruntime_cuda_usable():
-            from fashsdk.backends.onnxruntime_cuda import OnnxRuntimeCudaBackend
+            from fashsdk.encoding.backends.onnxruntime_cuda import (
+                OnnxRuntimeCudaBackend,
+            )
 
             candidate: Any = OnnxRuntimeCudaBackend(target, "fp16")
         else:
             candidate = OnnxRuntimeCpuBackend(target, "fp16")
         try:
-            gate = require_pass(run_gate(reference, candidate, pixels, codes, bundle.prototypes, bundle.schema))
+            gate = require_pass(run_gate(reference, candidate, pixels, codes, load_family(bundle), bundle.schema))
         finally:
             reference.close()
             candidate.close()

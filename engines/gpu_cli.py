@@ -85,7 +85,7 @@ def cmd_fp16(args: argparse.Namespace) -> int:
 
 @_reported
 def cmd_tensorrt(args: argparse.Namespace) -> int:
-    from fashsdk.backends.tensorrt_build import Profile
+    from fashsdk.encoding.backends.tensorrt_build import Profile
 
     from .gpu_gate import GateError
     from .tensorrt import build_tensorrt_engine

@@ -18,8 +18,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from fashsdk.backends.base import EmbeddingBackend, ModelOutputs
-from fashsdk.evaluation import adde_queries, exact_topk, hit_rates, manipulation_queries
+from fashsdk.encoding.backends.base import EmbeddingBackend, ModelOutputs
+from fashsdk.eval.protocol import exact_topk, hit_rates, manipulation_queries
+from fashsdk.families import Family
 from fashsdk.schema import AttributeSchema
 
 
@@ -125,18 +126,19 @@ def neighbour_overlap(reference: np.ndarray, candidate: np.ndarray, k: int = 10,
     return float(tie_aware.mean()), float(strict.mean())
 
 
-def manipulation_top_k(vectors: np.ndarray, codes: np.ndarray, prototypes: np.ndarray, schema: AttributeSchema,
+def manipulation_top_k(vectors: np.ndarray, codes: np.ndarray, family: Family, schema: AttributeSchema,
                        k: int = 30, max_queries: int | None = 20000, seed: int = 0) -> tuple[float, int]:
-    """Top-k accuracy of single-attribute manipulation queries with the sample as gallery."""
+    """Top-k accuracy of single-attribute manipulation queries with the sample as gallery,
+    through the bundle's own family arithmetic."""
     queries = manipulation_queries(codes, schema.sizes, max_queries=max_queries, seed=seed)
     if not len(queries):
         return 0.0, 0
-    q = adde_queries(vectors, prototypes, schema.offsets, codes, queries)
+    q = family.change_batch(vectors[queries.rows], codes[queries.rows], queries.attrs, queries.values)
     results = exact_topk(q, vectors, k)
     return hit_rates(results, codes, queries.targets, (k,))[k], len(queries)
 
 
-def evaluate(reference: ModelOutputs, candidate: ModelOutputs, codes: np.ndarray, prototypes: np.ndarray,
+def evaluate(reference: ModelOutputs, candidate: ModelOutputs, codes: np.ndarray, family: Family,
              schema: AttributeSchema, thresholds: GateThresholds = GateThresholds(),
              names: tuple[str, str] = ("reference", "candidate")) -> GateReport:
     """Compare two sets of model outputs for the same images and decide pass/fail."""
@@ -148,9 +150,9 @@ def evaluate(reference: ModelOutputs, candidate: ModelOutputs, codes: np.ndarray
     cos = cosines(reference.embedding, candidate.embedding)
     overlap, strict = neighbour_overlap(reference.embedding, candidate.embedding, thresholds.neighbours,
                                         thresholds.tie_tolerance)
-    top_ref, nq = manipulation_top_k(reference.embedding, codes, prototypes, schema, thresholds.top_k,
+    top_ref, nq = manipulation_top_k(reference.embedding, codes, family, schema, thresholds.top_k,
                                      thresholds.max_queries, thresholds.seed)
-    top_cand, _ = manipulation_top_k(candidate.embedding, codes, prototypes, schema, thresholds.top_k,
+    top_cand, _ = manipulation_top_k(candidate.embedding, codes, family, schema, thresholds.top_k,
                                      thresholds.max_queries, thresholds.seed)
     report = GateReport(
         reference=names[0], candidate=names[1], images=len(cos), mean_cosine=float(cos.mean()),
@@ -188,12 +190,12 @@ def decide(report: GateReport) -> list[str]:
 
 
 def run_gate(reference: EmbeddingBackend, candidate: EmbeddingBackend, images: np.ndarray, codes: np.ndarray,
-             prototypes: np.ndarray, schema: AttributeSchema, thresholds: GateThresholds = GateThresholds(),
+             family: Family, schema: AttributeSchema, thresholds: GateThresholds = GateThresholds(),
              batch_size: int = 64) -> GateReport:
     """Embed ``images`` with both backends and evaluate; never raises on a failing engine."""
     ref = embed(reference, images, batch_size)
     cand = embed(candidate, images, batch_size)
-    return evaluate(ref, cand, codes, prototypes, schema, thresholds,
+    return evaluate(ref, cand, codes, family, schema, thresholds,
                     (getattr(reference, "name", "reference"), getattr(candidate, "name", "candidate")))
 
 
@@ -212,9 +214,9 @@ def gate_sample(bundle: Any, labels: str | Path, images: str | Path | Sequence[s
     Drawn with a fixed seed from ``split`` (default "test": images the model never trained
     on) when the labels have a split column, else (or with ``split=None``) from all rows.
     """
-    from fashsdk.catalog import read_catalog
-    from fashsdk.image_source import load_images
-    from fashsdk.preprocess import decode_resized, normalize
+    from fashsdk.sources.catalog import read_catalog
+    from fashsdk.sources.images import load_images
+    from fashsdk.sources.preprocess import decode_resized, normalize
 
     catalog, _ = read_catalog(labels, bundle.schema.names, id_column=id_column, split_column=split_column,
                               schema=bundle.schema)

@@ -31,15 +31,16 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from fashsdk.backends.base import ModelOutputs
 from fashsdk.bundle import Bundle, EngineEntry
+from fashsdk.encoding.backends.base import ModelOutputs
 from fashsdk.errors import FashsdkError
+from fashsdk.families import load_family
 from fashsdk.files import sha256_file
-from fashsdk.manipulation import predicted_codes
-from fashsdk.preprocess import PreprocessSpec, normalize
+from fashsdk.sources.preprocess import PreprocessSpec, normalize
+from fashsdk.system import cpu_session, machine
 
 from .calibration import CalibrationReader, ids_digest, load_pixels, sample_ids
-from .speed import compare_models, cpu_info, cpu_session
+from .speed import compare_models
 
 INT8_FILE = "model.int8.onnx"
 COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
@@ -143,7 +144,12 @@ def quantize_model(fp32_path: str | Path, out_path: str | Path, pixels: np.ndarr
                    input_name: str, options: Int8Options = Int8Options()) -> dict[str, Any]:
     """Write a QDQ int8 copy of ``fp32_path`` calibrated on ``pixels``; returns what was quantised."""
     import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
@@ -211,7 +217,7 @@ def _embed(session: Any, input_name: str, images: np.ndarray, batch_size: int = 
 def check_images(bundle: Bundle, labels: str | Path, images: str | Path | Sequence[str | Path], gate: Int8Gate,
                  seed: int = 0, exclude: Sequence[str] = ()) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
     """Held-out images (uint8) for the gate, with label codes when the CSV has the bundle's attributes."""
-    from fashsdk.catalog import read_catalog, read_rows
+    from fashsdk.sources.catalog import read_catalog, read_rows
 
     header, _ = read_rows(labels)
     ids = sample_ids(labels, gate.images, split=gate.split, seed=seed + 1, exclude=exclude)
@@ -234,12 +240,13 @@ def evaluate_int8(bundle: Bundle, fp32_path: str | Path, int8_path: str | Path, 
     cand = _embed(cpu_session(int8_path, threads), bundle.input_name, x)
     cos = cosines(ref.embedding, cand.embedding)
     overlap, strict = neighbour_overlap(ref.embedding, cand.embedding, gate.neighbours)
-    agree = float((predicted_codes(bundle.schema, ref.logits)[0] == predicted_codes(bundle.schema, cand.logits)[0]).mean())
+    agree = float((bundle.schema.predicted_codes(ref.logits)[0] == bundle.schema.predicted_codes(cand.logits)[0]).mean())
     top_ref = top_cand = None
     nq = 0
     if codes is not None:
-        top_ref, nq = manipulation_top_k(ref.embedding, codes, bundle.prototypes, bundle.schema, 30)
-        top_cand, _ = manipulation_top_k(cand.embedding, codes, bundle.prototypes, bundle.schema, 30)
+        family = load_family(bundle)
+        top_ref, nq = manipulation_top_k(ref.embedding, codes, family, bundle.schema, 30)
+        top_cand, _ = manipulation_top_k(cand.embedding, codes, family, bundle.schema, 30)
     speed = None
     if measure_speed:
         batch = x[:gate.timing_batch]
@@ -247,7 +254,7 @@ def evaluate_int8(bundle: Bundle, fp32_path: str | Path, int8_path: str | Path, 
             batch = np.concatenate([batch] * (gate.timing_batch // max(1, len(batch)) + 1))[:gate.timing_batch]
         ms = compare_models({"fp32": fp32_path, "int8": int8_path}, batch, bundle.input_name, threads,
                             repeats=gate.timing_repeats)
-        info = cpu_info()
+        info = machine()
         speed = {"cpu": info["cpu"], "flags": [f for f, on in info["flags"].items() if on],
                  "threads": threads or info["cores"], "batch": gate.timing_batch, "repeats": gate.timing_repeats,
                  "fp32_ms_per_image": round(ms["fp32"]["median"], 4), "int8_ms_per_image": round(ms["int8"]["median"], 4),

@@ -5,8 +5,6 @@ shared machine hits every model alike; the ratio is the figure to trust, not the
 """
 from __future__ import annotations
 
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -14,46 +12,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-# CPU features that decide which low-precision kernels exist (x86 names from /proc/cpuinfo)
-RELEVANT_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16",
-                  "amx_tile", "amx_int8", "amx_bf16")
-
-
-def cpu_info() -> dict[str, Any]:
-    """CPU model, usable cores, and which of the relevant vector extensions it has."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and model in ("", platform.machine(), platform.processor()):
-                model = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = set(value.split())
-    except OSError:  # pragma: no cover - non-Linux
-        pass
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover
-        cores = os.cpu_count() or 1
-    return {"cpu": model, "cores": cores, "machine": platform.machine(),
-            "flags": {f: f in flags for f in RELEVANT_FLAGS},
-            "int8_dot_product": any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8")),
-            "bf16_hardware": any(f in flags for f in ("avx512_bf16", "amx_bf16"))}
-
-
-def cpu_session(model_path: str | Path, threads: int | None = None, profile_prefix: str | None = None) -> Any:
-    """An ONNX Runtime CPU session configured like fashsdk's backend (all graph optimisations)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or cpu_info()["cores"]
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    if profile_prefix is not None:
-        options.enable_profiling = True
-        options.profile_file_prefix = profile_prefix
-    return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+from fashsdk.system import cpu_session
 
 
 def interleaved_ms_per_image(runners: Mapping[str, Callable[[], Any]], images_per_call: int,

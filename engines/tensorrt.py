@@ -12,8 +12,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from fashsdk.backends.tensorrt_build import BuildOptions, Profile, build_plan, source_precision
 from fashsdk.bundle import Bundle, EngineEntry
+from fashsdk.encoding.backends.tensorrt_build import (
+    BuildOptions,
+    Profile,
+    build_plan,
+    source_precision,
+)
 from fashsdk.errors import BundleError
 
 PLAN_FILE = "model.fp16.plan"
@@ -23,8 +28,12 @@ def default_timing_cache() -> Path:
     """Timing cache for this GPU and TensorRT version, under the plan cache directory."""
     import tensorrt as trt
 
-    from fashsdk.backends.cuda_memory import device_info
-    from fashsdk.backends.plan_manifest import PlanCache, RuntimeFacts, default_cache_dir
+    from fashsdk.encoding.backends.cuda_memory import device_info
+    from fashsdk.encoding.backends.plan_manifest import (
+        PlanCache,
+        RuntimeFacts,
+        default_cache_dir,
+    )
 
     info = device_info()
     runtime = RuntimeFacts(str(trt.__version__), info.name, info.compute_capability)
@@ -41,8 +50,9 @@ def build_tensorrt_engine(bundle_dir: str | Path, labels: str | Path, images: An
     except ImportError as exc:
         raise BundleError(f"TensorRT is not installed ({exc}); it comes from NVIDIA's index "
                           "(pip install tensorrt --extra-index-url https://pypi.nvidia.com)") from None
-    from fashsdk.backends.onnxruntime_cpu import OnnxRuntimeCpuBackend
-    from fashsdk.backends.tensorrt_plan import TensorRTPlanBackend
+    from fashsdk.encoding.backends.onnxruntime_cpu import OnnxRuntimeCpuBackend
+    from fashsdk.encoding.backends.tensorrt_plan import TensorRTPlanBackend
+    from fashsdk.families import load_family
 
     from .fp16 import build_fp16_engine
     from .gpu_gate import gate_sample, require_pass, run_gate
@@ -63,7 +73,7 @@ def build_tensorrt_engine(bundle_dir: str | Path, labels: str | Path, images: An
     candidate = TensorRTPlanBackend(built.plan, built.facts)
     reference = OnnxRuntimeCpuBackend(bundle.path_of(reference_entry.file), "fp32")
     try:
-        gate = require_pass(run_gate(reference, candidate, pixels, codes, bundle.prototypes, bundle.schema,
+        gate = require_pass(run_gate(reference, candidate, pixels, codes, load_family(bundle), bundle.schema,
                                      batch_size=min(64, profile.maximum)))
     finally:
         candidate.close()

@@ -1,4 +1,4 @@
-"""python -m export {train,onnx,demo}: train ADDE, export a bundle, or run the whole demo."""
+"""python -m export {train,onnx,demo}: train a model, export a bundle of a model family, or run the whole demo."""
 from __future__ import annotations
 
 import argparse
@@ -39,9 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     _add_train_args(p)
     p.add_argument("--out", type=Path, required=True, help="checkpoint directory")
 
-    p = sub.add_parser("onnx", help="export a checkpoint to a bundle (ONNX + prototypes + manifest)")
+    p = sub.add_parser("onnx", help="export a checkpoint to a bundle (ONNX + the family's files + manifest)")
     add_catalog_args(p)
     p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--family", default="adde", choices=["adde", "chunk_replace"],
+                   help="how queries change: adde (memory block) or chunk_replace (mean value chunks)")
+    p.add_argument("--reference-per-value", type=int, default=100,
+                   help="chunk_replace: training images per value averaged into its representation")
     p.add_argument("--out", type=Path, required=True, help="bundle directory")
     p.add_argument("--parity-images", type=int, default=64)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fashsdk.catalog import DEFAULT_MIN_COUNT, FoldReport, read_catalog
+from fashsdk.sources.catalog import DEFAULT_MIN_COUNT, FoldReport, read_catalog
 
 DEFAULT_ATTRIBUTES = ("articleType", "baseColour", "gender", "usage")
 DEFAULT_DATA = Path("../shared/data/myntra-small")

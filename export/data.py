@@ -1,6 +1,6 @@
 """Catalog images decoded once into memory (uint8), batches sampled by label combination.
 
-Decoding uses fashsdk.preprocess, the same code the runtime uses, so training pixels and
+Decoding uses fashsdk.sources.preprocess, the same code the runtime uses, so training pixels and
 production pixels cannot drift apart.
 """
 from __future__ import annotations
@@ -16,11 +16,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from fashsdk.catalog import Catalog
-from fashsdk.evaluation import combination_keys
+from fashsdk.eval.protocol import combination_keys
 from fashsdk.files import atomic_save_npy, load_npy
-from fashsdk.image_source import load_images
-from fashsdk.preprocess import PreprocessSpec, decode_resized
+from fashsdk.sources.catalog import Catalog
+from fashsdk.sources.images import load_images
+from fashsdk.sources.preprocess import PreprocessSpec, decode_resized
 
 
 @dataclass

@@ -125,7 +125,8 @@ class ADDE(nn.Module):
     """Attribute-driven disentangled encoder with a memory block for manipulation.
 
     forward(images) -> (L2-normalised embedding (N, A*d), logits (N, J)); this is exactly
-    the exported ONNX signature. The memory block (A*d, J) is exported as prototypes.npy.
+    the exported ONNX signature. The memory block (A*d, J) is exported as prototypes.npy and
+    applied by ``fashsdk.families.adde`` (training uses that same function).
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -158,6 +159,3 @@ class ADDE(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         embedding, logits, _ = self.head_outputs(self.backbone(images))
         return embedding, logits
-
-    def manipulate(self, embedding: torch.Tensor, ind: torch.Tensor) -> torch.Tensor:
-        return F.normalize(embedding + ind @ self.memory.t(), dim=1)

@@ -1,4 +1,4 @@
-"""Export a trained ADDE to ONNX and package it as a fashsdk bundle.
+"""Export a trained model to ONNX and package it as a fashsdk bundle of one model family.
 
 Eval mode, fp32, only the batch axis dynamic, pinned opset, onnx.checker, then a parity
 check against PyTorch on real images that fails loudly above a tolerance.
@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from fashsdk.bundle import Bundle, write_bundle
-from fashsdk.preprocess import PreprocessSpec, normalize
 from fashsdk.schema import AttributeSchema
+from fashsdk.sources.preprocess import PreprocessSpec, normalize
 
 from .models import ADDE
 
@@ -85,9 +85,18 @@ def check_parity(model: ADDE, onnx_path: str | Path, pixels: np.ndarray, spec: P
 
 
 def build_bundle(model: ADDE, schema: AttributeSchema, spec: PreprocessSpec, directory: str | Path,
-                 parity_pixels: np.ndarray, extra: dict[str, Any] | None = None) -> tuple[Bundle, Parity]:
-    """Export, check, and write ``directory`` as a bundle with the model's memory as prototypes."""
+                 parity_pixels: np.ndarray, extra: dict[str, Any] | None = None, family: str = "adde",
+                 family_arrays: dict[str, np.ndarray] | None = None) -> tuple[Bundle, Parity]:
+    """Export, check, and write ``directory`` as a bundle of ``family``.
+
+    ``family_arrays`` are the family's files (role -> array); for ``adde`` they default to the
+    model's memory block as ``prototypes``.
+    """
     cfg = model.config
+    if family_arrays is None:
+        if family != "adde":
+            raise ValueError(f"family {family!r} needs its files (family_arrays); only adde has defaults")
+        family_arrays = {"prototypes": model.memory.detach().cpu().numpy().astype(np.float32)}
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = export_onnx(model, spec, Path(tmp) / "model.onnx")
         parity = check_parity(model, onnx_path, parity_pixels, spec)
@@ -96,6 +105,15 @@ def build_bundle(model: ADDE, schema: AttributeSchema, spec: PreprocessSpec, dir
         info = {"architecture": "adde", "backbone": cfg.backbone, "dim_per_attribute": d,
                 "config": cfg.to_json(), "input_name": INPUT_NAME, "outputs": ["embedding", "logits"],
                 "opset": OPSET, "torch_version": torch.__version__, "parity": parity.to_json(), **(extra or {})}
-        memory = model.memory.detach().cpu().numpy().astype(np.float32)
-        bundle = write_bundle(directory, onnx_path, memory, schema, spec, layout, info)
+        bundle = write_bundle(directory, onnx_path, schema, spec, layout, info, family, family_arrays)
     return bundle, parity
+
+
+def derive_bundle(source: str | Path, directory: str | Path, family: str,
+                  family_arrays: dict[str, np.ndarray]) -> Bundle:
+    """A bundle of another family over the same exported model (same embedding space, so
+    the two share an index): the model file is copied, not exported again."""
+    base = Bundle.load(source)
+    info = {**base.manifest["model"], "derived_from": base.sha256()}
+    return write_bundle(directory, base.path_of("model.onnx"), base.schema, base.preprocess, base.layout, info,
+                        family, family_arrays)

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
+import subprocess
+import sys
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -12,18 +13,23 @@ from typing import Any
 import numpy as np
 
 from fashsdk import Retriever
-from fashsdk.contact_sheet import render_sheet
-from fashsdk.evaluation import manipulation_queries
+from fashsdk.eval.contact_sheet import render_sheet
+from fashsdk.eval.protocol import manipulation_queries
+from fashsdk.families.chunk_replace import reference_rows
 from fashsdk.files import atomic_write_json
-from fashsdk.image_source import load_images
-from fashsdk.preprocess import PreprocessSpec
 from fashsdk.progress import progress_bar
+from fashsdk.sources.images import load_images
+from fashsdk.sources.preprocess import PreprocessSpec
+from fashsdk.system import machine
 
 from .catalog_args import data_paths, load_catalog_from_args
 from .data import decode_catalog, split_validation
+from .families import family_files, value_table
 from .models import ModelConfig
-from .onnx_export import build_bundle
+from .onnx_export import build_bundle, derive_bundle
 from .train import TrainConfig, load_checkpoint, save_checkpoint, train_adde
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _spec_for(args: argparse.Namespace) -> PreprocessSpec:
@@ -34,7 +40,7 @@ def _spec_for(args: argparse.Namespace) -> PreprocessSpec:
     return PreprocessSpec(height=h, width=w)
 
 
-def _train(args: argparse.Namespace, catalog, images) -> tuple[Any, Any, PreprocessSpec, TrainConfig, dict[str, float]]:
+def _train(args: argparse.Namespace, catalog, images) -> tuple[Any, Any, Any, PreprocessSpec, TrainConfig, dict[str, float]]:
     spec = _spec_for(args)
     timings: dict[str, float] = {}
     t = time.perf_counter()
@@ -48,12 +54,12 @@ def _train(args: argparse.Namespace, catalog, images) -> tuple[Any, Any, Preproc
     t = time.perf_counter()
     result = train_adde(catalog.schema, spec, decoded.subset(train_rows), decoded.subset(val_rows), model_config, config)
     timings["train_s"] = time.perf_counter() - t
-    return result, decoded.subset(val_rows), spec, config, timings
+    return result, decoded.subset(train_rows), decoded.subset(val_rows), spec, config, timings
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     catalog, images = load_catalog_from_args(args)
-    result, _, spec, config, timings = _train(args, catalog, images)
+    result, _, _, spec, config, timings = _train(args, catalog, images)
     save_checkpoint(args.out, result, catalog.schema, spec, config)
     print(json.dumps({"checkpoint": str(args.out), **{k: round(v, 1) for k, v in timings.items()},
                       "best": result.best}))
@@ -63,26 +69,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_onnx(args: argparse.Namespace) -> int:
     model, schema, spec, config = load_checkpoint(args.checkpoint)
     catalog, images = load_catalog_from_args(args)
-    sample = catalog.split("train").subset(np.arange(min(args.parity_images, len(catalog))))
+    train = catalog.split("train")
+    sample = train.subset(np.arange(min(args.parity_images, len(train))))
     pixels = decode_catalog(sample, images, spec).pixels
-    bundle, parity = build_bundle(model, schema, spec, args.out, pixels, {"training": config.get("best", {})})
-    print(json.dumps({"bundle": str(args.out), "parity": parity.to_json()}))
+    arrays = family_files(args.family, model, schema, spec, train, images, args.reference_per_value)
+    bundle, parity = build_bundle(model, schema, spec, args.out, pixels, {"training": config.get("best", {})},
+                                  args.family, arrays)
+    print(json.dumps({"bundle": str(args.out), "family": args.family, "parity": parity.to_json()}))
     return 0
-
-
-def _machine() -> dict[str, Any]:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import os
-
-    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "python": platform.python_version(),
-            "platform": platform.platform()}
 
 
 def _examples(retriever: Retriever, encoded: dict[str, bytes], path: Path, seed: int = 1) -> list[dict[str, Any]]:
@@ -115,13 +109,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     print(f"== fashsdk demo -> {out}", flush=True)
     catalog, images = load_catalog_from_args(args)
-    result, val, spec, config, timings = _train(args, catalog, images)
+    result, train, val, spec, config, timings = _train(args, catalog, images)
     save_checkpoint(out / "checkpoint", result, catalog.schema, spec, config)
 
-    print("== export to ONNX and build the bundle", flush=True)
+    print("== export to ONNX and build the bundles (adde, and chunk_replace over the same model)", flush=True)
     t = time.perf_counter()
     bundle, parity = build_bundle(result.model, catalog.schema, spec, out / "bundle", val.pixels[:64],
                                   {"training": result.best})
+    rows = reference_rows(train.catalog.codes, catalog.schema.sizes, config.proto_per_value, config.seed)
+    table = value_table(result.model, catalog.schema, spec, train.catalog.codes[rows], train.pixels[rows])
+    derive_bundle(out / "bundle", out / "bundle-chunk-replace", "chunk_replace", {"value_table": table})
     timings["export_s"] = time.perf_counter() - t
     print(f"   parity on 64 real images: max |diff| {parity.max_abs_diff:.1e}, min cosine {parity.min_cosine:.7f}")
 
@@ -137,22 +134,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     retriever.add(((i, encoded[i]) for i in test.ids), labels, progress=update)
     bar.close()
     encode_s = time.perf_counter() - t
+    retriever.index.prepare_similar(range(len(catalog.schema.attributes)))  # type: ignore[union-attr]
     retriever.save_index(out / "index")
     encode_ms = 1000 * encode_s / len(test)
     print(f"   {len(test)} images in {encode_s:.1f} s: {encode_ms:.2f} ms per image end to end "
           f"(JPEG bytes -> vectors in the index), backend {retriever.backend_name}")
 
     print("== evaluate: the papers' protocol with baselines (python -m benchmarks.quality)", flush=True)
-    from benchmarks import quality as quality_benchmark
-
     t = time.perf_counter()
-    quality_args = ["--bundle", str(out / "bundle"), "--index", str(out / "index"), "--json", str(out / "quality.json"),
-                    "--labels", str(data_paths(args)[0]), "--images", *[str(i) for i in images],
-                    "--seed", str(args.seed)]
-    quality_benchmark.main(quality_args)
+    command = [sys.executable, "-m", "benchmarks.quality", "--bundle", str(out.resolve() / "bundle"),
+               "--bundle", str(out.resolve() / "bundle-chunk-replace"), "--index", str(out.resolve() / "index"),
+               "--json", str(out.resolve() / "quality.json"), "--labels", str(Path(data_paths(args)[0]).resolve()),
+               "--images", *[str(Path(i).resolve()) for i in images], "--seed", str(args.seed)]
+    subprocess.run(command, cwd=REPO_ROOT, check=True)
     quality = json.loads((out / "quality.json").read_text())
     timings["evaluate_s"] = time.perf_counter() - t
-    top = {int(k): v for k, v in quality["top_k"]["adde_m"].items()}
+    top = {int(k): v for k, v in quality["top_k"]["adde"].items()}
 
     rng = np.random.default_rng(0)
     ids = retriever.index.ids  # type: ignore[union-attr]
@@ -171,7 +168,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     examples = _examples(retriever, encoded, out / "examples.png")
     total = time.perf_counter() - t_all
     report = {
-        "machine": _machine(), "bundle": str(out / "bundle"), "bundle_sha256": bundle.sha256(),
+        "machine": machine(), "bundle": str(out / "bundle"), "bundle_sha256": bundle.sha256(),
         "model": bundle.manifest["model"]["config"], "train_config": {f.name: getattr(config, f.name) for f in fields(config)},
         "training_time_s": round(timings["train_s"], 1), "timings_s": {k: round(v, 2) for k, v in timings.items()},
         "validation": result.best, "parity": parity.to_json(),
@@ -182,5 +179,5 @@ def cmd_demo(args: argparse.Namespace) -> int:
     }
     atomic_write_json(out / "report.json", report)
     print(f"== done in {total / 60:.1f} min: Top-10 {top[10]:.3f}, Top-30 {top[30]:.3f}; "
-          f"wrote {out}/bundle, {out}/report.json, {out}/examples.png", flush=True)
+          f"wrote {out}/bundle, {out}/bundle-chunk-replace, {out}/report.json, {out}/examples.png", flush=True)
     return 0

@@ -19,10 +19,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from fashsdk.evaluation import adde_queries, combination_keys, exact_topk, hit_rates, manipulation_queries
+from fashsdk.eval.protocol import (
+    combination_keys,
+    exact_topk,
+    hit_rates,
+    manipulation_queries,
+)
+from fashsdk.families import adde
+from fashsdk.families.chunk_replace import reference_rows
 from fashsdk.files import atomic_write, atomic_write_json
-from fashsdk.preprocess import PreprocessSpec
 from fashsdk.schema import AttributeSchema
+from fashsdk.sources.preprocess import PreprocessSpec
 
 from . import losses
 from .data import CombinationSampler, ImageSet, to_tensor
@@ -103,27 +110,15 @@ def init_memory(model: ADDE, features: torch.Tensor, codes: np.ndarray, per_valu
     model.memory.copy_(memory)
 
 
-def prototype_rows(codes: np.ndarray, sizes: list[int], per_value: int, seed: int = 0) -> np.ndarray:
-    """A fixed sample of rows covering every value with up to ``per_value`` items."""
-    rng = np.random.default_rng(seed)
-    rows = set()
-    for a, n in enumerate(sizes):
-        for v in range(n):
-            r = np.flatnonzero(codes[:, a] == v)
-            rows.update((rng.choice(r, per_value, replace=False) if len(r) > per_value else r).tolist())
-    return np.array(sorted(rows), dtype=np.int64)
-
-
 @torch.no_grad()
-def manipulation_top_k(model: ADDE, features: torch.Tensor, codes: np.ndarray, queries: Any,
+def manipulation_top_k(model: ADDE, schema: AttributeSchema, features: torch.Tensor, codes: np.ndarray, queries: Any,
                        ks: tuple[int, ...] = (10, 30)) -> dict[int, float]:
     """Top-k of the memory-block manipulation with ``features``' items as the gallery
-    (the runtime's own arithmetic, fashsdk.evaluation.adde_queries)."""
+    (the runtime's own family arithmetic, fashsdk.families.adde)."""
     model.eval()
     emb = model.head_outputs(features)[0].numpy()
-    sizes = model.config.attribute_sizes
-    offsets = [int(x) for x in np.cumsum([0] + sizes[:-1])]
-    q = adde_queries(emb, model.memory.detach().numpy(), offsets, codes, queries)
+    family = adde.Adde(schema, model.memory.detach().numpy())
+    q = family.change_batch(emb[queries.rows], codes[queries.rows], queries.attrs, queries.values)
     return hit_rates(exact_topk(q, emb, max(ks)), codes, queries.targets, ks)
 
 
@@ -149,7 +144,7 @@ def train_adde(schema: AttributeSchema, spec: PreprocessSpec, train: ImageSet, v
     gen = torch.Generator().manual_seed(config.seed)
     train_codes, val_codes = train.catalog.codes, val.catalog.codes
     val_queries = manipulation_queries(val_codes, sizes, max_queries=config.val_queries, seed=config.seed)
-    proto_rows = prototype_rows(train_codes, sizes, config.proto_per_value, config.seed)
+    proto_rows = reference_rows(train_codes, sizes, config.proto_per_value, config.seed)
     proto_set = train.subset(proto_rows)
     _log(f"training ADDE/{model_config.backbone}: {len(train.pixels)} train, {len(val.pixels)} val images, "
          f"{len(val_queries)} val manipulation queries, {sum(p.numel() for p in model.parameters())/1e6:.2f} M params")
@@ -186,7 +181,7 @@ def train_adde(schema: AttributeSchema, spec: PreprocessSpec, train: ImageSet, v
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         val_feats = backbone_features(model, val, spec)
         init_memory(model, backbone_features(model, proto_set, spec), proto_set.catalog.codes, config.proto_per_value)
-        top = manipulation_top_k(model, val_feats, val_codes, val_queries)
+        top = manipulation_top_k(model, schema, val_feats, val_codes, val_queries)
         acc = float(np.mean(attribute_accuracies(model, val_feats, val_codes)))
         entry = {"stage": 1, "epoch": epoch + 1, "loss": float(loss.item()), "val_top10": top[10],
                  "val_top30": top[30], "val_attr_acc": acc, "elapsed_s": time.perf_counter() - t0}
@@ -206,12 +201,12 @@ def train_adde(schema: AttributeSchema, spec: PreprocessSpec, train: ImageSet, v
     train_feats = backbone_features(model, train, spec, desc="stage 2 features")
     val_feats = backbone_features(model, val, spec)
     init_memory(model, train_feats, train_codes, config.proto_per_value, config.seed)
-    top = manipulation_top_k(model, val_feats, val_codes, val_queries)
+    top = manipulation_top_k(model, schema, val_feats, val_codes, val_queries)
     _log(f"  memory initialised by averaging: val Top-30 {top[30]:.3f}")
     result.history.append({"stage": "memory_init", "val_top10": top[10], "val_top30": top[30]})
     best_state, best_score = copy.deepcopy(model.state_dict()), top[30]
     if config.stage2_epochs > 0:
-        best_state, best_score = _stage2(model, train_feats, train_codes, val_feats, val_codes, val_queries,
+        best_state, best_score = _stage2(model, schema, train_feats, train_codes, val_feats, val_codes, val_queries,
                                          config, result, best_state, best_score)
     model.load_state_dict(best_state)
     result.seconds["stage2"] = time.perf_counter() - t1
@@ -229,8 +224,9 @@ def _decay_groups(model: ADDE, weight_decay: float) -> list[dict[str, Any]]:
             {"params": [p for _, p in named if p.ndim <= 1], "weight_decay": 0.0}]
 
 
-def _stage2(model: ADDE, feats: torch.Tensor, codes: np.ndarray, val_feats: torch.Tensor, val_codes: np.ndarray,
-            val_queries: Any, config: TrainConfig, result: TrainResult, best_state: dict, best_score: float):
+def _stage2(model: ADDE, schema: AttributeSchema, feats: torch.Tensor, codes: np.ndarray, val_feats: torch.Tensor,
+            val_codes: np.ndarray, val_queries: Any, config: TrainConfig, result: TrainResult, best_state: dict,
+            best_score: float):
     sizes, d = model.config.attribute_sizes, model.config.dim
     offsets = np.cumsum([0] + sizes[:-1])
     queries = manipulation_queries(codes, sizes, max_queries=None)
@@ -259,11 +255,10 @@ def _stage2(model: ADDE, feats: torch.Tensor, codes: np.ndarray, val_feats: torc
             rows = torch.from_numpy(np.concatenate([anchors, pos[0], pos[1]]))
             emb, logits, chunks = model.head_outputs(feats[rows])
             B = len(qi)
-            ind = torch.zeros(B, sum(sizes))
             a = queries.attrs[qi, 0]
-            ind[torch.arange(B), torch.from_numpy(offsets[a] + queries.values[qi, 0])] += 1
-            ind[torch.arange(B), torch.from_numpy(offsets[a] + codes[anchors, a])] -= 1
-            q = model.manipulate(emb[:B], ind)
+            ind = torch.from_numpy(adde.indicator(schema, codes[anchors].astype(np.int64), queries.attrs[qi],
+                                                  queries.values[qi]))
+            q = adde.apply(emb[:B], ind, model.memory)
             tk = torch.from_numpy(target_keys[qi])
             loss = (config.w_stage2_cls * losses.classification(logits, codes_t[rows], sizes)
                     + config.w_label_triplet * losses.batch_hard_triplet(emb, emb, keys_t[rows], keys_t[rows], config.margin, True)
@@ -280,7 +275,7 @@ def _stage2(model: ADDE, feats: torch.Tensor, codes: np.ndarray, val_feats: torc
             loss.backward()
             opt.step()
             sched.step()
-        top = manipulation_top_k(model, val_feats, val_codes, val_queries)
+        top = manipulation_top_k(model, schema, val_feats, val_codes, val_queries)
         result.history.append({"stage": 2, "epoch": epoch + 1, "loss": float(loss.item()),
                                "val_top10": top[10], "val_top30": top[30]})
         improved = top[30] > best_score

@@ -3,9 +3,17 @@
 The runtime needs numpy, onnxruntime, hnswlib and Pillow; it never imports torch.
 """
 from .bundle import Bundle
-from .errors import BundleError, CatalogError, FashsdkError, ImageError, IndexFileError, QueryError
+from .errors import (
+    BundleError,
+    CatalogError,
+    FashsdkError,
+    ImageError,
+    IndexFileError,
+    QueryError,
+)
 from .index import CatalogIndex
-from .retriever import AttributePrediction, Retriever, SearchResult
+from .retriever import Retriever
+from .tasks import AttributePrediction, SearchResult
 
 __version__ = "0.1.0"
 __all__ = [

@@ -1,8 +1,8 @@
-"""A bundle: ONNX model(s), memory-block prototypes and a manifest with checksums.
+"""A bundle: ONNX model(s), the model family's files and a manifest with checksums.
 
 Everything a torch-free runtime needs travels in the manifest: attribute schema,
-embedding layout, preprocessing, which engines exist. Every file is verified against its
-sha256 before native code (ONNX Runtime, numpy) reads it.
+embedding layout, preprocessing, the model family and its files, which engines exist.
+Every file is verified against its sha256 before native code (ONNX Runtime, numpy) reads it.
 """
 from __future__ import annotations
 
@@ -18,15 +18,27 @@ from typing import Any, Mapping
 import numpy as np
 
 from .errors import BundleError
-from .files import (atomic_copy, atomic_save_npy, atomic_write_json, check_seal, contained_file, fsync_dir, load_npy,
-                    read_json, seal, sha256_file)
-from .preprocess import PreprocessSpec
+from .families import Family, load_family
+from .files import (
+    atomic_copy,
+    atomic_save_npy,
+    atomic_write_json,
+    check_seal,
+    contained_file,
+    fsync_dir,
+    load_npy,
+    read_json,
+    seal,
+    sha256_file,
+    stat_key,
+    verify_entry,
+)
 from .schema import AttributeSchema
+from .sources.preprocess import PreprocessSpec
 
 FORMAT = "fashsdk-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the model family and its files; 1 (ADDE only) was never released
 MANIFEST = "manifest.json"
-PROTOTYPES = "prototypes.npy"
 MODEL = "model.onnx"
 
 
@@ -50,10 +62,12 @@ class Bundle:
     schema: AttributeSchema
     preprocess: PreprocessSpec
     layout: dict[str, tuple[int, int]]
-    prototypes: np.ndarray  # (D, J): column j = prototype residual of global value j
+    family_name: str  # fashsdk.families: how a query changes for {attribute: value}
+    family_files: dict[str, str]  # role -> file name, e.g. {"prototypes": "prototypes.npy"}
     engines: list[EngineEntry]
     # (size, mtime_ns, inode) of each file when its sha256 was checked: path_of re-checks a changed file
     verified: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+    family: Family = field(init=False)  # the query arithmetic, built from the family's files at load
 
     @property
     def dim(self) -> int:
@@ -71,9 +85,21 @@ class Bundle:
         """
         path = contained_file(self.directory, name, f"bundle manifest {str(self.directory / MANIFEST)!r}", BundleError)
         meta = self.manifest["files"].get(name)
-        if isinstance(meta, dict) and (name not in self.verified or self.verified[name] != _stat_key(path)):
-            self.verified[name] = _verify_file(path, meta)
+        if isinstance(meta, dict) and (name not in self.verified or self.verified[name] != stat_key(path)):
+            self.verified[name] = verify_entry(path, meta, "bundle file", BundleError)
         return path
+
+    def family_array(self, role: str) -> np.ndarray:
+        """A family file as a numeric array: checksum verified, loaded without pickle, finite."""
+        name = self.family_files.get(role)
+        if name is None:
+            raise BundleError(f"bundle {str(self.directory)!r} ({self.family_name}) lacks its {role!r} file; "
+                              "re-export the bundle")
+        path = self.path_of(name)
+        array = load_npy(path, f"bundle {role}", BundleError)
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise BundleError(f"bundle {role} {str(path)!r} contains NaN or infinity")
+        return array
 
     def engine(self, backend: str, precision: str) -> EngineEntry | None:
         for e in self.engines:
@@ -86,14 +112,15 @@ class Bundle:
         return sha256_file(self.directory / MANIFEST)
 
     def embedding_sha256(self) -> str:
-        """Identity of the embedding space: the reference model, prototypes, schema, layout, preprocessing.
+        """Identity of the embedding space: the reference model, schema, layout, preprocessing.
 
         Unlike ``sha256()`` it does not change when an engine (int8, fp16, a TensorRT plan:
-        the same network at another precision) is registered, so indexes stay valid.
+        the same network at another precision) is registered, nor with the family's files
+        (they change queries, not catalog vectors): bundles of two families exported from one
+        checkpoint share an index.
         """
         files = self.manifest["files"]
-        proto = self.manifest.get("prototypes", PROTOTYPES)
-        space = {"model": files.get(MODEL, {}).get("sha256"), "prototypes": files.get(proto, {}).get("sha256"),
+        space = {"model": files.get(MODEL, {}).get("sha256"),
                  **{key: self.manifest[key] for key in ("schema", "embedding", "preprocess")}}
         return hashlib.sha256(json.dumps(space, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
@@ -120,7 +147,7 @@ class Bundle:
             if not isinstance(meta, dict):
                 raise BundleError(f"{where}: the entry for {name!r} must be {{'sha256': ..., 'bytes': ...}}")
             if verify:
-                verified[name] = _verify_file(path, meta)
+                verified[name] = verify_entry(path, meta, "bundle file", BundleError)
         try:
             schema = AttributeSchema.from_json(manifest["schema"])
             preprocess = PreprocessSpec.from_json(manifest["preprocess"])
@@ -131,25 +158,20 @@ class Bundle:
                             {k: v for k, v in e.items() if k not in ("backend", "precision", "file")})
                 for e in manifest["engines"]
             ]
-            proto_name = _file_name(manifest.get("prototypes", PROTOTYPES))
+            family_name = str(manifest["family"]["name"])
+            family_files = {str(role): _file_name(name) for role, name in manifest["family"]["files"].items()}
         except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError) as exc:
             raise BundleError(f"{where} is malformed ({type(exc).__name__}: {exc})") from None
         _check_layout(schema, layout, dim, manifest_path)
         for e in engines:
             if e.file not in files:
                 raise BundleError(f"{where} lists engine file {e.file!r} without a checksum")
-        if proto_name not in files:
-            raise BundleError(f"{where} has no checksum for {proto_name!r}")
-        prototypes = load_npy(contained_file(directory, proto_name, where, BundleError),
-                              "bundle prototypes", BundleError)
-        if prototypes.shape != (dim, schema.total_values) or prototypes.dtype != np.float32:
-            raise BundleError(
-                f"bundle prototypes {str(directory / proto_name)!r} have shape {prototypes.shape} {prototypes.dtype}, "
-                f"expected ({dim}, {schema.total_values}) float32"
-            )
-        if not np.isfinite(prototypes).all():
-            raise BundleError(f"bundle prototypes {str(directory / proto_name)!r} contain NaN or infinity")
-        return cls(directory, manifest, schema, preprocess, layout, prototypes, engines, verified)
+        for role, name in family_files.items():
+            if name not in files:
+                raise BundleError(f"{where} has no checksum for the family's {role!r} file {name!r}")
+        bundle = cls(directory, manifest, schema, preprocess, layout, family_name, family_files, engines, verified)
+        bundle.family = load_family(bundle)  # its files parsed and checked now, not at the first query
+        return bundle
 
     def register_engine(self, entry: EngineEntry, source: str | Path | None = None) -> EngineEntry:
         """Add (or replace) an engine and rewrite the manifest atomically, last.
@@ -174,13 +196,13 @@ class Bundle:
         self.engines = [e for e in self.engines if not (e.backend == entry.backend and e.precision == entry.precision)]
         self.engines.append(entry)
         self.manifest["engines"] = [e.to_json() for e in self.engines]
-        proto_name = self.manifest.get("prototypes", PROTOTYPES)
-        dropped = previous - {e.file for e in self.engines} - {proto_name, MODEL}  # model.onnx: the reference export
+        kept = {e.file for e in self.engines} | set(self.family_files.values()) | {MODEL}  # model.onnx: the reference
+        dropped = previous - kept
         for name in dropped:
             self.manifest["files"].pop(name, None)
         self.manifest = seal(self.manifest)
         atomic_write_json(self.directory / MANIFEST, self.manifest)
-        self.verified[entry.file] = _stat_key(target)
+        self.verified[entry.file] = stat_key(target)
         for name in dropped:  # only after the new manifest is durable
             try:
                 (self.directory / name).unlink()
@@ -202,45 +224,27 @@ def _file_name(name: object) -> str:
     return name
 
 
-def _stat_key(path: Path) -> tuple[int, int, int]:
-    try:
-        st = path.stat()
-    except OSError:
-        return (-1, -1, -1)
-    return st.st_size, st.st_mtime_ns, st.st_ino
-
-
-def _verify_file(path: Path, meta: dict[str, Any]) -> tuple[int, int, int]:
-    """Size and sha256 against the manifest; returns the stat key the check applies to."""
-    if not path.is_file():
-        raise BundleError(f"bundle file {str(path)!r} listed in the manifest is missing")
-    key = _stat_key(path)
-    if key[0] != meta.get("bytes", key[0]):
-        raise BundleError(f"bundle file {str(path)!r} has {key[0]} bytes, manifest says {meta.get('bytes')!r}: "
-                          "truncated or modified; rebuild or restore the bundle")
-    if sha256_file(path) != meta.get("sha256"):
-        raise BundleError(f"bundle file {str(path)!r} fails its sha256 check: it was modified or corrupted "
-                          "after export; rebuild or restore the bundle")
-    return key
-
-
 def _check_manifest(manifest: Any, path: Path) -> None:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BundleError(f"{str(path)!r} is not a fashsdk bundle manifest (missing format {FORMAT!r})")
     version = manifest.get("format_version")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise BundleError(f"bundle manifest {str(path)!r} has an invalid format_version {version!r}")
+    if version < FORMAT_VERSION:
+        raise BundleError(f"bundle manifest {str(path)!r} has format_version {version}, from before model families; "
+                          "re-export it from its checkpoint with 'python -m export onnx'")
     if version > FORMAT_VERSION:
         raise BundleError(
             f"bundle manifest {str(path)!r} has format_version {version}, newer than this fashsdk "
             f"understands ({FORMAT_VERSION}); upgrade fashsdk"
         )
-    for key in ("files", "schema", "preprocess", "embedding", "model", "engines"):
+    for key in ("files", "schema", "preprocess", "embedding", "model", "engines", "family"):
         if key not in manifest:
             raise BundleError(f"bundle manifest {str(path)!r} lacks the {key!r} section")
     if not isinstance(manifest["files"], dict):
         raise BundleError(f"bundle manifest {str(path)!r}: 'files' must map file names to checksums")
-    for key, kind in (("model", dict), ("embedding", dict), ("preprocess", dict), ("schema", list), ("engines", list)):
+    for key, kind in (("model", dict), ("embedding", dict), ("preprocess", dict), ("schema", list), ("engines", list),
+                      ("family", dict)):
         if not isinstance(manifest[key], kind):
             raise BundleError(f"bundle manifest {str(path)!r}: {key!r} must be a JSON {kind.__name__}")
 
@@ -261,34 +265,40 @@ def _check_layout(schema: AttributeSchema, layout: Mapping[str, tuple[int, int]]
 def write_bundle(
     directory: str | Path,
     model_file: str | Path,
-    prototypes: np.ndarray,
     schema: AttributeSchema,
     preprocess: PreprocessSpec,
     layout: Mapping[str, tuple[int, int]],
     model_info: Mapping[str, Any],
+    family: str,
+    family_arrays: Mapping[str, np.ndarray],
 ) -> Bundle:
-    """Write a bundle: files first, the manifest (with their checksums) last and atomically."""
+    """Write a bundle: files first, the manifest (with their checksums) last and atomically.
+
+    ``family_arrays`` maps each of the family's file roles to its array, saved as ROLE.npy.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / MODEL
     if Path(model_file).resolve() != target.resolve():
         atomic_copy(model_file, target)
-    atomic_save_npy(directory / PROTOTYPES, np.asarray(prototypes, dtype=np.float32))
-    dim = int(prototypes.shape[0])
+    family_files = {role: f"{role}.npy" for role in family_arrays}
+    for role, array in family_arrays.items():
+        atomic_save_npy(directory / family_files[role], np.asarray(array, dtype=np.float32))
+    dim = sum(int(stop) - int(start) for start, stop in layout.values())
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "created_unix": int(time.time()),
         "model": dict(model_info),
+        "family": {"name": family, "files": family_files},
         "schema": schema.to_json(),
         "embedding": {"dim": dim, "normalized": True, "metric": "cosine",
                       "layout": {k: [int(v[0]), int(v[1])] for k, v in layout.items()}},
         "preprocess": preprocess.to_json(),
-        "prototypes": PROTOTYPES,
         "engines": [EngineEntry("onnxruntime", "fp32", MODEL).to_json()],
         "files": {
             name: {"sha256": sha256_file(directory / name), "bytes": (directory / name).stat().st_size}
-            for name in (MODEL, PROTOTYPES)
+            for name in (MODEL, *family_files.values())
         },
     }
     atomic_write_json(directory / MANIFEST, seal(manifest))

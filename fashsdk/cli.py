@@ -1,4 +1,4 @@
-"""``fashsdk`` command line: index a catalog, search with changes, predict attributes."""
+"""``fashsdk`` command line: index a catalog, search with changes, find similar items, predict attributes."""
 from __future__ import annotations
 
 import argparse
@@ -8,11 +8,11 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from .catalog import read_catalog
 from .errors import FashsdkError, QueryError
-from .image_source import iter_images
 from .progress import progress_bar
 from .retriever import Retriever
+from .sources.catalog import read_catalog
+from .sources.images import iter_images
 
 
 def _positive_int(text: str) -> int:
@@ -38,6 +38,26 @@ def _parse_changes(items: Sequence[str]) -> dict[str, str]:
     return change
 
 
+def _parse_where(items: Sequence[str]) -> dict[str, list[str]]:
+    """ATTR=V1,V2 strings -> {attr: [values]} (values of one attribute ORed, attributes ANDed)."""
+    where: dict[str, list[str]] = {}
+    for item in items:
+        name, eq, values = item.partition("=")
+        wanted = [v for v in values.split(",") if v]
+        if not eq or not name or not wanted:
+            raise QueryError(f"--where {item!r} must look like attribute=value[,value...], e.g. gender=Women")
+        if name in where:
+            raise QueryError(f"--where names attribute {name!r} twice; list its values once, comma-separated")
+        where[name] = wanted
+    return where
+
+
+def _print_results(query: str, extra: dict, results: list, ms: float) -> None:
+    print(json.dumps({"query": query, **extra, "ms": round(ms, 3),
+                      "results": [{"id": r.id, "score": round(r.score, 5), "attributes": r.attributes}
+                                  for r in results]}, indent=2))
+
+
 def cmd_index(args: argparse.Namespace) -> int:
     retriever = Retriever(args.bundle, threads=args.threads)
     catalog, _ = read_catalog(args.labels, retriever.schema.names, id_column=args.id_column,
@@ -55,6 +75,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     missing = len(catalog) - indexed - len(failures)
     if retriever.index is not None:
         retriever.index.optimize()  # a bulk build: lay the graph out for serving before it is saved
+        retriever.index.prepare_similar(range(len(retriever.schema.attributes)))  # saved with the index
     retriever.save_index(args.out)
     print(json.dumps({"indexed": indexed, "skipped_bad_images": len(failures), "missing_images": missing,
                       "seconds": round(seconds, 2), "ms_per_image": round(1000 * seconds / max(indexed, 1), 3),
@@ -67,16 +88,14 @@ def cmd_index(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     retriever = Retriever(args.bundle, args.index, threads=args.threads)
     change = _parse_changes(args.change or [])
+    where = _parse_where(args.where or [])
     start = time.perf_counter()
-    results = retriever.search(args.query, change=change or None, k=args.k, exact=args.exact)
-    ms = 1000 * (time.perf_counter() - start)
-    print(json.dumps({"query": args.query, "change": change, "ms": round(ms, 3),
-                      "results": [{"id": r.id, "score": round(r.score, 5), "attributes": r.attributes}
-                                  for r in results]}, indent=2))
+    results = retriever.search(args.query, change=change or None, k=args.k, where=where or None, exact=args.exact)
+    _print_results(args.query, {"change": change, "where": where}, results, 1000 * (time.perf_counter() - start))
     if args.sheet:
         if not args.images:
             raise QueryError("--sheet needs --images (a folder or tar shards) to draw the result thumbnails")
-        from .contact_sheet import render_sheet
+        from .eval.contact_sheet import render_sheet
 
         wanted = [r.id for r in results] + ([args.query] if args.query in retriever.index else [])
         found = dict(iter_images(args.images, wanted))
@@ -87,6 +106,16 @@ def cmd_search(args: argparse.Namespace) -> int:
                "results": [(found.get(r.id, b""), r.id, r.score, r.attributes) for r in results]}
         render_sheet([row], args.sheet)
         print(f"contact sheet written to {args.sheet}", file=sys.stderr)
+    return 0
+
+
+def cmd_similar(args: argparse.Namespace) -> int:
+    retriever = Retriever(args.bundle, args.index, threads=args.threads)
+    where = _parse_where(args.where or [])
+    start = time.perf_counter()
+    results = retriever.similar(args.query, args.attribute, k=args.k, where=where or None, exact=args.exact)
+    _print_results(args.query, {"attribute": args.attribute, "where": where}, results,
+                   1000 * (time.perf_counter() - start))
     return 0
 
 
@@ -125,11 +154,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", required=True, type=Path)
     p.add_argument("--query", required=True, help="an indexed id or an image path")
     p.add_argument("--change", action="append", metavar="ATTR=VALUE", help="repeat for several attributes")
+    p.add_argument("--where", action="append", metavar="ATTR=V1[,V2]", help="keep only items with these values")
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--exact", action="store_true", help="exact search instead of the hnswlib graph")
     p.add_argument("--sheet", type=Path, help="write a PNG contact sheet here")
     p.add_argument("--images", nargs="+", help="image folder or tar shards, for --sheet")
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("similar", parents=[common], help="items similar with respect to one attribute only")
+    p.add_argument("--index", required=True, type=Path)
+    p.add_argument("--query", required=True, help="an indexed id or an image path")
+    p.add_argument("--attribute", required=True, help="the attribute to be similar on, e.g. baseColour")
+    p.add_argument("--where", action="append", metavar="ATTR=V1[,V2]", help="keep only items with these values")
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--exact", action="store_true", help="exact search instead of the attribute's graph")
+    p.set_defaults(func=cmd_similar)
 
     p = sub.add_parser("predict", parents=[common], help="predict each attribute of an image")
     p.add_argument("image")

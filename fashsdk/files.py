@@ -171,6 +171,29 @@ def load_npy(path: str | Path, what: str, error: type[Exception]) -> np.ndarray:
         raise error(f"{what} {str(path)!r} cannot be read as a numeric array ({exc})") from None
 
 
+def stat_key(path: Path) -> tuple[int, int, int]:
+    """(size, mtime_ns, inode): a file whose key changed since its checksum was verified is verified again."""
+    try:
+        st = path.stat()
+    except OSError:
+        return (-1, -1, -1)
+    return st.st_size, st.st_mtime_ns, st.st_ino
+
+
+def verify_entry(path: Path, meta: object, what: str, error: type[Exception]) -> tuple[int, int, int]:
+    """Check a file against its manifest entry ({"sha256", "bytes"}) before anything parses it;
+    returns the stat key the check applies to."""
+    if not isinstance(meta, dict):
+        raise error(f"the manifest entry for {what} {str(path)!r} is malformed")
+    if not path.is_file():
+        raise error(f"{what} {str(path)!r} named by its manifest is missing")
+    key = stat_key(path)
+    if key[0] != meta.get("bytes") or sha256_file(path) != meta.get("sha256"):
+        raise error(f"{what} {str(path)!r} fails its checksum (sha256): it was truncated, modified or corrupted "
+                    "after it was written; restore it or rebuild it")
+    return key
+
+
 def contained_file(directory: Path, name: object, what: str, error: type[Exception]) -> Path:
     """Resolve a file name from a manifest, refusing anything outside ``directory``."""
     if not isinstance(name, str) or not name or "/" in name or "\\" in name or name in (".", "..") or "\x00" in name:

@@ -1,11 +1,14 @@
 """Attribute schema: attribute names, their values, and the global value numbering.
 
-The memory block of ADDE has one column per (attribute, value) pair; the global column of
-value v of attribute a is ``offsets[a] + v``. The schema travels in the bundle manifest.
+Value v of attribute a has the global column ``offsets[a] + v`` (ADDE's memory block, the
+logits, chunk_replace's value table all use it). The schema travels in the bundle manifest,
+and every name a user passes (a change, a ``where`` filter, labels) is checked here, with a
+did-you-mean error for anything unknown.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from itertools import accumulate
 from typing import Any, Mapping, Sequence
 
@@ -14,6 +17,9 @@ import numpy as np
 from .errors import QueryError, unknown_name_message
 
 UNKNOWN = -1
+
+Change = Mapping[str, str]
+Where = Mapping[str, "str | Sequence[str]"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,11 @@ class AttributeSchema:
     def total_values(self) -> int:
         return sum(self.sizes)
 
+    @cached_property
+    def value_tables(self) -> list[dict[int, str | None]]:
+        """Per attribute, code -> value name (UNKNOWN -> None): decoding without numpy calls."""
+        return [{UNKNOWN: None, **dict(enumerate(a.values))} for a in self.attributes]
+
     def attribute_index(self, name: str) -> int:
         for i, a in enumerate(self.attributes):
             if a.name == name:
@@ -77,12 +88,13 @@ class AttributeSchema:
                 unknown_name_message(f"value for {self.attributes[a].name!r}", value, values)
             ) from None
 
-    def decode(self, codes: np.ndarray) -> dict[str, str | None]:
-        """Codes (A,) -> {attribute: value or None when unknown}."""
-        return {
-            a.name: (a.values[int(c)] if int(c) != UNKNOWN else None)
-            for a, c in zip(self.attributes, codes)
-        }
+    def decode(self, codes: Sequence[int] | np.ndarray) -> dict[str, str | None]:
+        """Codes (A,) -> {attribute: value or None when unknown}; a code outside the schema is an error."""
+        try:
+            return {a.name: table[int(c)] for a, table, c in zip(self.attributes, self.value_tables, codes)}
+        except KeyError:
+            raise QueryError(f"attribute codes {list(np.asarray(codes).tolist())} lie outside the schema "
+                             f"(value counts {self.sizes})") from None
 
     def encode(self, labels: Mapping[str, str | None]) -> np.ndarray:
         """{attribute: value} -> codes (A,); missing or None means unknown."""
@@ -94,3 +106,52 @@ class AttributeSchema:
             if value is not None:
                 codes[i] = self.value_index(i, value)
         return codes
+
+    def parse_change(self, change: Change | None) -> dict[int, int]:
+        """{"baseColour": "Red"} -> {attribute index: value index}, with helpful errors."""
+        if change is None:
+            return {}
+        if not isinstance(change, Mapping):
+            raise QueryError(f"change must be a mapping such as {{'baseColour': 'Red'}}, got {type(change).__name__}")
+        parsed: dict[int, int] = {}
+        for name, value in change.items():
+            if not isinstance(name, str) or not isinstance(value, str):
+                raise QueryError(f"change entries must be attribute name -> value name strings, got {name!r}: {value!r}")
+            a = self.attribute_index(name)
+            parsed[a] = self.value_index(a, value)
+        return parsed
+
+    def parse_where(self, where: Where | None) -> dict[int, frozenset[int]]:
+        """{"gender": "Women", "usage": ["Casual", "Sports"]} -> {attribute index: allowed value indices}.
+
+        Attributes are ANDed, the values listed for one attribute are ORed.
+        """
+        if where is None:
+            return {}
+        if not isinstance(where, Mapping):
+            raise QueryError(f"where must be a mapping such as {{'gender': 'Women'}}, got {type(where).__name__}")
+        parsed: dict[int, frozenset[int]] = {}
+        for name, wanted in where.items():
+            if not isinstance(name, str):
+                raise QueryError(f"where keys must be attribute names, got {name!r}")
+            a = self.attribute_index(name)
+            values = [wanted] if isinstance(wanted, str) else wanted
+            if isinstance(values, (bytes, Mapping)) or not isinstance(values, Sequence) or not values:
+                raise QueryError(f"where[{name!r}] must be a value name or a non-empty list of them, got {wanted!r}")
+            if not all(isinstance(v, str) for v in values):
+                raise QueryError(f"where[{name!r}] must hold value name strings, got {wanted!r}")
+            parsed[a] = frozenset(self.value_index(a, v) for v in values)
+        return parsed
+
+    def predicted_codes(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Argmax value and its softmax probability per attribute: (N, A) codes and probs."""
+        logits = np.atleast_2d(logits)
+        codes = np.zeros((logits.shape[0], len(self.attributes)), dtype=np.int16)
+        probs = np.zeros(codes.shape, dtype=np.float32)
+        for a, (offset, size) in enumerate(zip(self.offsets, self.sizes)):
+            block = logits[:, offset:offset + size].astype(np.float64)
+            block = np.exp(block - block.max(axis=1, keepdims=True))
+            block /= block.sum(axis=1, keepdims=True)
+            codes[:, a] = block.argmax(axis=1)
+            probs[:, a] = block.max(axis=1)
+        return codes, probs

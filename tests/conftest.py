@@ -47,7 +47,7 @@ def require_shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def real_subset_data() -> RealSubset:
-    from fashsdk.catalog import encode_rows, fit_schema
+    from fashsdk.sources.catalog import encode_rows, fit_schema
 
     data = require_shared_data()
     images: dict[str, bytes] = {}
@@ -70,11 +70,11 @@ def real_subset_data() -> RealSubset:
 def real_bundle_dir(tmp_path_factory: pytest.TempPathFactory, real_subset_data: RealSubset) -> Path:
     """A real ONNX bundle (untrained compact ADDE, random block-structured prototypes). Do not modify."""
     import torch
+    from tiny_bundle import spread_untrained
 
     from export.models import ADDE, ModelConfig
     from export.onnx_export import build_bundle
-    from fashsdk.preprocess import PreprocessSpec, decode_resized
-    from tiny_bundle import spread_untrained
+    from fashsdk.sources.preprocess import PreprocessSpec, decode_resized
 
     spec = PreprocessSpec(height=40, width=32)
     schema = real_subset_data.schema

@@ -88,7 +88,7 @@ def answers(index: CatalogIndex, queries: np.ndarray) -> tuple:
     ids = sorted(index.ids)
     approx = index.search(queries, 10)
     exact = index.search(queries, 10, exact=True)
-    codes = index.codes_of(ids[:50]).tolist()
+    codes = index.get_many(ids[:50])[1].tolist()
     return (ids, approx[0], [s.tolist() for s in approx[1]], exact[0], [s.tolist() for s in exact[1]], codes)
 
 
@@ -172,10 +172,13 @@ def test_registering_an_engine_keeps_existing_indexes_valid(bundle_copy: Path, t
     again = Retriever(bundle_copy, tmp_path / "index", threads=1)  # a new engine does not orphan the index
     assert [(h.id, h.score) for h in again.search(real_subset_data.ids[3], k=5)] == before
     prototypes = np.load(bundle_copy / "prototypes.npy")
-    np.save(bundle_copy / "prototypes.npy", prototypes * 2)  # a different embedding space
+    np.save(bundle_copy / "prototypes.npy", prototypes * 2)  # another memory block: queries change, items do not
     manifest = json.loads((bundle_copy / MANIFEST).read_text())
     manifest["files"]["prototypes.npy"] = {"sha256": sha256_file(bundle_copy / "prototypes.npy"),
                                            "bytes": (bundle_copy / "prototypes.npy").stat().st_size}
+    (bundle_copy / MANIFEST).write_text(json.dumps(seal(manifest)))
+    Retriever(bundle_copy, tmp_path / "index", threads=1)  # the family's files are not the embedding space
+    manifest["preprocess"]["interpolation"] = "nearest"  # a different embedding space
     (bundle_copy / MANIFEST).write_text(json.dumps(seal(manifest)))
     with pytest.raises(IndexFileError, match="different bundle"):
         Retriever(bundle_copy, tmp_path / "index", threads=1)

@@ -16,9 +16,14 @@ import pytest
 from PIL import Image
 
 from fashsdk import Bundle, ImageError
-from fashsdk.backends import ModelOutputs, open_backend
-from fashsdk.encoder import Encoder
-from fashsdk.preprocess import PreprocessSpec, decode_resized, normalize, normalize_into
+from fashsdk.encoding.backends import ModelOutputs, open_backend
+from fashsdk.encoding.encoder import Encoder
+from fashsdk.sources.preprocess import (
+    PreprocessSpec,
+    decode_resized,
+    normalize,
+    normalize_into,
+)
 
 
 class RecordingBackend:
@@ -221,7 +226,7 @@ def test_short_streams_use_threads_and_long_ones_processes(bundle: Bundle, photo
     encoder.encode(photos[:10])  # a query-sized call starts no processes
     assert not encoder.uses_processes
     encoder.encode(photos[:40])  # five batches: decoded in worker processes (where the OS can fork)
-    from fashsdk.decode_procs import start_method
+    from fashsdk.sources.decode_procs import start_method
 
     assert encoder.uses_processes is (start_method() == "fork")
     encoder.close()

@@ -12,11 +12,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from realdata import real_subset
 
 from engines.calibration import CalibrationReader, even_batch_size, sample_ids
-from engines.int8 import INT8_FILE, Int8Error, Int8Gate, Int8Options, build_int8_engine, output_layers
+from engines.int8 import (
+    INT8_FILE,
+    Int8Error,
+    Int8Gate,
+    Int8Options,
+    build_int8_engine,
+    output_layers,
+)
 from fashsdk import Bundle, BundleError, Retriever
 
 # no speed rule (tests never assert performance) and a gate sized for a 60-image sample
@@ -148,7 +154,7 @@ def test_calibration_sample_is_seeded_split_bound_and_evenly_batched(catalog: tu
     assert not set(sample_ids(labels, 20, split="train", exclude=first)) & set(first)
     assert even_batch_size(300) == 30 and even_batch_size(64) == 32 and even_batch_size(7) == 7
     from engines.calibration import load_pixels
-    from fashsdk.preprocess import PreprocessSpec
+    from fashsdk.sources.preprocess import PreprocessSpec
 
     spec = PreprocessSpec(40, 32)
     reader = CalibrationReader(load_pixels([str(images)], first, spec), spec, "images")

@@ -6,8 +6,15 @@ import math
 import numpy as np
 import pytest
 
-from fashsdk.evaluation import exact_topk, hit_rates, manipulation_queries, ndcg
-from fashsdk.quality import Gallery, attribute_based_topk, conditional_similarity, mean_swap_queries, value_means
+from fashsdk.eval.methods import (
+    Gallery,
+    attribute_based_topk,
+    conditional_similarity,
+    evaluate_methods,
+    family_queries,
+)
+from fashsdk.eval.protocol import exact_topk, hit_rates, manipulation_queries, ndcg
+from fashsdk.families.chunk_replace import ChunkReplace, value_means
 from fashsdk.schema import AttributeSchema
 
 SIZES = [3, 2]  # colour (3 values), kind (2 values)
@@ -69,11 +76,15 @@ def test_baselines_on_a_toy_gallery() -> None:
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     gallery = Gallery([str(i) for i in range(5)], vectors, CODES, np.array([[0, 0], [1, 0], [2, 1], [0, 1], [0, 0]]))
     qs = manipulation_queries(CODES, SIZES, max_queries=None)
-    means = value_means(vectors, CODES, schema, layout)
-    q = mean_swap_queries(gallery, means, schema, layout, qs)
+    table, _ = value_means(vectors, CODES, schema, layout)
+    family = ChunkReplace(schema, layout, table)
+    q = family_queries(family, gallery, qs)
     i = next(n for n, (r, a, v) in enumerate(zip(qs.rows, qs.attrs[:, 0], qs.values[:, 0])) if (r, a, v) == (0, 0, 1))
     assert np.allclose(q[i, :2] / np.linalg.norm(q[i, :2]), [0, 1])  # colour chunk swapped to value b's mean
     top = attribute_based_topk(gallery, qs, 2)
     assert top[i, 0] == 1  # predicted (b, x) matches the wanted (b, x) exactly
     cond = conditional_similarity(gallery, schema, layout, k=1, triplets=50, seed=0)
     assert set(cond) <= {"colour", "kind"}
+    report = evaluate_methods({"mean_swap": gallery}, {"mean_swap": family}, schema, qs, ks=(1, 2))
+    assert list(report["top_k"]) == ["mean_swap", "attribute_based", "no_manipulation"]
+    assert report["top_k"]["attribute_based"][1] == pytest.approx(hit_rates(top[:, :1], CODES, qs.targets, (1,))[1])

@@ -18,11 +18,18 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
 
-from fashsdk import Bundle, BundleError, CatalogIndex, FashsdkError, IndexFileError, Retriever
+from fashsdk import (
+    Bundle,
+    BundleError,
+    CatalogIndex,
+    FashsdkError,
+    IndexFileError,
+    Retriever,
+)
 from fashsdk.bundle import MANIFEST
 from fashsdk.files import SEAL_KEY, seal
-from fashsdk.index import SIDECAR
-from fashsdk.preprocess import PreprocessSpec, decode_resized
+from fashsdk.index.persistence import SIDECAR
+from fashsdk.sources.preprocess import PreprocessSpec, decode_resized
 
 SPEC = PreprocessSpec(height=40, width=32)
 pytestmark = pytest.mark.filterwarnings("ignore:Corrupt EXIF data")

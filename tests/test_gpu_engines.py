@@ -19,15 +19,33 @@ from onnx import TensorProto, helper, numpy_helper
 from realdata import real_subset
 
 from engines.fp16 import FP16_MODEL, Fp16ConversionError, convert_file, convert_to_fp16
-from engines.gpu_gate import (GateError, GateReport, GateThresholds, decide, embed, gate_sample, neighbour_overlap,
-                              require_pass, run_gate)
-from fashsdk.backends import available_backends, open_backend
-from fashsdk.backends.gpu_probe import nvidia_gpu_present, onnxruntime_cuda_usable, tensorrt_usable
-from fashsdk.backends.onnxruntime_cpu import OnnxRuntimeCpuBackend
-from fashsdk.backends.plan_manifest import PlanCache, PlanIncompatibleError, RuntimeFacts, resolve_plan
-from fashsdk.backends.select import REGISTRY
-from fashsdk.backends.tensorrt_build import BuildOptions, BuiltPlan, Profile
+from engines.gpu_gate import (
+    GateError,
+    GateReport,
+    GateThresholds,
+    decide,
+    embed,
+    gate_sample,
+    neighbour_overlap,
+    require_pass,
+    run_gate,
+)
 from fashsdk.bundle import Bundle, EngineEntry
+from fashsdk.encoding.backends import available_backends, open_backend
+from fashsdk.encoding.backends.gpu_probe import (
+    nvidia_gpu_present,
+    onnxruntime_cuda_usable,
+    tensorrt_usable,
+)
+from fashsdk.encoding.backends.onnxruntime_cpu import OnnxRuntimeCpuBackend
+from fashsdk.encoding.backends.plan_manifest import (
+    PlanCache,
+    PlanIncompatibleError,
+    RuntimeFacts,
+    resolve_plan,
+)
+from fashsdk.encoding.backends.select import REGISTRY
+from fashsdk.encoding.backends.tensorrt_build import BuildOptions, BuiltPlan, Profile
 from fashsdk.errors import BundleError
 from fashsdk.files import sha256_file
 
@@ -163,7 +181,7 @@ def test_gate_passes_fp16_model_on_cpu_over_500_real_images(fp16_bundle: Path,
     pixels, codes = gate_images
     report = run_gate(OnnxRuntimeCpuBackend(bundle.path_of("model.onnx"), threads=1),
                       OnnxRuntimeCpuBackend(_fp16_path(fp16_bundle), "fp16", threads=1),
-                      pixels, codes, bundle.prototypes, bundle.schema)
+                      pixels, codes, bundle.family, bundle.schema)
     assert report.images == 500 and report.queries > 100
     assert report.passed, report.summary()
     assert report.mean_cosine >= 0.999 and report.neighbour_overlap >= 0.98
@@ -186,7 +204,7 @@ def test_gate_fails_a_model_whose_weights_drifted(fp16_bundle: Path, gate_images
     pixels, codes = gate_images
     report = run_gate(OnnxRuntimeCpuBackend(bundle.path_of("model.onnx"), threads=1),
                       OnnxRuntimeCpuBackend(tmp_path / "drifted.onnx", threads=1),
-                      pixels[:300], codes[:300], bundle.prototypes, bundle.schema)
+                      pixels[:300], codes[:300], bundle.family, bundle.schema)
     assert not report.passed
     assert any("mean cosine" in f for f in report.failures)
     with pytest.raises(GateError, match="not registered"):
@@ -411,7 +429,7 @@ def test_availability_checks_are_cheap_booleans(monkeypatch: pytest.MonkeyPatch)
 
 def test_auto_prefers_gpu_engines_and_one_argument_overrides(plan_bundle: Path, monkeypatch: pytest.MonkeyPatch,
                                                              gate_images: tuple[np.ndarray, np.ndarray]) -> None:
-    import fashsdk.backends.select as select
+    import fashsdk.encoding.backends.select as select
 
     bundle = Bundle.load(plan_bundle)
     monkeypatch.setattr(select, "REGISTRY", [s._replace(available=lambda: True) for s in REGISTRY])
@@ -432,14 +450,14 @@ def test_auto_on_this_machine_and_clear_errors_for_missing_gpu_stack(plan_bundle
     import onnxruntime as ort
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
-        from fashsdk.backends.onnxruntime_cuda import OnnxRuntimeCudaBackend
+        from fashsdk.encoding.backends.onnxruntime_cuda import OnnxRuntimeCudaBackend
 
         with pytest.raises(BundleError, match="no CUDA provider"):
             OnnxRuntimeCudaBackend(_fp16_path(plan_bundle))
     import importlib.util
 
     if importlib.util.find_spec("tensorrt") is None:
-        from fashsdk.backends.tensorrt_plan import TensorRTPlanBackend
+        from fashsdk.encoding.backends.tensorrt_plan import TensorRTPlanBackend
 
         with pytest.raises(BundleError, match="TensorRT is not installed"):
             TensorRTPlanBackend(b"plan", device=0)
@@ -488,7 +506,7 @@ def test_tensorrt_plan_builds_gates_and_runs_from_several_threads(bundle_copy: P
     _need(nvidia_gpu_present(), "no NVIDIA GPU on this machine")
     _need(tensorrt_usable(), "TensorRT or pycuda is not installed")
     from engines.tensorrt import build_tensorrt_engine
-    from fashsdk.backends.cuda_memory import device_info
+    from fashsdk.encoding.backends.cuda_memory import device_info
 
     folder, labels = gate_data
     entry, gate = build_tensorrt_engine(bundle_copy, labels, folder, profile=Profile(1, 16, 64), split=None,

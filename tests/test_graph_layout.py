@@ -1,4 +1,4 @@
-"""Renumbering a built hnswlib graph for memory locality (fashsdk.graph_layout, CatalogIndex.optimize).
+"""Renumbering a built hnswlib graph for memory locality (fashsdk.index.graph_layout, CatalogIndex.optimize).
 
 Real hnswlib graphs on clustered unit vectors; the renumbered graph must answer exactly as
 the original (same labels and distances), keep deletions, accept further writes, persist, and
@@ -9,12 +9,16 @@ from __future__ import annotations
 import hnswlib
 import numpy as np
 import pytest
-
-import fashsdk.index as index_module
-from fashsdk import CatalogIndex
-from fashsdk.graph_layout import breadth_first, locality_permutation, permuted_state, relaid
-
 from test_index_two_stage import clustered
+
+import fashsdk.index.policy as index_module
+from fashsdk import CatalogIndex
+from fashsdk.index.graph_layout import (
+    breadth_first,
+    locality_permutation,
+    permuted_state,
+    relaid,
+)
 
 
 def graph_of(x: np.ndarray, M: int = 8) -> hnswlib.Index:
@@ -92,7 +96,7 @@ def test_groups_become_contiguous_blocks() -> None:
 def test_a_state_that_does_not_round_trip_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     x = clustered(500, dim=16)
     g = graph_of(x)
-    import fashsdk.graph_layout as layout
+    import fashsdk.index.graph_layout as layout
 
     real = layout.permuted_state
 

@@ -27,8 +27,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fashsdk import CatalogIndex, FashsdkError, ImageError, IndexFileError, QueryError, Retriever
-from fashsdk.preprocess import MAX_PIXELS, decode_resized
+from fashsdk import (
+    CatalogIndex,
+    FashsdkError,
+    ImageError,
+    IndexFileError,
+    QueryError,
+    Retriever,
+)
+from fashsdk.sources.preprocess import MAX_PIXELS, decode_resized
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""Saving and loading the two-stage index: identical answers, pinned files, version-1 indexes."""
+"""Saving and loading the two-stage index: identical answers, pinned files, old formats refused."""
 from __future__ import annotations
 
 import json
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from fashsdk import CatalogIndex, IndexFileError
-from fashsdk.files import atomic_save_npy, atomic_write_json, sha256_file
-from fashsdk.index import SIDECAR
+from fashsdk.files import atomic_save_npy, atomic_write_json, seal, sha256_file
+from fashsdk.index.persistence import SIDECAR
 
 
 def clustered(n: int, dim: int = 40, seed: int = 0) -> np.ndarray:
@@ -98,7 +98,7 @@ def test_a_projection_that_disagrees_with_the_sidecar_is_refused(tmp_path: Path)
     lambda m: m.update(precision="float64"),
     lambda m: m.update(precision=["float32"]),
     lambda m: m["settings"].update(M=1),
-    lambda m: m.update(format_version=3),
+    lambda m: m.update(format_version=4),
 ])
 def test_malformed_sidecars_are_refused(tmp_path: Path, edit) -> None:
     two_stage()[0].save(tmp_path)
@@ -109,44 +109,13 @@ def test_malformed_sidecars_are_refused(tmp_path: Path, edit) -> None:
         CatalogIndex.load(tmp_path)
 
 
-def write_v1(directory: Path, ids: list[str | None], vectors: np.ndarray, codes: np.ndarray) -> None:
-    """A format-1 index as the previous fashsdk wrote it: hnswlib over the full vectors."""
-    import hnswlib
-
-    graph = hnswlib.Index(space="ip", dim=vectors.shape[1])
-    graph.init_index(max_elements=len(ids), M=16, ef_construction=200)
-    graph.add_items(vectors, np.arange(len(ids)))
-    for s, i in enumerate(ids):
-        if i is None:
-            graph.mark_deleted(s)
-    names = {"graph": "graph-v1.hnsw", "vectors": "vectors-v1.npy", "codes": "codes-v1.npy",
-             "predicted": "predicted-v1.npy", "ids": "ids-v1.json"}
-    graph.save_index(str(directory / names["graph"]))
-    atomic_save_npy(directory / names["vectors"], vectors)
-    atomic_save_npy(directory / names["codes"], codes)
-    atomic_save_npy(directory / names["predicted"], codes)
-    atomic_write_json(directory / names["ids"], ids)
-    atomic_write_json(directory / SIDECAR, {
-        "format": "fashsdk-index", "format_version": 1, "space": "ip", "dim": vectors.shape[1],
-        "num_attributes": codes.shape[1], "M": 16, "ef_construction": 200, "ef_search": 64,
-        "slots": len(ids), "count": sum(i is not None for i in ids), "info": {"bundle_sha256": "x"},
-        "files": {r: {"name": n, "sha256": sha256_file(directory / n), "bytes": (directory / n).stat().st_size}
-                  for r, n in names.items()}})
-
-
-def test_version_1_indexes_load_and_are_rebuilt_in_the_new_layout(tmp_path: Path) -> None:
-    x = clustered(3000, dim=256)  # above the exact-scan size for 256-d
-    ids: list[str | None] = [f"v{i}" for i in range(3000)]
-    ids[10] = None
-    codes = np.zeros((3000, 2), np.int16)
-    write_v1(tmp_path, ids, x, codes)
-    index = CatalogIndex.load(tmp_path)
-    assert index.mode == "two-stage" and len(index) == 2999 and index.info == {"bundle_sha256": "x"}
-    assert index.search(x[11], 1)[0] == [["v11"]] and "v10" not in index
-    index.save(tmp_path / "v2")
-    assert json.loads((tmp_path / "v2" / SIDECAR).read_text())["format_version"] == 2
-    # a tampered v1 graph is still refused, although the v1 graph itself is not used
-    path = tmp_path / "graph-v1.hnsw"
-    path.write_bytes(path.read_bytes()[:-8])
-    with pytest.raises(IndexFileError, match="fails its checksum"):
+@pytest.mark.parametrize("version", [1, 2])
+def test_indexes_of_unreleased_formats_are_refused_with_the_fix(tmp_path: Path, version: int) -> None:
+    index = CatalogIndex(40, 2)
+    index.add([f"v{i}" for i in range(10)], clustered(10))
+    index.save(tmp_path)
+    meta = json.loads((tmp_path / SIDECAR).read_text())
+    meta["format_version"] = version
+    (tmp_path / SIDECAR).write_text(json.dumps(seal(meta)))
+    with pytest.raises(IndexFileError, match="rebuild the index with 'fashsdk index'"):
         CatalogIndex.load(tmp_path)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from fashsdk import CatalogIndex, QueryError
-from fashsdk.projection import fit_projection
+from fashsdk.index.projection import fit_projection
 
 
 def clustered(n: int, dim: int = 48, clusters: int = 12, seed: int = 0, spread: float = 0.35) -> np.ndarray:
@@ -118,7 +118,7 @@ def test_add_remove_update_after_the_projection_is_fitted() -> None:
     index.update(["i1"], target[None], codes=np.array([[4, 2]]))
     assert index.search(target, 1)[0][0] == ["i1"]
     assert "i1" not in index.search(x[1], 5)[0][0]
-    assert index.codes_of(["i1"]).tolist() == [[4, 2]]
+    assert index.get_many(["i1"])[1].tolist() == [[4, 2]]
     np.testing.assert_allclose(index.get("i1")[0], target, atol=1e-6)
 
 
@@ -196,7 +196,7 @@ def test_projection_keeps_the_mean_direction_and_is_orthonormal() -> None:
 
 
 def test_float16_scoring_graphs_match_numpy() -> None:
-    from fashsdk import tiny_onnx
+    from fashsdk.index import tiny_onnx
 
     rng = np.random.default_rng(0)
     store = rng.standard_normal((300, 40)).astype(np.float16)
@@ -238,7 +238,7 @@ def test_query_finiteness_check_accepts_huge_finite_values_and_refuses_nan(mode:
 
 
 def test_locality_order_groups_combinations_within_blocks_only() -> None:
-    from fashsdk.ann import locality_order
+    from fashsdk.index.graph import locality_order
 
     rng = np.random.default_rng(4)
     codes = np.stack([rng.integers(0, 3, 50), rng.integers(-1, 2, 50)], 1)
@@ -268,15 +268,15 @@ def test_items_added_to_a_built_graph_keep_their_ids_when_inserted_grouped(proje
 
 @pytest.mark.parametrize("exact", [False, True])
 @pytest.mark.parametrize("projection_dim", [12, None], ids=["projected", "identity"])
-def test_search_with_codes_gives_each_results_label_codes(projection_dim, exact: bool) -> None:
+def test_hits_give_each_results_label_codes(projection_dim, exact: bool) -> None:
     index, x = built(projection_dim=projection_dim)
     ids = [f"i{i}" for i in (3, 77, 400)]
-    found, scores, codes = index.search_with_codes(x[[3, 77, 400]], 7, exact=exact, exclude=ids)
+    hits = index.hits(x[[3, 77, 400]], 7, exact=exact, exclude=ids)
     plain_ids, plain_scores = index.search(x[[3, 77, 400]], 7, exact=exact, exclude=ids)
-    assert found == plain_ids and all(np.array_equal(a, b) for a, b in zip(scores, plain_scores))
-    for query_id, row, row_codes in zip(ids, found, codes):
-        assert query_id not in row and len(row) == 7 and row_codes.shape == (7, 2)
-        assert row_codes.tolist() == index.codes_of(row).tolist()
-        assert row_codes.tolist() == [[int(i[1:]) % 5, int(i[1:]) % 3] for i in row]  # as built() labelled them
-    one_ids, _, one_codes = index.search_with_codes(x[5], 3)  # the single-query fast path
-    assert one_codes[0].tolist() == index.codes_of(one_ids[0]).tolist()
+    assert [h.ids for h in hits] == plain_ids and all(np.array_equal(h.scores, b) for h, b in zip(hits, plain_scores))
+    for query_id, hit in zip(ids, hits):
+        assert query_id not in hit.ids and len(hit.ids) == 7 and hit.labels.shape == (7, 2)
+        assert hit.labels.tolist() == index.get_many(hit.ids)[1].tolist()
+        assert hit.labels.tolist() == [[int(i[1:]) % 5, int(i[1:]) % 3] for i in hit.ids]  # as built() labelled them
+    one = index.hits(x[5], 3)[0]  # the single-query fast path
+    assert one.labels.tolist() == index.get_many(one.ids)[1].tolist()

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from realdata import real_subset
 
 pytestmark = pytest.mark.slow
@@ -28,8 +27,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     from export.models import ModelConfig
     from export.onnx_export import build_bundle
     from export.train import TrainConfig, save_checkpoint, train_adde
-    from fashsdk.catalog import read_catalog
-    from fashsdk.preprocess import PreprocessSpec
+    from fashsdk.sources.catalog import read_catalog
+    from fashsdk.sources.preprocess import PreprocessSpec
 
     torch.manual_seed(0)
     tmp = tmp_path_factory.mktemp("e2e")
@@ -59,7 +58,7 @@ def test_export_matches_pytorch_on_real_images(trained: dict) -> None:
 
 def test_manipulation_returns_the_requested_value_more_often(trained: dict) -> None:
     from fashsdk import Retriever
-    from fashsdk.image_source import iter_images
+    from fashsdk.sources.images import iter_images
 
     catalog = trained["catalog"]
     gallery = catalog.split("test") if len(catalog.split("test")) >= 80 else catalog
@@ -115,8 +114,8 @@ def test_quality_ablation_figures_match_the_runtime(trained: dict) -> None:
     exported bundle gives through ONNX Runtime on the same queries, or its verdicts mean nothing."""
     from benchmarks import quality_ablation
     from fashsdk import Retriever
-    from fashsdk.evaluation import adde_queries, exact_topk, hit_rates, manipulation_queries
-    from fashsdk.image_source import iter_images
+    from fashsdk.eval.protocol import exact_topk, hit_rates, manipulation_queries
+    from fashsdk.sources.images import iter_images
 
     tmp, catalog = trained["tmp"], trained["catalog"]
     out = tmp / "ablation.json"
@@ -138,8 +137,7 @@ def test_quality_ablation_figures_match_the_runtime(trained: dict) -> None:
     sizes = catalog.schema.sizes
     queries = manipulation_queries(test.codes, sizes, max_queries=400, seed=0)
     assert report["test_queries"] == len(queries) > 50
-    offsets = [int(x) for x in np.cumsum([0] + sizes[:-1])]
-    q = adde_queries(vectors, retriever.bundle.prototypes, offsets, test.codes, queries)
+    q = retriever.family.change_batch(vectors[queries.rows], test.codes[queries.rows], queries.attrs, queries.values)
     runtime = hit_rates(exact_topk(q, vectors, 50), test.codes, queries.targets, (10, 30, 50))
     for k in (10, 30, 50):
         assert abs(runtime[k] - report["variants"]["checkpoint"]["test_top_k"][str(k)]) <= 0.01, (k, runtime, report)

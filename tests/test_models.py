@@ -86,7 +86,7 @@ def _shifted_offsets(shift_per_sample: bool) -> list[tuple[int, int]]:
     """Augment 16 copies of one random image and find, for each output, the window of the
     padded (and maybe flipped) image it was cut from."""
     from export.data import SHIFT_PAD, to_tensor
-    from fashsdk.preprocess import PreprocessSpec
+    from fashsdk.sources.preprocess import PreprocessSpec
 
     spec = PreprocessSpec(height=12, width=10, mean=(0.0, 0.0, 0.0), std=(1 / 255, 1 / 255, 1 / 255))
     rng = np.random.default_rng(0)

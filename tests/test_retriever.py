@@ -5,10 +5,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from fashsdk import Bundle, BundleError, ImageError, IndexFileError, QueryError, Retriever
-from fashsdk.bundle import MANIFEST
 from tiny_bundle import SCHEMA, make_tiny_bundle, random_images
+
+from fashsdk import (
+    Bundle,
+    BundleError,
+    ImageError,
+    IndexFileError,
+    QueryError,
+    Retriever,
+)
+from fashsdk.bundle import MANIFEST
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +58,7 @@ def test_manipulation_moves_the_query_towards_the_new_value(retriever: Retriever
     plain = retriever.query_vector("item1")[0]
     changed = retriever.query_vector("item1", {"colour": "Red"})[0]
     bundle = Bundle.load(bundle_dir)
-    delta = changed * np.linalg.norm(plain + bundle.prototypes[:, 2] - bundle.prototypes[:, 1]) - plain
+    delta = changed * np.linalg.norm(plain + bundle.family.prototypes[:, 2] - bundle.family.prototypes[:, 1]) - plain
     start, stop = bundle.layout["colour"]
     outside = np.concatenate([delta[:start], delta[stop:]])
     assert np.abs(delta[start:stop]).max() > 1e-3 and np.abs(outside).max() < 1e-5  # item1 is Blue -> Red

@@ -5,13 +5,12 @@ import io
 import tarfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from fashsdk.catalog import read_catalog
 from fashsdk.errors import CatalogError, QueryError
-from fashsdk.image_source import iter_images, load_images
 from fashsdk.schema import UNKNOWN
+from fashsdk.sources.catalog import read_catalog
+from fashsdk.sources.images import iter_images, load_images
 
 
 def write_csv(path: Path, rows: list[str]) -> Path:

@@ -21,7 +21,7 @@ import pytest
 from fashsdk import Bundle, BundleError, CatalogIndex, IndexFileError, Retriever
 from fashsdk.bundle import MANIFEST
 from fashsdk.files import SEAL_KEY, seal, sha256_file
-from fashsdk.index import SIDECAR
+from fashsdk.index.persistence import SIDECAR
 
 
 # ---- helpers -----------------------------------------------------------------------------
@@ -184,7 +184,7 @@ def test_prototypes_outside_the_folder_are_refused(bundle_copy: Path) -> None:
     shutil.copy(bundle_copy / "prototypes.npy", bundle_copy.parent / "prototypes.npy")
 
     def edit(m: dict) -> None:
-        m["prototypes"] = "../prototypes.npy"
+        m["family"]["files"]["prototypes"] = "../prototypes.npy"
         pin(bundle_copy, m, "../prototypes.npy")  # with its true checksum
     rewrite_manifest(bundle_copy, edit)
     with pytest.raises(BundleError, match="not a plain file name"):
@@ -252,7 +252,7 @@ def test_pathological_manifest_json_is_refused(bundle_copy: Path, text: str) -> 
 @pytest.mark.parametrize("edit", [
     lambda m: m.update(files=[]), lambda m: m["files"].update({"model.onnx": "not-a-dict"}),
     lambda m: m.update(engines={"file": "model.onnx"}), lambda m: m["engines"][0].update(file=["model.onnx"]),
-    lambda m: m.update(prototypes=["x"]), lambda m: m["embedding"].update(dim="32"),
+    lambda m: m["family"].update(files=["x"]), lambda m: m["embedding"].update(dim="32"),
     lambda m: m["embedding"].update(dim=1e300), lambda m: m["preprocess"].update(std=[0, 1, 1]),
     lambda m: m["preprocess"].update(mean=[float("nan"), 0, 0]), lambda m: m["preprocess"].update(height=10**6),
     lambda m: m.update(schema=[{"name": "gender", "values": []}]), lambda m: m.update(model=[]),

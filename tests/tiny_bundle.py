@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 
 from fashsdk.bundle import Bundle
-from fashsdk.preprocess import PreprocessSpec
 from fashsdk.schema import AttributeSchema
+from fashsdk.sources.preprocess import PreprocessSpec
 
 SCHEMA = AttributeSchema.from_dict({
     "colour": ["Black", "Blue", "Red", "White"], "kind": ["Shirt", "Shoe", "Watch"], "sex": ["Men", "Women"]})
@@ -41,7 +41,7 @@ def spread_untrained(model: Any, pixels: np.ndarray, spec: PreprocessSpec) -> No
     them out, and give the memory random block-structured prototypes."""
     import torch
 
-    from fashsdk.preprocess import normalize
+    from fashsdk.sources.preprocess import normalize
 
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
@@ -55,7 +55,7 @@ def spread_untrained(model: Any, pixels: np.ndarray, spec: PreprocessSpec) -> No
 
 
 def _resize(img: np.ndarray) -> np.ndarray:
-    from fashsdk.preprocess import decode_resized
+    from fashsdk.sources.preprocess import decode_resized
 
     return decode_resized(img, SPEC)
 

@@ -1,0 +1,58 @@
+"""The files each model family needs in a bundle, made from a trained checkpoint.
+
+- ``adde``: the memory block (the checkpoint's own ``memory``) as ``prototypes``;
+- ``chunk_replace``: a value table of mean chunks over reference training images (up to
+  ``per_value`` per value, a fixed seed), the way DAtRNet builds its value representations.
+"""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import torch
+
+from fashsdk.families import FAMILIES
+from fashsdk.families.chunk_replace import reference_rows, value_means
+from fashsdk.schema import AttributeSchema
+from fashsdk.sources.catalog import Catalog
+from fashsdk.sources.preprocess import PreprocessSpec
+
+from .data import decode_catalog
+from .models import ADDE
+
+EXPORTABLE = ("adde", "chunk_replace")
+
+
+def family_files(family: str, model: ADDE, schema: AttributeSchema, spec: PreprocessSpec, train: Catalog,
+                 images: list, per_value: int = 100, seed: int = 0) -> dict[str, np.ndarray]:
+    """role -> array for ``family``'s bundle files."""
+    if family not in FAMILIES or family not in EXPORTABLE:
+        raise SystemExit(f"--family {family!r}: export knows {list(EXPORTABLE)}")
+    if family == "adde":
+        return {"prototypes": model.memory.detach().cpu().numpy().astype(np.float32)}
+    rows = reference_rows(train.codes, schema.sizes, per_value, seed)
+    reference = train.subset(rows)
+    return {"value_table": value_table(model, schema, spec, reference.codes, decode_catalog(reference, images, spec).pixels)}
+
+
+def value_table(model: ADDE, schema: AttributeSchema, spec: PreprocessSpec, codes: np.ndarray,
+                pixels: np.ndarray) -> np.ndarray:
+    """chunk_replace's (J, D) table: each value's mean chunk over the reference images given."""
+    embedding = embed(model, pixels, spec)
+    d = model.config.dim
+    table, counts = value_means(embedding, codes, schema, [(a * d, (a + 1) * d) for a in range(len(schema.sizes))])
+    empty = [f"{schema.names[a]}={value}" for a, attr in enumerate(schema.attributes)
+             for v, value in enumerate(attr.values) if counts[schema.offsets[a] + v] == 0]
+    if empty:
+        print(f"warning: no reference images for {empty}; changes to those values keep a zero chunk",
+              file=sys.stderr)
+    return table
+
+
+@torch.no_grad()
+def embed(model: ADDE, pixels: np.ndarray, spec: PreprocessSpec, batch: int = 256) -> np.ndarray:
+    from .data import to_tensor
+
+    model.eval()
+    out = [model(to_tensor(pixels[s:s + batch], spec, augment=False))[0] for s in range(0, len(pixels), batch)]
+    return torch.cat(out).numpy().astype(np.float32)

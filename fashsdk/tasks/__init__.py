@@ -1,0 +1,10 @@
+"""Tasks: what a user asks of a catalog (search with changes, similar on one attribute).
+
+Each task is one file of free functions over the parts ``Retriever`` holds (index, family,
+schema, encoder); outfit completion plugs in the same way.
+"""
+from .results import AttributePrediction, SearchResult
+from .search import search, search_batch
+from .similar import similar
+
+__all__ = ["AttributePrediction", "SearchResult", "search", "search_batch", "similar"]
