@@ -18,6 +18,7 @@ from fashsdk.eval.protocol import manipulation_queries
 from fashsdk.families.chunk_replace import reference_rows
 from fashsdk.files import atomic_write_json
 from fashsdk.progress import progress_bar
+from fashsdk.sources.catalog import read_catalog
 from fashsdk.sources.images import load_images
 from fashsdk.sources.preprocess import PreprocessSpec
 from fashsdk.system import machine
@@ -68,7 +69,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_onnx(args: argparse.Namespace) -> int:
     model, schema, spec, config = load_checkpoint(args.checkpoint)
-    catalog, images = load_catalog_from_args(args)
+    labels, images = data_paths(args)  # read with the checkpoint's own schema, whatever --attributes says
+    catalog, _ = read_catalog(labels, schema.names, id_column=args.id_column, split_column=args.split_column,
+                              schema=schema)
     train = catalog.split("train")
     sample = train.subset(np.arange(min(args.parity_images, len(train))))
     pixels = decode_catalog(sample, images, spec).pixels

@@ -1,76 +1,42 @@
-"""Shared, session-scoped fixtures: one tiny real bundle and one index over real photos.
+"""Session-scoped fixtures shared by every test layer: real (untrained) bundles of both
+families and an index over real photos, built once per session (about 10 s).
 
-Built once per test session (about 10 s): an untrained compact ADDE exported through
-``export.onnx_export.build_bundle`` at 40x32 input, with a schema fitted on the first
-~100 images of ``../shared/data/myntra-small/images-000.tar`` and their styles.csv labels,
-and a saved ``CatalogIndex`` over those images. Tests that modify files copy them first
-(``bundle_copy`` / ``index_copy``). Everything is skipped, with the reason, when the
-shared catalog is absent.
+The bundle is an untrained compact ADDE exported through ``export.onnx_export.build_bundle``
+at 40x32 input, with a schema fitted on the first ~100 photos of the shared catalog; tests
+that modify files copy them first (``bundle_copy`` / ``index_copy``). Session fixtures may use
+torch: they are built before the runtime layer makes torch unimportable for each test.
 """
 from __future__ import annotations
 
-import csv
 import shutil
 import sys
-import tarfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `export` (training side) is run from the repository root
-    sys.path.insert(0, str(ROOT))
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+for path in (ROOT, TESTS):  # `export` runs from the repository root; helpers live in tests/
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
 
-SHARED_DATA = ROOT.parent / "shared" / "data" / "myntra-small"
+from realdata import RealSubset, load_subset  # noqa: E402
+
 REAL_ATTRIBUTES = ("gender", "masterCategory", "baseColour", "season")
 REAL_COUNT = 100
 
 
-@dataclass(frozen=True)
-class RealSubset:
-    """The first ``REAL_COUNT`` photos of shard 0: encoded bytes and their labels."""
-
-    ids: list[str]
-    images: dict[str, bytes]  # id -> JPEG bytes, exactly as stored in the shard
-    labels: dict[str, dict[str, str | None]]  # id -> {attribute: value or None}, values in the schema
-    schema: object  # fashsdk.schema.AttributeSchema fitted on these rows (min_count 2)
-
-
-def require_shared_data() -> Path:
-    if not (SHARED_DATA / "styles.csv").is_file() or not (SHARED_DATA / "images-000.tar").is_file():
-        pytest.skip(f"shared catalog not found at {SHARED_DATA} (expected ../shared/data/myntra-small "
-                    "beside the repository root)")
-    return SHARED_DATA
-
-
 @pytest.fixture(scope="session")
 def real_subset_data() -> RealSubset:
-    from fashsdk.sources.catalog import encode_rows, fit_schema
-
-    data = require_shared_data()
-    images: dict[str, bytes] = {}
-    with tarfile.open(data / "images-000.tar") as tar:
-        for member in tar:
-            if len(images) == REAL_COUNT:
-                break
-            if member.isfile() and member.name.endswith(".jpg"):
-                images[Path(member.name).stem] = tar.extractfile(member).read()  # type: ignore[union-attr]
-    with open(data / "styles.csv", newline="", encoding="utf-8") as f:
-        rows = {r["id"]: r for r in csv.DictReader(f) if r["id"] in images}
-    ids = [i for i in images if i in rows]
-    schema, _ = fit_schema([rows[i] for i in ids], REAL_ATTRIBUTES, min_count=2)
-    codes = encode_rows([rows[i] for i in ids], schema)
-    labels = {i: schema.decode(c) for i, c in zip(ids, codes)}
-    return RealSubset(ids, {i: images[i] for i in ids}, labels, schema)
+    return load_subset(REAL_COUNT, REAL_ATTRIBUTES)
 
 
 @pytest.fixture(scope="session")
 def real_bundle_dir(tmp_path_factory: pytest.TempPathFactory, real_subset_data: RealSubset) -> Path:
     """A real ONNX bundle (untrained compact ADDE, random block-structured prototypes). Do not modify."""
     import torch
-    from tiny_bundle import spread_untrained
+    from bundles import spread_untrained
 
     from export.models import ADDE, ModelConfig
     from export.onnx_export import build_bundle
@@ -119,3 +85,38 @@ def real_retriever(real_bundle_dir: Path, real_index_dir: Path):
     from fashsdk import Retriever
 
     return Retriever(real_bundle_dir, real_index_dir, threads=1)
+
+
+@pytest.fixture(scope="session")
+def real_chunk_bundle_dir(tmp_path_factory: pytest.TempPathFactory, real_bundle_dir: Path,
+                          real_retriever) -> Path:
+    """A chunk_replace bundle over the same model as ``real_bundle_dir`` (value means of the indexed
+    photos), so the two families share one index. Do not modify."""
+    from export.onnx_export import derive_bundle
+    from fashsdk.families.chunk_replace import value_means
+
+    _, vectors, codes = real_retriever.index.vectors_and_codes()
+    table, _ = value_means(vectors, codes, real_retriever.schema, list(real_retriever.bundle.layout.values()))
+    directory = tmp_path_factory.mktemp("real_chunk_bundle") / "bundle"
+    derive_bundle(real_bundle_dir, directory, "chunk_replace", {"value_table": table})
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny real bundle (synthetic schema, 40x32 input) for tests that need no real labels. Do not modify."""
+    from bundles import make_tiny_bundle
+
+    directory = tmp_path_factory.mktemp("tiny_bundle") / "bundle"
+    make_tiny_bundle(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def other_tiny_bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Like ``tiny_bundle_dir`` with other weights: another embedding space. Do not modify."""
+    from bundles import make_tiny_bundle
+
+    directory = tmp_path_factory.mktemp("other_tiny_bundle") / "bundle"
+    make_tiny_bundle(directory, seed=1)
+    return directory

@@ -22,10 +22,11 @@ import numpy as np
 
 from ..errors import QueryError
 from ..system import usable_cores
+from . import partitions as filtering
 from . import policy
 from .graph import ProjectedGraph, candidate_count, locality_order
 from .items import ItemTable, id_list, normalize_id
-from .partitions import FILTER_SCAN_VALUES, MAX_FILTER_CANDIDATES, Partitions
+from .partitions import Partitions
 from .rwlock import ReadWriteLock
 from .subspaces import Subspaces, chunks
 from .topk import drop_excluded, graph_topk, one_in_graph, scan_slots
@@ -224,7 +225,7 @@ class CatalogIndex:
             return self._similar_one(query, want, exact, where, attribute)
         counts = {a: self.table.count_of(a, allowed) for a, allowed in where.items()}
         pivot = min(counts, key=counts.__getitem__)
-        if exact or self.graph is None or counts[pivot] * self.dim <= FILTER_SCAN_VALUES:
+        if exact or self.graph is None or counts[pivot] * self.dim <= filtering.FILTER_SCAN_VALUES:
             return self._scan_selected(query, want, where, None)
         if self.partitions.missing(pivot, where[pivot]):
             return None
@@ -242,7 +243,7 @@ class CatalogIndex:
             if len(slots) >= want or count >= max(live.values()):
                 return best_first(slots[None], scores[None], min(want, len(slots)))
             count *= 4
-            if count > MAX_FILTER_CANDIDATES:
+            if count > filtering.MAX_FILTER_CANDIDATES:
                 return self._scan_selected(query, want, where, None)
 
     def _scan_selected(self, query: np.ndarray, want: int, where: Filter,
@@ -262,7 +263,7 @@ class CatalogIndex:
         n = len(self.table)
         graph = self.subspaces.graphs.get(attribute)
         selected = min((self.table.count_of(a, s) for a, s in where.items()), default=n)
-        if exact or n <= policy.exact_limit(self, span[1] - span[0]) or selected * (span[1] - span[0]) <= FILTER_SCAN_VALUES:
+        if exact or n <= policy.exact_limit(self, span[1] - span[0]) or selected * (span[1] - span[0]) <= filtering.FILTER_SCAN_VALUES:
             return self._scan_selected(query, want, where, span)
         if graph is None:
             return None
@@ -278,7 +279,7 @@ class CatalogIndex:
             if len(slots) >= want or count >= n:
                 return slots[None, :want], scores[None, :want]
             count *= 4
-            if count > MAX_FILTER_CANDIDATES:
+            if count > filtering.MAX_FILTER_CANDIDATES:
                 return self._scan_selected(query, want, where, span)
 
     def _prepare(self, where: Filter | None, attribute: int | None, exact: bool) -> None:
@@ -301,7 +302,7 @@ class CatalogIndex:
             return []
         counts = {a: self.table.count_of(a, allowed) for a, allowed in where.items()}
         pivot = min(counts, key=counts.__getitem__)
-        if counts[pivot] * self.dim <= FILTER_SCAN_VALUES:
+        if counts[pivot] * self.dim <= filtering.FILTER_SCAN_VALUES:
             return []
         return [("partition", pivot, v) for v in self.partitions.missing(pivot, where[pivot])]
 

@@ -37,7 +37,7 @@ from fashsdk import (
 )
 from fashsdk.sources.preprocess import MAX_PIXELS, decode_resized
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # ---- helpers -----------------------------------------------------------------------------

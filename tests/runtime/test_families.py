@@ -8,7 +8,7 @@ import pytest
 
 from fashsdk.errors import QueryError
 from fashsdk.families import NO_CHANGE
-from fashsdk.families.adde import Adde, apply, indicator
+from fashsdk.families.adde import Adde, indicator
 from fashsdk.families.chunk_replace import ChunkReplace, reference_rows, value_means
 from fashsdk.schema import UNKNOWN, AttributeSchema
 
@@ -117,19 +117,6 @@ def test_value_means_average_each_values_chunk_and_count_it() -> None:
     assert np.allclose(table[4, D:2 * D], vectors[1:, D:2 * D].mean(0))
     rows = reference_rows(codes, SCHEMA.sizes, per_value=1, seed=0)
     assert set(codes[rows, 0].tolist()) == {0, 2} and len(rows) <= 4
-
-
-def test_adde_apply_gives_the_same_vectors_for_torch_tensors_with_gradients() -> None:
-    torch = pytest.importorskip("torch")
-    rng = np.random.default_rng(5)
-    memory = block_memory(rng)
-    vectors = rng.normal(size=(4, D * 3)).astype(np.float32)
-    ind = indicator(SCHEMA, np.array([[0, 1, 0]] * 4), np.array([[0], [1], [2], [0]]), np.array([[2], [0], [1], [1]]))
-    m = torch.tensor(memory, requires_grad=True)
-    out = apply(torch.from_numpy(vectors), torch.from_numpy(ind), m)
-    out.sum().backward()
-    assert np.allclose(out.detach().numpy(), apply(vectors, ind, memory), atol=1e-6)
-    assert m.grad is not None and float(m.grad.abs().sum()) > 0
 
 
 def test_predicted_codes_take_the_argmax_per_attribute() -> None:

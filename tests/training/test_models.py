@@ -121,3 +121,20 @@ def test_boolean_training_flags_parse_as_switches() -> None:
     _add_train_args(parser)
     assert parser.parse_args(["--shift-per-sample"]).shift_per_sample is True
     assert parser.parse_args([]).shift_per_sample is TrainConfig.shift_per_sample is False
+
+
+def test_training_and_the_runtime_share_one_adde_arithmetic() -> None:
+    """Stage 2 trains through fashsdk.families.adde.apply on torch tensors: same vectors as numpy, gradients into M."""
+    from fashsdk.families.adde import apply, indicator
+    from fashsdk.schema import AttributeSchema
+
+    schema = AttributeSchema.from_dict({"colour": ["Black", "Blue", "Red"], "kind": ["Shirt", "Shoe"], "sex": ["M", "W"]})
+    rng = np.random.default_rng(5)
+    memory = rng.normal(size=(12, schema.total_values)).astype(np.float32)
+    vectors = rng.normal(size=(4, 12)).astype(np.float32)
+    ind = indicator(schema, np.array([[0, 1, 0]] * 4), np.array([[0], [1], [2], [0]]), np.array([[2], [0], [1], [1]]))
+    m = torch.tensor(memory, requires_grad=True)
+    out = apply(torch.from_numpy(vectors), torch.from_numpy(ind), m)
+    out.sum().backward()
+    assert np.allclose(out.detach().numpy(), apply(vectors, ind, memory), atol=1e-6)
+    assert m.grad is not None and float(m.grad.abs().sum()) > 0

@@ -16,7 +16,7 @@ import pytest
 from realdata import real_subset
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -141,3 +141,30 @@ def test_quality_ablation_figures_match_the_runtime(trained: dict) -> None:
     runtime = hit_rates(exact_topk(q, vectors, 50), test.codes, queries.targets, (10, 30, 50))
     for k in (10, 30, 50):
         assert abs(runtime[k] - report["variants"]["checkpoint"]["test_top_k"][str(k)]) <= 0.01, (k, runtime, report)
+
+
+def test_chunk_replace_export_and_two_families_in_one_quality_table(trained: dict) -> None:
+    """``python -m export onnx --family chunk_replace`` makes a second bundle over the same model,
+    and ``python -m benchmarks.quality`` ranks both families and the baselines on the same queries."""
+    from benchmarks import quality
+
+    tmp = trained["tmp"]
+    done = subprocess.run([sys.executable, "-m", "export", "onnx", "--family", "chunk_replace", "--checkpoint",
+                           str(trained["checkpoint"]), "--labels", str(trained["labels"]), "--images",
+                           str(trained["folder"]), "--out", str(tmp / "chunk-bundle"), "--parity-images", "16"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads((tmp / "chunk-bundle" / "manifest.json").read_text())
+    assert manifest["family"] == {"name": "chunk_replace", "files": {"value_table": "value_table.npy"}}
+    out = tmp / "families.json"
+    assert quality.main(["--bundle", str(trained["bundle"].directory), "--bundle", str(tmp / "chunk-bundle"),
+                         "--labels", str(trained["labels"]), "--images", str(trained["folder"]), "--json", str(out),
+                         "--max-queries", "400", "--pair-queries", "200"]) == 0
+    report = json.loads(out.read_text())
+    assert report["rows"] == ["adde", "chunk_replace", "mean_swap", "attribute_based", "no_manipulation"]
+    assert set(report["top_k"]) == set(report["rows"]) and report["queries"] > 50
+    assert all(0.0 <= report["top_k"][m]["30"] <= 1.0 for m in report["rows"])
+    # the exported chunk_replace bundle and the benchmark's own mean_swap apply one rule to the same reference images
+    assert abs(report["top_k"]["chunk_replace"]["30"] - report["top_k"]["mean_swap"]["30"]) <= 0.02
+    assert report["top_k"]["adde"]["30"] > report["top_k"]["no_manipulation"]["30"]
+    assert "| chunk_replace |" in out.with_suffix(".md").read_text()

@@ -23,7 +23,7 @@ from fashsdk import Bundle, CatalogIndex, IndexFileError, Retriever
 from fashsdk.bundle import MANIFEST, EngineEntry
 from fashsdk.files import seal, sha256_file
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 KILLS = 6
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX SIGKILL")
 

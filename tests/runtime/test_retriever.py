@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny_bundle import SCHEMA, make_tiny_bundle, random_images
+from bundles import SCHEMA, random_images
 
 from fashsdk import (
     Bundle,
@@ -18,11 +18,9 @@ from fashsdk import (
 from fashsdk.bundle import MANIFEST
 
 
-@pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("bundle")
-    make_tiny_bundle(directory)
-    return directory
+@pytest.fixture()
+def bundle_dir(tiny_bundle_dir: Path) -> Path:
+    return tiny_bundle_dir
 
 
 @pytest.fixture()
@@ -127,9 +125,8 @@ def test_modified_bundle_file_is_refused(bundle_dir: Path, tmp_path: Path) -> No
         Bundle.load(copy)
 
 
-def test_index_from_another_bundle_is_refused(retriever: Retriever, tmp_path: Path) -> None:
+def test_index_from_another_bundle_is_refused(retriever: Retriever, tmp_path: Path, other_tiny_bundle_dir: Path) -> None:
     retriever.save_index(tmp_path / "index")
-    other = make_tiny_bundle(tmp_path / "other", seed=1)
     with pytest.raises(IndexFileError, match="different bundle"):
-        Retriever(other.directory, tmp_path / "index")
-    assert (other.directory / MANIFEST).is_file()
+        Retriever(other_tiny_bundle_dir, tmp_path / "index")
+    assert (other_tiny_bundle_dir / MANIFEST).is_file()
