@@ -169,6 +169,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"   search by id with one change, k=30: p50 {search_ms['p50']:.3f} ms, p99 {search_ms['p99']:.3f} ms")
 
     examples = _examples(retriever, encoded, out / "examples.png")
+    photo = catalog.split("train").ids[0]  # a catalog photo that is not in the index, for the quickstart
+    (out / "photo.jpg").write_bytes(load_images(images, [photo])[photo])
     total = time.perf_counter() - t_all
     report = {
         "machine": machine(), "bundle": str(out / "bundle"), "bundle_sha256": bundle.sha256(),
@@ -182,5 +184,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     }
     atomic_write_json(out / "report.json", report)
     print(f"== done in {total / 60:.1f} min: Top-10 {top[10]:.3f}, Top-30 {top[30]:.3f}; "
-          f"wrote {out}/bundle, {out}/bundle-chunk-replace, {out}/report.json, {out}/examples.png", flush=True)
+          f"wrote {out}/bundle, {out}/bundle-chunk-replace, {out}/index, {out}/report.json, {out}/examples.png, "
+          f"{out}/photo.jpg", flush=True)
     return 0

@@ -6,8 +6,8 @@ Buffers are reused and at most ``max_in_flight`` batches are read ahead of the m
 memory stays bounded for any catalog size.
 
 Workers are threads for short streams (a query, a handful of images) and processes for
-long ones (sources/decode_procs.py): Pillow's per-image Python work holds the GIL, and on 2 cores
-two decode threads were no faster than one while two processes were 1.6-1.9x faster.
+long ones (sources/decode_procs.py): Pillow's per-image work holds the GIL, so threads do not
+scale on small photos (docs/performance.md, "Decoding").
 """
 from __future__ import annotations
 

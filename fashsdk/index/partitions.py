@@ -4,9 +4,9 @@ A filter such as {"gender": "Women"} keeps the items whose current value is one 
 allowed ones. The graph for (attribute, value) holds exactly those items, so a filtered
 query walks the graphs of the allowed values of the filter's most selective attribute and
 checks the other attributes on the candidates only; nothing costs O(catalog) per query.
-Chosen by measurement over hnswlib's own filter callback (a Python call per visited node,
-GIL included: 2-8 ms at 10% of 100k items) and over-fetching from the full graph (recall
-0.6-0.8 at 10%): docs/performance.md, "Filters".
+Chosen by measurement over hnswlib's own filter callback (a Python call, GIL included, per
+visited node) and over-fetching from the full graph (low recall for selective filters):
+``python -m benchmarks.tasks`` measures all of them in one run (docs/performance.md, "Filters").
 
 A value's graph is built the first time a filter needs it (about a second per 10k 256-d
 items on 2 cores; ``CatalogIndex.prepare_filters`` builds them ahead), then kept up to date

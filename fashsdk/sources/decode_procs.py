@@ -1,8 +1,7 @@
 """Decode workers as processes, writing normalised pixels into shared batch buffers.
 
-Measured on 2 cores (benchmarks/encode.py): Pillow's per-image Python work holds the GIL
-long enough that two decode threads were no faster than one for 60x80 catalog photos,
-while two processes decoded 1.6 to 1.9 times as fast. Workers write straight into a few
+Pillow's per-image Python work holds the GIL long enough that decode threads do not scale
+on small catalog photos while processes do (docs/performance.md, "Decoding"). Workers write straight into a few
 memory-mapped batch buffers (in /dev/shm when it has room), so no pixels are pickled;
 only the encoded images go to the workers. A worker that dies (a hostile file crashing a
 decoder) costs an ImageError, not the calling process. Workers are forked (see

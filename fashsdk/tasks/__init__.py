@@ -3,8 +3,7 @@
 Each task is one file of free functions over the parts ``Retriever`` holds (index, family,
 schema, encoder); outfit completion plugs in the same way.
 """
-from .results import AttributePrediction, SearchResult
-from .search import search, search_batch
+from .search import AttributePrediction, SearchResult, query_vector, search, search_batch
 from .similar import similar
 
-__all__ = ["AttributePrediction", "SearchResult", "search", "search_batch", "similar"]
+__all__ = ["AttributePrediction", "SearchResult", "query_vector", "search", "search_batch", "similar"]

@@ -1,17 +1,105 @@
-"""Manipulation retrieval: an item plus {attribute: new value} -> catalog items that have the
-new value and keep the rest; one query, or many in one call."""
+"""Manipulation retrieval, the tasks' common ground: a query (an indexed id or an image) becomes
+an embedding and its current values, the family moves it for {attribute: new value}, the index
+answers, and results come back with their attributes decoded; one query, or many in one call."""
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import QueryError
+from ..encoding.backends import ModelOutputs
+from ..errors import IndexFileError, QueryError
 from ..families import NO_CHANGE, Family
-from ..index import CatalogIndex
-from ..schema import AttributeSchema, Change, Where
-from .query import Encode, require_image, resolve
-from .results import SearchResult, check_codes, to_results
+from ..index import CatalogIndex, Hits, normalize_id
+from ..schema import UNKNOWN, AttributeSchema, Change, Where
+
+Encode = Callable[[Sequence[object]], ModelOutputs]
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    id: str
+    score: float  # cosine similarity to the (manipulated) query, in the searched space
+    attributes: dict[str, str | None] = field(default_factory=dict)  # stored labels; None = unknown
+
+
+@dataclass(frozen=True)
+class AttributePrediction:
+    value: str
+    probability: float
+
+
+def to_results(schema: AttributeSchema, hits: Hits) -> list[SearchResult]:
+    """Results with attributes decoded; plain Python per row (numpy calls on k-row arrays cost
+    more than the work). A code outside the schema is a typed error, never a wrong value."""
+    names, tables = schema.names, schema.value_tables
+    if hits.labels.shape[1:] != (len(names),):
+        raise codes_error(schema, hits.ids[:3], hits.labels)
+    rows = hits.labels.tolist()
+    try:
+        return [SearchResult(i, s, {n: t[c] for n, t, c in zip(names, tables, row)})
+                for i, s, row in zip(hits.ids, hits.scores.tolist(), rows)]
+    except KeyError:
+        for item_id, row in zip(hits.ids, rows):
+            check_codes(schema, row, item_id)
+        raise
+
+
+def check_codes(schema: AttributeSchema, codes: Sequence[int], item_id: str) -> None:
+    """One item's codes must fit the schema: an out-of-range code would silently pick another
+    value's prototype or label."""
+    sizes = schema.sizes
+    if len(codes) != len(sizes) or not all(UNKNOWN <= c < n for c, n in zip(codes, sizes)):
+        raise codes_error(schema, item_id, codes)
+
+
+def codes_error(schema: AttributeSchema, item_ids: str | list[str], codes: object) -> IndexFileError:
+    sizes = schema.sizes
+    shape = np.shape(codes)
+    if shape[-1:] != (len(sizes),):
+        return IndexFileError(f"index items {item_ids!r} have attribute codes of shape {shape}, the bundle's "
+                              f"schema has {len(sizes)} attributes; rebuild the index with this bundle")
+    return IndexFileError(f"index item {item_ids!r} has attribute codes {list(codes)} outside the "  # type: ignore[call-overload]
+                          f"bundle's schema (value counts {sizes}); rebuild the index with this bundle")
+
+
+@dataclass
+class QueryItem:
+    vector: np.ndarray  # (D,) float32, L2-normalised
+    current: list[int]  # value code per attribute: the stored label, else the model's prediction
+    id: str | None  # the catalog id when the query is an indexed item
+
+
+def resolve(query: object, index: CatalogIndex | None, schema: AttributeSchema, encode: Encode) -> QueryItem:
+    """An indexed id (a str that is an id wins over a file of the same name), else an image."""
+    if isinstance(query, (int, np.integer)) and not isinstance(query, bool) or (
+            isinstance(query, str) and index is not None and query in index):
+        if index is None:
+            raise QueryError("no catalog is indexed: call add(...) or pass index=... to Retriever")
+        query_id = normalize_id(query)
+        vector, labels, predicted = index.get(query_id)
+        current = np.where(labels >= 0, labels, predicted).tolist()
+        check_codes(schema, current, query_id)
+        return QueryItem(vector.astype(np.float32), current, query_id)
+    require_image(query)
+    out = encode([query])
+    predicted_rows, _ = schema.predicted_codes(out.logits)
+    return QueryItem(out.embedding[0], predicted_rows[0].tolist(), None)
+
+
+def require_image(query: object) -> None:
+    """A str query that is not an indexed id must name an existing image file."""
+    if isinstance(query, str) and not _is_file(query):
+        raise QueryError(f"query {query!r} is neither an indexed id nor an existing image file")
+
+
+def _is_file(path: str) -> bool:
+    try:
+        return Path(path).is_file()
+    except (OSError, ValueError):  # name too long, embedded NUL
+        return False
 
 
 def query_vector(index: CatalogIndex | None, family: Family, schema: AttributeSchema, encode: Encode, query: object,

@@ -8,8 +8,7 @@ from ..errors import QueryError
 from ..index import CatalogIndex
 from ..index.subspaces import chunks
 from ..schema import AttributeSchema, Where
-from .query import Encode, resolve
-from .results import SearchResult, to_results
+from .search import Encode, SearchResult, resolve, to_results
 
 
 def similar(index: CatalogIndex, schema: AttributeSchema, encode: Encode, query: object, attribute: str, k: int,
