@@ -78,7 +78,8 @@ class ProjectedGraph:
         self.graph.init_index(max_elements=max(capacity, 1), M=params.M, ef_construction=params.ef_construction,
                               allow_replace_deleted=False)
         self.graph.set_num_threads(1)
-        self.graph.set_ef(16)  # searches pass k = candidate count, and hnswlib uses max(ef, k)
+        self.beam = 16  # hnswlib's ef: queries ask k = max(wanted, candidate count), and it uses max(ef, k)
+        self.graph.set_ef(self.beam)
         self.drift_sum = 0.0  # residual energy summed over items added after the fit
         self.drift_count = 0
         self.built_count = 0  # live items when the graph was built
@@ -94,7 +95,8 @@ class ProjectedGraph:
         self.graph = hnswlib.Index(space="ip", dim=projection.out_dim)
         self.graph.load_index(os.fsencode(path), max_elements=max(capacity, 1))  # bytes: non-UTF-8 paths too
         self.graph.set_num_threads(1)
-        self.graph.set_ef(16)
+        self.beam = 16
+        self.graph.set_ef(self.beam)
         self.drift_sum, self.drift_count, self.built_count, self.laid_out = 0.0, 0, 0, 0
         return self
 
@@ -102,6 +104,17 @@ class ProjectedGraph:
     def count(self) -> int:
         """Nodes in the graph, deleted ones included."""
         return int(self.graph.get_current_count())
+
+    def set_beam(self, ef: int) -> None:
+        """hnswlib's ef for queries that want few results: they then ask k = wanted, and skip
+        returning and sorting the whole beam (call under the index's write lock: ef is shared)."""
+        if ef != self.beam:
+            self.graph.set_ef(ef)
+            self.beam = ef
+
+    def ask(self, count: int, want: int) -> int:
+        """The k to pass hnswlib for ``count`` candidates of which the best ``want`` are kept."""
+        return want if count <= self.beam else count
 
     def reserve(self, needed: int) -> None:
         """Room for ``needed`` nodes (labels are slots and may be larger: hnswlib maps them)."""
@@ -129,7 +142,7 @@ class ProjectedGraph:
         if fresh is None:
             return False
         fresh.set_num_threads(1)
-        fresh.set_ef(16)
+        fresh.set_ef(self.beam)
         self.graph = fresh
         self.laid_out = self.count
         return True

@@ -38,6 +38,7 @@ class ItemTable:
         self.num_attributes = num_attributes
         self.codes = np.full((capacity, num_attributes), UNKNOWN, np.int16)
         self.predicted = np.full((capacity, num_attributes), UNKNOWN, np.int16)
+        self.current = np.full((capacity, num_attributes), UNKNOWN, np.int16)  # label, else predicted
         self.alive = np.zeros(capacity, bool)
         self.ids: list[str | None] = []  # per used slot; None = free
         self.slot: dict[str, int] = {}
@@ -50,6 +51,7 @@ class ItemTable:
         table = cls(codes.shape[1], 1)
         if len(ids):
             table.codes, table.predicted = np.ascontiguousarray(codes), np.ascontiguousarray(predicted)
+            table.current = np.where(table.codes >= 0, table.codes, table.predicted).astype(np.int16)
             table.alive = np.array([i is not None for i in ids], bool)
         table.ids = list(ids)
         table.slot = {i: s for s, i in enumerate(ids) if i is not None}
@@ -87,7 +89,7 @@ class ItemTable:
         if needed <= capacity:
             return
         grown = max(needed, 2 * capacity)
-        for name, fill in (("codes", UNKNOWN), ("predicted", UNKNOWN)):
+        for name, fill in (("codes", UNKNOWN), ("predicted", UNKNOWN), ("current", UNKNOWN)):
             array = np.full((grown, self.num_attributes), fill, np.int16)
             array[:capacity] = getattr(self, name)
             setattr(self, name, array)
@@ -104,6 +106,7 @@ class ItemTable:
     def put(self, keys: Sequence[str], slots: np.ndarray, codes: np.ndarray, predicted: np.ndarray) -> None:
         self.codes[slots] = codes
         self.predicted[slots] = predicted
+        self.current[slots] = np.where(self.codes[slots] >= 0, self.codes[slots], self.predicted[slots])
         self.alive[slots] = True
         self._count(slots, 1)
         grow = int(slots.max()) + 1 - len(self.ids) if len(slots) else 0
@@ -125,6 +128,7 @@ class ItemTable:
         """Replace stored labels (-1 = unknown) of live slots."""
         self._count(slots, -1)
         self.codes[slots] = codes
+        self.current[slots] = np.where(self.codes[slots] >= 0, self.codes[slots], self.predicted[slots])
         self._count(slots, 1)
 
     def _count(self, slots: np.ndarray, sign: int) -> None:
@@ -144,13 +148,15 @@ class ItemTable:
 
     def current_codes(self, slots: np.ndarray) -> np.ndarray:
         """Each item's attribute values: its stored label, else the model's prediction."""
-        codes = self.codes[slots]
-        return np.where(codes >= 0, codes, self.predicted[slots])
+        return self.current[slots]
 
     def matching(self, where: dict[int, frozenset[int]]) -> np.ndarray:
         """Bool mask over the used slots: live items whose current values pass ``where``."""
         mask = self.alive[:self.used].copy()
         for a, allowed in where.items():
-            current = np.where(self.codes[:self.used, a] >= 0, self.codes[:self.used, a], self.predicted[:self.used, a])
-            mask &= np.isin(current, np.fromiter(allowed, np.int64, len(allowed)))
+            column = self.current[:self.used, a]
+            if len(allowed) == 1:
+                mask &= column == next(iter(allowed))
+            else:
+                mask &= np.isin(column, np.fromiter(allowed, np.int16, len(allowed)))
         return mask

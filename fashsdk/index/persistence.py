@@ -30,7 +30,7 @@ from ..files import (
 )
 from .graph import GraphParams, ProjectedGraph
 from .items import ItemTable
-from .policy import exact_limit, maintain
+from .policy import exact_limit, maintain, set_beam
 from .projection import Projection
 from .vector_store import PRECISIONS
 
@@ -170,6 +170,7 @@ def load_index(cls: type["CatalogIndex"], directory: Path) -> "CatalogIndex":
         graph.drift_sum, graph.drift_count, graph.built_count = drift_sum, drift_count, built_count
         graph.laid_out = laid_out if laid_out <= nodes else 0
         index.graph = graph
+        set_beam(index)
     for a, nodes_a in subspace_nodes.items():
         span = layout[a]  # type: ignore[index]
         index.subspaces.graphs[a] = _load_graph(Projection(None, nodes_a, 0.0, span[1] - span[0]),

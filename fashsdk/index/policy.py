@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .graph import DEFAULT_PARAMS, GraphParams, ProjectedGraph, locality_order
+from .graph import DEFAULT_PARAMS, GraphParams, ProjectedGraph, candidate_count, locality_order
 from .projection import fit_projection
 
 if TYPE_CHECKING:
@@ -58,6 +58,13 @@ def maintain(index: "CatalogIndex") -> None:
         span = index.subspaces.layout[a]
         if n <= exact_limit(index, span[1] - span[0]) // 2:
             del index.subspaces.graphs[a]
+    set_beam(index)
+
+
+def set_beam(index: "CatalogIndex") -> None:
+    """The graph's beam for the common query (k=10) at this catalog size (graph.candidate_count)."""
+    if index.graph is not None:
+        index.graph.set_beam(min(candidate_count(len(index.table), 11, index.dim, index.ef_search), len(index.table)))
 
 
 def build(index: "CatalogIndex") -> None:

@@ -117,13 +117,21 @@ def _one(index: "CatalogIndex", query: np.ndarray, want: int, exact: bool, where
 def _scan_selected(index: "CatalogIndex", query: np.ndarray, want: int, where: Filter,
                    span: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-want among the live items that pass ``where`` (in a subspace when ``span``)."""
-    slots = np.flatnonzero(index.table.matching(where)) if where else index.table.live_slots()
+    table, store = index.table, index.store
+    if not where and span is None:
+        return _scan(index, query, want, None)
+    slots = np.flatnonzero(table.matching(where)) if where else table.live_slots()
     if not len(slots):
         return np.zeros((1, 0), np.int64), np.zeros((1, 0), np.float32)
-    vectors = index.store.rows(slots)
-    if span is not None:
-        vectors = chunks(vectors, span)
-    return scan_slots(vectors, slots, query, want)
+    if span is None:
+        return scan_slots(store.rows(slots), slots, query, want)
+    if store.dtype == np.float32:  # only the chunk's columns are read, not whole rows
+        block = store.data[:table.used, span[0]:span[1]] if not where else store.data[slots, span[0]:span[1]]
+        scores = (block @ query[0]) / np.maximum(np.sqrt(np.einsum("ij,ij->i", block, block)), 1e-12)
+        if not where:
+            scores = scores[slots]
+        return best_first(slots[None], scores[None].astype(np.float32), min(want, len(slots)))
+    return scan_slots(chunks(store.rows(slots), span), slots, query, want)
 
 
 def _similar_one(index: "CatalogIndex", query: np.ndarray, want: int, exact: bool, where: Filter,
@@ -198,7 +206,7 @@ def graph_topk(graph: ProjectedGraph, store: VectorStore | None, queries: np.nda
     otherwise the candidates are re-ranked exactly on the store's full vectors.
     """
     try:
-        cand, distance = graph.candidates(queries, count, threads)
+        cand, distance = graph.candidates(queries, count if store is not None else graph.ask(count, want), threads)
     except RuntimeError:  # fewer reachable nodes than asked (heavy deletions)
         return None
     if store is None:
@@ -212,7 +220,7 @@ def one_in_graph(graph: ProjectedGraph, query: np.ndarray, want: int, count: int
     after a graph walk the caches are cold and each small call costs microseconds. Same results as
     ``graph_topk`` + ``drop_excluded``; None when fewer nodes are reachable than asked."""
     try:
-        labels, distances = graph.graph.knn_query(query, k=count, num_threads=1)
+        labels, distances = graph.graph.knn_query(query, k=graph.ask(count, want), num_threads=1)
     except RuntimeError:
         return None
     row = labels[0, :want].tolist()

@@ -3,9 +3,9 @@ an embedding and its current values, the family moves it for {attribute: new val
 answers, and results come back with their attributes decoded; one query, or many in one call."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -18,11 +18,12 @@ from ..schema import UNKNOWN, AttributeSchema, Change, Where
 Encode = Callable[[Sequence[object]], ModelOutputs]
 
 
-@dataclass(frozen=True)
-class SearchResult:
+class SearchResult(NamedTuple):
+    """One result (a named tuple: results are built by the thousand in batch searches)."""
+
     id: str
     score: float  # cosine similarity to the (manipulated) query, in the searched space
-    attributes: dict[str, str | None] = field(default_factory=dict)  # stored labels; None = unknown
+    attributes: dict[str, str | None]  # stored labels; None = unknown
 
 
 @dataclass(frozen=True)
@@ -38,8 +39,9 @@ def to_results(schema: AttributeSchema, hits: Hits) -> list[SearchResult]:
     if hits.labels.shape[1:] != (len(names),):
         raise codes_error(schema, hits.ids[:3], hits.labels)
     rows = hits.labels.tolist()
+    get = dict.__getitem__
     try:
-        return [SearchResult(i, s, {n: t[c] for n, t, c in zip(names, tables, row)})
+        return [SearchResult(i, s, dict(zip(names, map(get, tables, row))))
                 for i, s, row in zip(hits.ids, hits.scores.tolist(), rows)]
     except KeyError:
         for item_id, row in zip(hits.ids, rows):
@@ -168,9 +170,11 @@ def _resolve_all(index: CatalogIndex, schema: AttributeSchema, encode: Encode,
         vec, labels, predicted = index.get_many([queries[i] for i in id_rows])
         vectors[id_rows] = vec
         current[id_rows] = np.where(labels >= 0, labels, predicted)
+        bad = ((current[id_rows] < UNKNOWN) | (current[id_rows] >= np.asarray(schema.sizes))).any(axis=1)
+        for i in np.asarray(id_rows)[bad]:
+            check_codes(schema, current[i].tolist(), str(queries[i]))  # raises, naming the item
         for i in id_rows:
             ids[i] = str(queries[i])
-            check_codes(schema, current[i].tolist(), str(queries[i]))
     image_rows = [i for i, flag in enumerate(is_id) if not flag]
     for i in image_rows:
         require_image(queries[i])
