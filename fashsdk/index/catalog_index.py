@@ -130,7 +130,8 @@ class CatalogIndex:
         are (Q, d_a) vectors in that attribute's subspace (conditional similarity)."""
         queries, k, skip_keys = self._check_query(queries, k, exclude, attribute)
         for _ in range(8):  # a concurrent write may drop a lazily built graph between the two locks
-            reads.prepare(self, where, attribute, exact)
+            if where or attribute is not None:
+                reads.prepare(self, where, attribute, exact)
             with self.lock.read():
                 found = reads.read(self, queries, k, exact, skip_keys, where or {}, attribute)
                 if found is not None:

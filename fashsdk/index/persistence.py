@@ -28,7 +28,7 @@ from ..files import (
     sha256_file,
     verify_entry,
 )
-from .graph import GraphParams, ProjectedGraph
+from .graph import DEFAULT_PARAMS, GraphParams, ProjectedGraph
 from .items import ItemTable
 from .policy import exact_limit, maintain, set_beam
 from .projection import Projection
@@ -173,8 +173,8 @@ def load_index(cls: type["CatalogIndex"], directory: Path) -> "CatalogIndex":
         set_beam(index)
     for a, nodes_a in subspace_nodes.items():
         span = layout[a]  # type: ignore[index]
-        index.subspaces.graphs[a] = _load_graph(Projection(None, nodes_a, 0.0, span[1] - span[0]),
-                                                paths[f"subspace-{a}"], capacity, GraphParams(16, 150), nodes_a)
+        index.subspaces.adopt(a, _load_graph(Projection(None, nodes_a, 0.0, span[1] - span[0]),
+                                             paths[f"subspace-{a}"], capacity, DEFAULT_PARAMS, nodes_a))
     if graph_meta is None and count > exact_limit(index):
         with index.lock.write():
             maintain(index)  # saved without a graph under a larger exact-scan limit than this one

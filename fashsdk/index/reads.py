@@ -145,7 +145,10 @@ def _similar_one(index: "CatalogIndex", query: np.ndarray, want: int, exact: boo
         return _scan_selected(index, query, want, where, span)
     if graph is None:
         return None
-    count = min(candidate_count(n, want, span[1] - span[0], index.ef_search), n)
+    if not where:  # neighbours of a real item in a space of near-duplicates: a narrow beam suffices
+        return graph_topk(graph, None, query, want, min(max(graph.beam, want), n), 1) or \
+            _scan_selected(index, query, want, where, span)
+    count = min(candidate_count(n, want, width, index.ef_search), n)
     while True:
         found = graph_topk(graph, None, query, count, count, 1)
         if found is None:
