@@ -21,12 +21,7 @@ import numpy as np
 
 from export.catalog_args import add_data_args, data_paths
 from fashsdk import Retriever
-from fashsdk.eval.methods import (
-    BASELINES,
-    Gallery,
-    conditional_similarity,
-    evaluate_methods,
-)
+from fashsdk.eval.methods import (BASELINES, Gallery, conditional_similarity, evaluate_methods)
 from fashsdk.eval.protocol import DEFAULT_KS, manipulation_queries
 from fashsdk.families import Family
 from fashsdk.families.chunk_replace import ChunkReplace, reference_rows, value_means

@@ -26,16 +26,8 @@ import torch
 from export.catalog_args import add_data_args, data_paths
 from export.data import decode_catalog, split_validation
 from export.models import ADDE
-from export.train import (
-    TrainConfig,
-    TrainResult,
-    _stage2,
-    attribute_accuracies,
-    backbone_features,
-    init_memory,
-    load_checkpoint,
-    manipulation_top_k,
-)
+from export.train import (TrainConfig, TrainResult, _stage2, attribute_accuracies, backbone_features, init_memory,
+                          load_checkpoint, manipulation_top_k)
 from fashsdk.eval.protocol import manipulation_queries
 from fashsdk.files import atomic_write_json
 from fashsdk.sources.catalog import read_catalog

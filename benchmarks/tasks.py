@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recall-queries", type=int, default=500)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--batch-queries", type=int, default=1000)
-    p.add_argument("--batch-repeats", type=int, default=5)
+    p.add_argument("--batch-repeats", type=int, default=9)
     p.add_argument("--filter-items", type=int, default=100_000)
     p.add_argument("--filter-queries", type=int, default=500)
     p.add_argument("--filter-latency-queries", type=int, default=1000)

@@ -338,9 +338,7 @@ def build_fp16_engine(bundle_dir: str | Path, labels: str | Path, images: Any, *
         pixels, codes, _ = gate_sample(bundle, labels, images, n=gate_images, split=split, seed=seed)
         reference = OnnxRuntimeCpuBackend(bundle.path_of(fp32.file), "fp32")
         if onnxruntime_cuda_usable():
-            from fashsdk.encoding.backends.onnxruntime_cuda import (
-                OnnxRuntimeCudaBackend,
-            )
+            from fashsdk.encoding.backends.onnxruntime_cuda import (OnnxRuntimeCudaBackend)
 
             candidate: Any = OnnxRuntimeCudaBackend(target, "fp16")
         else:

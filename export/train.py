@@ -19,12 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from fashsdk.eval.protocol import (
-    combination_keys,
-    exact_topk,
-    hit_rates,
-    manipulation_queries,
-)
+from fashsdk.eval.protocol import (combination_keys, exact_topk, hit_rates, manipulation_queries)
 from fashsdk.families import adde
 from fashsdk.families.chunk_replace import reference_rows
 from fashsdk.files import atomic_write, atomic_write_json

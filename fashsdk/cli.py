@@ -25,31 +25,27 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _parse_changes(items: Sequence[str]) -> dict[str, str]:
-    """ATTR=VALUE strings -> {attr: value}; one attribute given twice is refused, not last-wins."""
-    change: dict[str, str] = {}
+def _pairs(items: Sequence[str], flag: str, example: str) -> dict[str, str]:
+    """ATTR=VALUE strings -> {attr: value}; an attribute given twice is refused, not last-wins."""
+    out: dict[str, str] = {}
     for item in items:
         name, eq, value = item.partition("=")
         if not eq or not name or not value:
-            raise QueryError(f"--change {item!r} must look like attribute=value, e.g. baseColour=Red")
-        if name in change:
-            raise QueryError(f"--change names attribute {name!r} twice; give each attribute one new value")
-        change[name] = value
-    return change
+            raise QueryError(f"{flag} {item!r} must look like attribute=value, e.g. {example}")
+        if name in out:
+            raise QueryError(f"{flag} names attribute {name!r} twice; give each attribute once")
+        out[name] = value
+    return out
+
+
+def _parse_changes(items: Sequence[str]) -> dict[str, str]:
+    return _pairs(items, "--change", "baseColour=Red")
 
 
 def _parse_where(items: Sequence[str]) -> dict[str, list[str]]:
-    """ATTR=V1,V2 strings -> {attr: [values]} (values of one attribute ORed, attributes ANDed)."""
-    where: dict[str, list[str]] = {}
-    for item in items:
-        name, eq, values = item.partition("=")
-        wanted = [v for v in values.split(",") if v]
-        if not eq or not name or not wanted:
-            raise QueryError(f"--where {item!r} must look like attribute=value[,value...], e.g. gender=Women")
-        if name in where:
-            raise QueryError(f"--where names attribute {name!r} twice; list its values once, comma-separated")
-        where[name] = wanted
-    return where
+    """ATTR=V1,V2 -> {attr: [values]} (values of one attribute ORed, attributes ANDed)."""
+    return {name: [v for v in values.split(",") if v] for name, values in
+            _pairs(items, "--where", "gender=Women or usage=Casual,Sports").items()}
 
 
 def _print_results(query: str, extra: dict, results: list, ms: float) -> None:

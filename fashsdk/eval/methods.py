@@ -17,14 +17,7 @@ import numpy as np
 
 from ..families import Family
 from ..schema import UNKNOWN, AttributeSchema
-from .protocol import (
-    DEFAULT_KS,
-    QuerySet,
-    exact_topk,
-    hit_rates,
-    ndcg,
-    per_attribute_hits,
-)
+from .protocol import (DEFAULT_KS, QuerySet, exact_topk, hit_rates, ndcg, per_attribute_hits)
 
 BASELINES = ("attribute_based", "no_manipulation")
 

@@ -32,21 +32,26 @@ class AttributePrediction:
     probability: float
 
 
-def to_results(schema: AttributeSchema, hits: Hits) -> list[SearchResult]:
+def to_results(schema: AttributeSchema, hits: Hits, decoded: dict | None = None) -> list[SearchResult]:
     """Results with attributes decoded; plain Python per row (numpy calls on k-row arrays cost
-    more than the work). A code outside the schema is a typed error, never a wrong value."""
+    more than the work), each label combination decoded once per call (``decoded`` carries
+    them across the queries of a batch). A code outside the schema is a typed error, never a
+    wrong value."""
     names, tables = schema.names, schema.value_tables
     if hits.labels.shape[1:] != (len(names),):
         raise codes_error(schema, hits.ids[:3], hits.labels)
-    rows = hits.labels.tolist()
+    rows = list(map(tuple, hits.labels.tolist()))
+    known = {} if decoded is None else decoded
     get = dict.__getitem__
     try:
-        return [SearchResult(i, s, dict(zip(names, map(get, tables, row))))
-                for i, s, row in zip(hits.ids, hits.scores.tolist(), rows)]
+        for row in rows:
+            if row not in known:
+                known[row] = dict(zip(names, map(get, tables, row)))
     except KeyError:
         for item_id, row in zip(hits.ids, rows):
             check_codes(schema, row, item_id)
         raise
+    return [SearchResult(i, s, known[row].copy()) for i, s, row in zip(hits.ids, hits.scores.tolist(), rows)]
 
 
 def check_codes(schema: AttributeSchema, codes: Sequence[int], item_id: str) -> None:
@@ -145,7 +150,8 @@ def search_batch(index: CatalogIndex, family: Family, schema: AttributeSchema, e
         vectors[changed] = family.change_batch(vectors[changed], current[changed], attrs[changed], values[changed])
     exclude = None if include_query else ids
     hits = index.hits(vectors, k, exact=exact, exclude=exclude, where=filters or None)
-    return [to_results(schema, h) for h in hits]
+    decoded: dict = {}
+    return [to_results(schema, h, decoded) for h in hits]
 
 
 def _changes(changes: Change | Sequence[Change | None] | None, n: int) -> list[Change | None]:
