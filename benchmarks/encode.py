@@ -210,8 +210,10 @@ def _check_same_weights(model: Any, bundle: Bundle, pixels: np.ndarray) -> None:
                          "rerun with --rebuild")
 
 
-def demo_config(bundle_dir: Path, labels: Path, images: Sequence[str], cache: Path, calib_images: int) -> Config:
-    """The demo bundle's configuration; its checkpoint for torch when it sits beside the bundle."""
+def demo_config(bundle_dir: Path, labels: Path, images: Sequence[str], cache: Path, calib_images: int,
+                name: str = "demo") -> Config:
+    """A trained bundle's configuration ("demo": the default backbone, "compact": the from-scratch
+    one); its checkpoint for torch when it sits beside the bundle."""
 
     from export.models import ADDE, ModelConfig
 
@@ -226,7 +228,7 @@ def demo_config(bundle_dir: Path, labels: Path, images: Sequence[str], cache: Pa
     note = ensure_int8(bundle, labels, images, calib_images)
     bundle = Bundle.load(bundle.directory)
     checkpoint = Path(bundle_dir).parent / "checkpoint"
-    config = ModelConfig(**bundle.manifest["model"]["config"])
+    config = ModelConfig(**{"chunk_norm": False, **bundle.manifest["model"]["config"], "pretrained": False})
     if (checkpoint / "model.pt").is_file():
         from export.train import load_checkpoint
 
@@ -236,7 +238,7 @@ def demo_config(bundle_dir: Path, labels: Path, images: Sequence[str], cache: Pa
             model, torch_note = ADDE(config).eval(), "random weights (checkpoint did not match the bundle)"
     else:
         model, torch_note = ADDE(config).eval(), "random weights of the bundle's architecture (no checkpoint)"
-    return Config("demo", bundle, model, torch_note, note, {"source_bundle": str(bundle_dir)})
+    return Config(name, bundle, model, torch_note, note, {"source_bundle": str(bundle_dir)})
 
 
 def ensure_int8(bundle: Bundle, labels: Path, images: Sequence[str], calib_images: int) -> str:
@@ -654,7 +656,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--labels", type=Path, help="labels CSV (default DATA/styles.csv)")
     p.add_argument("--images-from", nargs="+", help="image folder or tar shards (default DATA)")
     p.add_argument("--bundle", type=Path, help="demo configuration bundle (default runs/demo/bundle, else runs/smoke/bundle)")
-    p.add_argument("--configs", nargs="+", default=["paper", "demo"], choices=["paper", "demo"])
+    p.add_argument("--configs", nargs="+", default=["paper", "demo"], choices=["paper", "demo", "compact"])
+    p.add_argument("--compact-bundle", type=Path, help="a bundle of the from-scratch compact backbone, measured as "
+                                                       "the 'compact' configuration")
     p.add_argument("--paths", nargs="+", default=["torch_eager_fp32", "torch_bf16_cl", "ort_fp32", "ort_int8"])
     p.add_argument("--images", type=int, default=1000, help="catalog images for end to end (default 1000)")
     p.add_argument("--model-images", type=int, default=256, help="images for model-only timing (default 256)")
@@ -702,6 +706,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in args.configs:
             if name == "paper":
                 config = paper_config(labels, images, CACHE, args.calibration_images, args.rebuild)
+            elif name == "compact":
+                if args.compact_bundle is None:
+                    log("no --compact-bundle: compact config skipped")
+                    continue
+                config = demo_config(args.compact_bundle, labels, images, CACHE, args.calibration_images, "compact")
             else:
                 if demo_bundle is None:
                     log("no demo bundle (runs/demo/bundle, runs/smoke/bundle or --bundle): demo config skipped")
@@ -712,11 +721,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             result["configs"].append(extra)
             result["gpu_" + name] = _gpu_rows(config.bundle, image_set)
             atomic_write_json(args.json, result)  # partial results survive a later failure
-            if name == "demo" and args.quality:
+            if name in ("demo", "compact") and args.quality:
                 log("[demo] Top-30 on the whole test split, fp32 and int8 ...")
                 backends = [b for b in ("onnxruntime-cpu-fp32", "onnxruntime-cpu-int8")
                             if b.split("-")[-1] in {e.precision for e in config.bundle.engines}]
-                result["quality"] = quality_gate(config.bundle, labels, images, backends)
+                result["quality" if name == "demo" else f"quality_{name}"] = quality_gate(config.bundle, labels, images,
+                                                                                          backends)
     result["targets"] = targets(result["rows"])
     result["machine"]["loadavg_end"] = os.getloadavg()
     result["machine"]["cpu_share"] = share.report()

@@ -41,7 +41,7 @@ def gpu_backends(bundle: Any) -> list[str]:
 
 def why_no_gpu(bundle: Any) -> str:
     """One line on what is missing, for a benchmark that has to skip its GPU rows."""
-    from fashsdk.encoding.backends.gpu_probe import (nvidia_gpu_present, onnxruntime_cuda_usable, tensorrt_usable)
+    from fashsdk.encoding.backends.gpu_probe import nvidia_gpu_present, onnxruntime_cuda_usable, tensorrt_usable
 
     if not nvidia_gpu_present():
         return "no NVIDIA GPU or driver on this machine"

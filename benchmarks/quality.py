@@ -21,8 +21,10 @@ import numpy as np
 
 from export.catalog_args import add_data_args, data_paths
 from fashsdk import Retriever
-from fashsdk.eval.methods import (BASELINES, Gallery, conditional_similarity, evaluate_methods)
+from fashsdk.eval.guard import check
+from fashsdk.eval.methods import BASELINES, Gallery, conditional_similarity, evaluate_methods
 from fashsdk.eval.protocol import DEFAULT_KS, manipulation_queries
+from fashsdk.eval.shape import chunk_shares, score_spread
 from fashsdk.families import Family
 from fashsdk.families.chunk_replace import ChunkReplace, reference_rows, value_means
 from fashsdk.files import atomic_write_bytes, atomic_write_json
@@ -97,6 +99,25 @@ def markdown(report: dict[str, Any]) -> str:
     for m in rows:
         r = two["top_k"][m]
         lines.append(f"| {m} | {r['10']:.3f} | {r['30']:.3f} | {r['50']:.3f} |")
+    lines += ["", "Preservation: share of the top-10 that keep each attribute the query did not change "
+                  "(single-attribute queries):", "",
+              "| method | mean | " + " | ".join(report["attributes"]) + " |", "|---|---|" + "---|" * len(report["attributes"])]
+    for m in rows:
+        kept = report["preservation_at_10"][m]
+        lines.append(f"| {m} | {kept['mean']:.3f} | " + " | ".join(f"{kept[a]:.3f}" if a in kept else "-"
+                                                                     for a in report["attributes"]) + " |")
+    for space, shape in report["embedding"].items():
+        shares = ", ".join(f"{a} {v:.2f}" for a, v in shape["chunk_shares"].items())
+        s = shape["scores"]
+        far = next(k for k in s if k.startswith("neighbour_"))
+        lines += ["", f"Embedding of {space}: share of the squared norm per chunk {shares}; median cosine to the "
+                      f"1st / {far.split('_')[1]}th neighbour {s['first_neighbour']:.3f} / {s[far]:.3f}, random pairs "
+                      f"{s['random_pair']:.3f}."]
+    g = report["guard"]
+    lines += ["", "Guard (test split): " + ("passed" if g["passed"] else "FAILED"), ""]
+    lines += [f"- {r['attribute']}: accuracy {100 * r['accuracy']:.1f}% vs majority {100 * r['majority']:.1f}%"
+              for r in g["attributes"]]
+    lines += [f"- WARNING: {w}" for w in g["warnings"]]
     for space, cond in report["conditional_similarity"].items():
         lines += ["", f"Conditional similarity, embedding of {space} (k-NN in one attribute's subspace vs the "
                       "full embedding):", "",
@@ -149,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--means-per-value", type=int, default=100, help="training images per value for mean_swap")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", default="auto")
+    p.add_argument("--strict", action="store_true", help="exit 3 when the guard finds the model not clearly better "
+                                                         "than its baselines")
     args = p.parse_args(argv)
 
     t0 = time.perf_counter()
@@ -183,13 +206,19 @@ def main(argv: list[str] | None = None) -> int:
     pair = evaluate_methods(galleries, families, schema, pair_q)
     cond = {row: conditional_similarity(g, schema, list(r.bundle.layout.values()), seed=args.seed)
             for row, g, r in spaces.values()}
+    shape = {row: {"chunk_shares": chunk_shares(g.vectors, list(r.bundle.layout.values()), schema.names),
+                   "scores": score_spread(g.vectors, seed=args.seed)} for row, g, r in spaces.values()}
+    train_codes = catalog.split("train").codes
+    verdict = check(schema, gallery.predicted, gallery.codes, train_codes,
+                    {m: single["top_k"][m][30] for m in (names[0], *BASELINES)}, names[0])
     report = _str_keys({
         "bundles": [{"path": str(r.bundle.directory), "family": r.family.name, "sha256": r.bundle.sha256()}
                     for r in retrievers],
         "machine": machine(), "backend": first.backend_name, "gallery": len(gallery.ids), "attributes": schema.names,
         "seed": args.seed, "rows": [*families, *BASELINES], "mean_swap_reference_images": n_ref, **single,
         "two_attribute": {k: pair[k] for k in ("queries", "valid_queries", "top_k", "ndcg", "per_attribute")},
-        "conditional_similarity": cond, "seconds": round(time.perf_counter() - t0, 1),
+        "conditional_similarity": cond, "embedding": shape, "guard": verdict.to_json(),
+        "seconds": round(time.perf_counter() - t0, 1),
     })
     atomic_write_json(args.json, report)
     table = markdown(report)
@@ -198,6 +227,10 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     print(f"wrote {args.json}, {args.json.with_suffix('.md')}, {args.json.with_suffix('.png')} "
           f"in {report['seconds']} s", file=sys.stderr)
+    print("guard (test split): " + verdict.format(), file=sys.stderr)
+    if args.strict and not verdict.passed:
+        print("error: --strict and the model is not clearly better than its baselines", file=sys.stderr)
+        return 3
     return 0
 
 

@@ -10,13 +10,14 @@ or the backbone limits Top-30: with the backbone frozen it measures
 - stage 2 on backbone features averaged with those of the mirrored image (what a
   flip-averaging encoder would add, at twice the encode cost).
 Model selection inside every variant uses the validation split; test figures are reported.
-Needs torch (the training side). Takes about 5 minutes on 2 cores for the width-32 compact backbone.
+Needs torch (the training side); for backbones trained from pixels (the compact one).
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import time
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,9 +26,11 @@ import torch
 
 from export.catalog_args import add_data_args, data_paths
 from export.data import decode_catalog, split_validation
+from export.features import PixelFeatures, TrainingFeatures
 from export.models import ADDE
-from export.train import (TrainConfig, TrainResult, _stage2, attribute_accuracies, backbone_features, init_memory,
-                          load_checkpoint, manipulation_top_k)
+from export.stage2 import stage2
+from export.train import TrainConfig, TrainResult, load_checkpoint
+from export.validation import attribute_accuracies, init_memory, manipulation_top_k
 from fashsdk.eval.protocol import manipulation_queries
 from fashsdk.files import atomic_write_json
 from fashsdk.sources.catalog import read_catalog
@@ -69,8 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     test_q = manipulation_queries(test.catalog.codes, sizes, max_queries=args.test_queries, seed=0)
 
     t0 = time.perf_counter()
-    plain = {name: backbone_features(model, s, spec) for name, s in (("train", train), ("val", val), ("test", test))}
-    mirrored = {name: backbone_features(model, s, spec, flip=True) for name, s in (("train", train), ("val", val), ("test", test))}
+    sources: dict[str, TrainingFeatures] = {name: PixelFeatures(s, spec) for name, s in (("train", train), ("val", val),
+                                                                                            ("test", test))}
+    plain = {name: src.features(model) for name, src in sources.items()}
+    mirrored = {name: src.features(model, flip=True) for name, src in sources.items()}
     print(f"backbone features for {sum(len(f) for f in plain.values())} images x 2 in {time.perf_counter() - t0:.0f} s",
           flush=True)
 
@@ -81,10 +86,16 @@ def main(argv: list[str] | None = None) -> int:
                 "test_top_k": {str(k): round(x, 4) for k, x in t.items()}}
 
     def retrain(m, feats: dict[str, torch.Tensor], epochs: int) -> Any:
-        config = TrainConfig(**{**train_saved, "stage2_epochs": epochs})
+        known = {f.name for f in fields(TrainConfig)}
+        config = TrainConfig(**{**{k: v for k, v in train_saved.items() if k in known}, "stage2_epochs": epochs,
+                                "stage2_patience": epochs})
         result = TrainResult(m)
-        state, _ = _stage2(m, schema, feats["train"], train.catalog.codes, feats["val"], val.catalog.codes, val_q, config,
-                           result, copy.deepcopy(m.state_dict()), -1.0)
+
+        def validate() -> float:
+            return manipulation_top_k(m, schema, feats["val"], val.catalog.codes, val_q, (30,))[30]
+
+        state, _ = stage2(m, schema, feats["train"], train.catalog.codes, validate, config, result,
+                          copy.deepcopy(m.state_dict()), -1.0)
         m.load_state_dict(state)
         return m
 

@@ -15,7 +15,7 @@ import numpy as np
 from fashsdk import Retriever
 from fashsdk.eval.contact_sheet import render_sheet
 from fashsdk.eval.protocol import manipulation_queries
-from fashsdk.families.chunk_replace import reference_rows
+from fashsdk.families.chunk_replace import reference_rows, value_means
 from fashsdk.files import atomic_write_json
 from fashsdk.progress import progress_bar
 from fashsdk.sources.catalog import read_catalog
@@ -23,9 +23,10 @@ from fashsdk.sources.images import load_images
 from fashsdk.sources.preprocess import PreprocessSpec
 from fashsdk.system import machine
 
+from .backbones import LITE_MEAN, LITE_STD
 from .catalog_args import data_paths, load_catalog_from_args
 from .data import decode_catalog, split_validation
-from .families import family_files, value_table
+from .families import family_files
 from .models import ModelConfig
 from .onnx_export import build_bundle, derive_bundle
 from .train import TrainConfig, load_checkpoint, save_checkpoint, train_adde
@@ -34,10 +35,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _spec_for(args: argparse.Namespace) -> PreprocessSpec:
-    if args.input_size:
-        h, w = args.input_size
-    else:
-        h, w = (80, 64) if args.backbone == "compact" else (224, 224)
+    """The model's input: its size, and the normalisation its (pretrained) weights expect."""
+    default = {"compact": (80, 64), "efficientnet-lite0": (128, 96)}.get(args.backbone, (224, 224))
+    h, w = args.input_size or default
+    if args.backbone == "efficientnet-lite0":
+        return PreprocessSpec(height=h, width=w, mean=LITE_MEAN, std=LITE_STD)
     return PreprocessSpec(height=h, width=w)
 
 
@@ -51,7 +53,8 @@ def _train(args: argparse.Namespace, catalog, images) -> tuple[Any, Any, Any, Pr
     train_rows, val_rows = split_validation(train_catalog, seed=args.seed)
     config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
     model_config = ModelConfig(backbone=args.backbone, attribute_sizes=catalog.schema.sizes, dim=args.dim,
-                               width=args.width, height_px=spec.height, width_px=spec.width)
+                               width=args.width, height_px=spec.height, width_px=spec.width,
+                               lite_split=args.lite_split, chunk_norm=args.chunk_norm)
     t = time.perf_counter()
     result = train_adde(catalog.schema, spec, decoded.subset(train_rows), decoded.subset(val_rows), model_config, config)
     timings["train_s"] = time.perf_counter() - t
@@ -120,7 +123,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     bundle, parity = build_bundle(result.model, catalog.schema, spec, out / "bundle", val.pixels[:64],
                                   {"training": result.best})
     rows = reference_rows(train.catalog.codes, catalog.schema.sizes, config.proto_per_value, config.seed)
-    table = value_table(result.model, catalog.schema, spec, train.catalog.codes[rows], train.pixels[rows])
+    reference = Retriever(bundle).encode(list(train.pixels[rows])).embedding  # ONNX Runtime: the served numbers
+    table, _ = value_means(reference, train.catalog.codes[rows], catalog.schema, list(bundle.layout.values()))
     derive_bundle(out / "bundle", out / "bundle-chunk-replace", "chunk_replace", {"value_table": table})
     timings["export_s"] = time.perf_counter() - t
     print(f"   parity on 64 real images: max |diff| {parity.max_abs_diff:.1e}, min cosine {parity.min_cosine:.7f}")

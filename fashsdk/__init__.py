@@ -3,7 +3,7 @@
 The runtime needs numpy, onnxruntime, hnswlib and Pillow; it never imports torch.
 """
 from .bundle import Bundle
-from .errors import (BundleError, CatalogError, FashsdkError, ImageError, IndexFileError, QueryError)
+from .errors import BundleError, CatalogError, FashsdkError, ImageError, IndexFileError, QueryError
 from .index import CatalogIndex
 from .retriever import Retriever
 from .tasks import AttributePrediction, SearchResult

@@ -19,8 +19,20 @@ import numpy as np
 
 from .errors import BundleError
 from .families import Family, load_family
-from .files import (atomic_copy, atomic_save_npy, atomic_write_json, check_seal, contained_file, fsync_dir, load_npy,
-                    read_json, seal, sha256_file, stat_key, verify_entry)
+from .files import (
+    atomic_copy,
+    atomic_save_npy,
+    atomic_write_json,
+    check_seal,
+    contained_file,
+    fsync_dir,
+    load_npy,
+    read_json,
+    seal,
+    sha256_file,
+    stat_key,
+    verify_entry,
+)
 from .schema import AttributeSchema
 from .sources.preprocess import PreprocessSpec
 

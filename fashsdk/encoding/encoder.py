@@ -19,12 +19,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_all
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from typing import (Any, Callable, Generic, Hashable, Iterable, Iterator, Sequence, TypeVar)
+from typing import Any, Callable, Generic, Hashable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
 from ..errors import ImageError
-from ..sources.preprocess import (ImageInput, PreprocessSpec, decode_resized, normalize_into)
+from ..sources.preprocess import ImageInput, PreprocessSpec, decode_resized, normalize_into
 from ..system import usable_cores
 from .backends.base import EmbeddingBackend, ModelOutputs
 

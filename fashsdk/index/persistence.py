@@ -16,8 +16,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import IndexFileError
-from ..files import (atomic_save_npy, atomic_write_json, check_seal, contained_file, fsync_dir, load_npy, read_json,
-                     seal, sha256_file, verify_entry)
+from ..files import (
+    atomic_save_npy,
+    atomic_write_json,
+    check_seal,
+    contained_file,
+    fsync_dir,
+    load_npy,
+    read_json,
+    seal,
+    sha256_file,
+    verify_entry,
+)
 from .graph import DEFAULT_PARAMS, GraphParams, ProjectedGraph
 from .items import ItemTable
 from .policy import exact_limit, maintain, set_beam

@@ -6,8 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from fashsdk.eval.methods import (Gallery, attribute_based_topk, conditional_similarity, evaluate_methods,
-                                  family_queries)
+from fashsdk.eval.methods import Gallery, attribute_based_topk, conditional_similarity, evaluate_methods, family_queries
 from fashsdk.eval.protocol import exact_topk, hit_rates, manipulation_queries, ndcg
 from fashsdk.families.chunk_replace import ChunkReplace, value_means
 from fashsdk.schema import AttributeSchema

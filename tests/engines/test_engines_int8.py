@@ -15,7 +15,7 @@ import pytest
 from realdata import real_subset
 
 from engines.calibration import CalibrationReader, even_batch_size, sample_ids
-from engines.int8 import (INT8_FILE, Int8Error, Int8Gate, Int8Options, build_int8_engine, output_layers)
+from engines.int8 import INT8_FILE, Int8Error, Int8Gate, Int8Options, build_int8_engine, output_layers
 from fashsdk import Bundle, BundleError, Retriever
 
 # no speed rule (tests never assert performance) and a gate sized for a 60-image sample

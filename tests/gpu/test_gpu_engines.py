@@ -19,13 +19,22 @@ from onnx import TensorProto, helper, numpy_helper
 from realdata import real_subset
 
 from engines.fp16 import FP16_MODEL, Fp16ConversionError, convert_file, convert_to_fp16
-from engines.gpu_gate import (GateError, GateReport, GateThresholds, decide, embed, gate_sample, neighbour_overlap,
-                              require_pass, run_gate)
+from engines.gpu_gate import (
+    GateError,
+    GateReport,
+    GateThresholds,
+    decide,
+    embed,
+    gate_sample,
+    neighbour_overlap,
+    require_pass,
+    run_gate,
+)
 from fashsdk.bundle import Bundle, EngineEntry
 from fashsdk.encoding.backends import available_backends, open_backend
-from fashsdk.encoding.backends.gpu_probe import (nvidia_gpu_present, onnxruntime_cuda_usable, tensorrt_usable)
+from fashsdk.encoding.backends.gpu_probe import nvidia_gpu_present, onnxruntime_cuda_usable, tensorrt_usable
 from fashsdk.encoding.backends.onnxruntime_cpu import OnnxRuntimeCpuBackend
-from fashsdk.encoding.backends.plan_manifest import (PlanCache, PlanIncompatibleError, RuntimeFacts, resolve_plan)
+from fashsdk.encoding.backends.plan_manifest import PlanCache, PlanIncompatibleError, RuntimeFacts, resolve_plan
 from fashsdk.encoding.backends.select import REGISTRY
 from fashsdk.encoding.backends.tensorrt_build import BuildOptions, BuiltPlan, Profile
 from fashsdk.errors import BundleError

@@ -18,7 +18,7 @@ from PIL import Image
 from fashsdk import Bundle, ImageError
 from fashsdk.encoding.backends import ModelOutputs, open_backend
 from fashsdk.encoding.encoder import Encoder
-from fashsdk.sources.preprocess import (PreprocessSpec, decode_resized, normalize, normalize_into)
+from fashsdk.sources.preprocess import PreprocessSpec, decode_resized, normalize, normalize_into
 
 
 class RecordingBackend:

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
 
-from fashsdk import (Bundle, BundleError, CatalogIndex, FashsdkError, IndexFileError, Retriever)
+from fashsdk import Bundle, BundleError, CatalogIndex, FashsdkError, IndexFileError, Retriever
 from fashsdk.bundle import MANIFEST
 from fashsdk.files import SEAL_KEY, seal
 from fashsdk.index.persistence import SIDECAR

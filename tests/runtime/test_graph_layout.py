@@ -13,7 +13,7 @@ from test_index_two_stage import clustered
 
 import fashsdk.index.policy as index_module
 from fashsdk import CatalogIndex
-from fashsdk.index.graph_layout import (breadth_first, locality_permutation, permuted_state, relaid)
+from fashsdk.index.graph_layout import breadth_first, locality_permutation, permuted_state, relaid
 
 
 def graph_of(x: np.ndarray, M: int = 8) -> hnswlib.Index:

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fashsdk import (CatalogIndex, FashsdkError, ImageError, IndexFileError, QueryError, Retriever)
+from fashsdk import CatalogIndex, FashsdkError, ImageError, IndexFileError, QueryError, Retriever
 from fashsdk.sources.preprocess import MAX_PIXELS, decode_resized
 
 ROOT = Path(__file__).resolve().parents[2]

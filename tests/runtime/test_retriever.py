@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from bundles import SCHEMA, random_images
 
-from fashsdk import (Bundle, BundleError, ImageError, IndexFileError, QueryError, Retriever)
+from fashsdk import Bundle, BundleError, ImageError, IndexFileError, QueryError, Retriever
 from fashsdk.bundle import MANIFEST
 
 
