@@ -34,10 +34,11 @@ SENSITIVE_OPS = frozenset({
     "LayerNormalization", "InstanceNormalization", "GroupNormalization", "RMSNormalization",
 })
 # Cheap elementwise / shape ops that stay fp32 when a sensitive op feeds them (the tail
-# of an L2 normalisation: clamp the norm, broadcast it, divide by it).
+# of an L2 normalisation: clamp the norm, broadcast it, divide by it; with one normalisation
+# per attribute chunk, the concatenation of the chunks and its scaling too).
 TAIL_OPS = frozenset({
     "Div", "Mul", "Add", "Sub", "Sqrt", "Reciprocal", "Clip", "Max", "Min", "Pow", "Abs",
-    "Expand", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity",
+    "Expand", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity", "Concat",
 })
 # Default-domain ops without float16 in their type constraints.
 NO_FP16_OPS = frozenset({"Range", "NonMaxSuppression", "TfIdfVectorizer"})
@@ -338,7 +339,7 @@ def build_fp16_engine(bundle_dir: str | Path, labels: str | Path, images: Any, *
         pixels, codes, _ = gate_sample(bundle, labels, images, n=gate_images, split=split, seed=seed)
         reference = OnnxRuntimeCpuBackend(bundle.path_of(fp32.file), "fp32")
         if onnxruntime_cuda_usable():
-            from fashsdk.encoding.backends.onnxruntime_cuda import (OnnxRuntimeCudaBackend)
+            from fashsdk.encoding.backends.onnxruntime_cuda import OnnxRuntimeCudaBackend
 
             candidate: Any = OnnxRuntimeCudaBackend(target, "fp16")
         else:

@@ -144,7 +144,7 @@ def quantize_model(fp32_path: str | Path, out_path: str | Path, pixels: np.ndarr
                    input_name: str, options: Int8Options = Int8Options()) -> dict[str, Any]:
     """Write a QDQ int8 copy of ``fp32_path`` calibrated on ``pixels``; returns what was quantised."""
     import onnx
-    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType, quantize_static)
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fashsdk.bundle import Bundle, EngineEntry
-from fashsdk.encoding.backends.tensorrt_build import (BuildOptions, Profile, build_plan, source_precision)
+from fashsdk.encoding.backends.tensorrt_build import BuildOptions, Profile, build_plan, source_precision
 from fashsdk.errors import BundleError
 
 PLAN_FILE = "model.fp16.plan"
@@ -24,7 +24,7 @@ def default_timing_cache() -> Path:
     import tensorrt as trt
 
     from fashsdk.encoding.backends.cuda_memory import device_info
-    from fashsdk.encoding.backends.plan_manifest import (PlanCache, RuntimeFacts, default_cache_dir)
+    from fashsdk.encoding.backends.plan_manifest import PlanCache, RuntimeFacts, default_cache_dir
 
     info = device_info()
     runtime = RuntimeFacts(str(trt.__version__), info.name, info.compute_capability)

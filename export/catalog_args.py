@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 from pathlib import Path
 
-from fashsdk.sources.catalog import DEFAULT_MIN_COUNT, FoldReport, read_catalog
+from fashsdk.sources.catalog import DEFAULT_MIN_COUNT, FoldReport, encode_rows, fit_schema, read_catalog, read_rows
 
 DEFAULT_ATTRIBUTES = ("articleType", "baseColour", "gender", "usage")
 DEFAULT_DATA = Path("../shared/data/myntra-small")
@@ -35,8 +36,39 @@ def add_catalog_args(parser: argparse.ArgumentParser) -> None:
 
 def load_catalog_from_args(args: argparse.Namespace):
     labels, images = data_paths(args)
+    splits = _hash_splits(labels, args.id_column, args.split_column)
     catalog, report = read_catalog(labels, args.attributes, id_column=args.id_column,
-                                   split_column=args.split_column, min_count=args.min_count)
+                                   split_column=args.split_column, min_count=args.min_count,
+                                   fit_split="train" if splits is None else None)
+    if splits is not None:  # no split column: a fixed one from the ids, fitted on its train part
+        catalog.splits = [splits[i] for i in catalog.ids]
+        train = [n for n, s in enumerate(catalog.splits) if s == "train"]
+        rows = [dict(zip(args.attributes, values)) for values in _cells(labels, args.id_column, args.attributes)]
+        schema, report = fit_schema([rows[n] for n in train], args.attributes, args.min_count)
+        catalog.codes, catalog.schema = encode_rows(rows, schema), schema
+        print(f"{labels} has no {args.split_column!r} column: {TEST_SHARE:.0%} of the ids, chosen by a hash of "
+              f"the id, are the test split ({sum(s == 'test' for s in catalog.splits)} items)", flush=True)
     if isinstance(report, FoldReport):
         print(report.format(), flush=True)
     return catalog, images
+
+
+TEST_SHARE = 0.2
+
+
+def _hash_splits(labels: Path, id_column: str, split_column: str) -> dict[str, str] | None:
+    """id -> "train"/"test" by a hash of the id, when the CSV has no split column."""
+    header, rows = read_rows(labels, id_column)
+    if split_column in header:
+        return None
+    out = {}
+    for row in rows:
+        item_id = row[id_column].strip()
+        bucket = int(hashlib.sha256(item_id.encode("utf-8")).hexdigest()[:8], 16) / 0xFFFFFFFF
+        out[item_id] = "test" if bucket < TEST_SHARE else "train"
+    return out
+
+
+def _cells(labels: Path, id_column: str, attributes: list[str]) -> list[list[str]]:
+    _, rows = read_rows(labels, id_column)
+    return [[(row.get(a) or "") for a in attributes] for row in rows]

@@ -3,16 +3,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from .errors import FashsdkError, QueryError
 from .progress import progress_bar
 from .retriever import Retriever
-from .sources.catalog import read_catalog
 from .sources.images import iter_images
+from .sources.labels import read_value_map
+from .tasks.ingest import REPORT_NAME
+
+log = logging.getLogger("fashsdk")
 
 
 def _positive_int(text: str) -> int:
@@ -48,36 +53,35 @@ def _parse_where(items: Sequence[str]) -> dict[str, list[str]]:
             _pairs(items, "--where", "gender=Women or usage=Casual,Sports").items()}
 
 
-def _print_results(query: str, extra: dict, results: list, ms: float) -> None:
-    print(json.dumps({"query": query, **extra, "ms": round(ms, 3),
-                      "results": [{"id": r.id, "score": round(r.score, 5), "attributes": r.attributes}
-                                  for r in results]}, indent=2))
+def _out(obj: Any) -> None:
+    print(json.dumps(obj, indent=2))
+
+
+def _results(query: str, extra: dict, results: list, ms: float) -> None:
+    _out({"query": query, **extra, "ms": round(ms, 3),
+          "results": [{"id": r.id, "score": round(r.score, 5), "attributes": r.attributes, "predicted": r.predicted}
+                      for r in results]})
 
 
 def cmd_index(args: argparse.Namespace) -> int:
     retriever = Retriever(args.bundle, threads=args.threads)
-    catalog, _ = read_catalog(args.labels, retriever.schema.names, id_column=args.id_column,
-                              split_column=args.split_column, schema=retriever.schema)
-    if args.split:
-        catalog = catalog.split(args.split)
-    labels = {i: retriever.schema.decode(c) for i, c in zip(catalog.ids, catalog.codes)}
-    bar, update = progress_bar(len(catalog), "index")
-    start = time.perf_counter()
-    failures = retriever.add(iter_images(args.images, catalog.ids), labels, skip_errors=args.skip_bad_images,
-                             progress=update)
+    value_map = read_value_map(args.value_map or [], retriever.schema)
+    bar, update = progress_bar(None, "index")
+    report = retriever.index_catalog(args.labels, args.images, id_column=args.id_column, path_column=args.path_column,
+                                     value_map=value_map, split=args.split, split_column=args.split_column,
+                                     strict=args.strict, progress=update)
     bar.close()
-    seconds = time.perf_counter() - start
-    indexed = len(retriever.index) if retriever.index else 0
-    missing = len(catalog) - indexed - len(failures)
-    if retriever.index is not None:
-        retriever.index.optimize()  # a bulk build: lay the graph out for serving before it is saved
-        retriever.index.prepare_similar(range(len(retriever.schema.attributes)))  # saved with the index
+    if retriever.index is None or not len(retriever.index):
+        args.out.mkdir(parents=True, exist_ok=True)
+        report.save(args.out / REPORT_NAME)
+        raise QueryError(f"nothing was indexed (report: {args.out / REPORT_NAME}): " + report.summary())
+    retriever.index.optimize()  # a bulk build: lay the graph out for serving before it is saved
+    retriever.index.prepare_similar(range(len(retriever.schema.attributes)))  # saved with the index
     retriever.save_index(args.out)
-    print(json.dumps({"indexed": indexed, "skipped_bad_images": len(failures), "missing_images": missing,
-                      "seconds": round(seconds, 2), "ms_per_image": round(1000 * seconds / max(indexed, 1), 3),
-                      "backend": retriever.backend_name, "index": str(args.out)}))
-    for item_id, reason in failures[:20]:
-        print(f"skipped {item_id}: {reason}", file=sys.stderr)
+    report.save(args.out / REPORT_NAME)
+    print(report.summary(), file=sys.stderr)
+    summary = {k: v for k, v in report.to_json().items() if k not in ("skipped_rows", "labels", "images")}
+    _out({**summary, "backend": retriever.backend_name, "index": str(args.out), "report": str(args.out / REPORT_NAME)})
     return 0
 
 
@@ -87,18 +91,18 @@ def cmd_search(args: argparse.Namespace) -> int:
     where = _parse_where(args.where or [])
     start = time.perf_counter()
     results = retriever.search(args.query, change=change or None, k=args.k, where=where or None, exact=args.exact)
-    _print_results(args.query, {"change": change, "where": where}, results, 1000 * (time.perf_counter() - start))
+    _results(args.query, {"change": change, "where": where}, results, 1000 * (time.perf_counter() - start))
     if args.sheet:
         if not args.images:
             raise QueryError("--sheet needs --images (a folder or tar shards) to draw the result thumbnails")
         from .eval.contact_sheet import render_sheet
 
-        wanted = [r.id for r in results] + ([args.query] if args.query in retriever.index else [])
+        index = retriever.index
+        assert index is not None
+        wanted = [r.id for r in results] + ([args.query] if args.query in index else [])
         found = dict(iter_images(args.images, wanted))
-        query_image = found.get(args.query, args.query)
-        query_labels = (retriever.schema.decode(retriever.index.get(args.query)[1])
-                        if args.query in retriever.index else {})
-        row = {"query": query_image, "query_labels": query_labels, "change": change,
+        query_labels = retriever.schema.decode(index.get(args.query)[1]) if args.query in index else {}
+        row = {"query": found.get(args.query, args.query), "query_labels": query_labels, "change": change,
                "results": [(found.get(r.id, b""), r.id, r.score, r.attributes) for r in results]}
         render_sheet([row], args.sheet)
         print(f"contact sheet written to {args.sheet}", file=sys.stderr)
@@ -110,40 +114,74 @@ def cmd_similar(args: argparse.Namespace) -> int:
     where = _parse_where(args.where or [])
     start = time.perf_counter()
     results = retriever.similar(args.query, args.attribute, k=args.k, where=where or None, exact=args.exact)
-    _print_results(args.query, {"attribute": args.attribute, "where": where}, results,
-                   1000 * (time.perf_counter() - start))
+    _results(args.query, {"attribute": args.attribute, "where": where}, results, 1000 * (time.perf_counter() - start))
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    retriever = Retriever(args.bundle, threads=args.threads)
-    pred = retriever.predict(args.image)
-    print(json.dumps({name: {"value": p.value, "probability": round(p.probability, 4)} for name, p in pred.items()},
-                     indent=2))
+    retriever = Retriever(args.bundle, args.index, threads=args.threads)
+    predictions = retriever.predict_many(args.items, top=args.top)
+    _out([{"item": item, "attributes": {name: [{"value": p.value, "probability": p.probability, "source": p.source}
+                                               for p in values] for name, values in pred.items()}}
+          for item, pred in zip(args.items, predictions)])
     return 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    retriever = Retriever(args.bundle, args.index)
-    print(json.dumps(retriever.describe(), indent=2))
+    retriever = Retriever(args.bundle, args.index, threads=args.threads)
+    info = retriever.describe()
+    info["versions"] = versions()
+    info["attributes"] = {name: (values if args.values else f"{len(values)} values: {', '.join(values[:6])}"
+                                 + (", ..." if len(values) > 6 else ""))
+                          for name, values in info["attributes"].items()}
+    if retriever.index is not None:
+        stats = retriever.index.stats()
+        info["index"] = {"directory": str(args.index), "items": stats["count"], "dim": stats["dim"],
+                         "mode": stats["mode"], "bytes": stats["bytes"],
+                         "built_with_bundle": retriever.index.info.get("bundle_sha256"),
+                         "subspace_graphs": stats["subspace_graphs"]}
+    _out(info)
     return 0
 
 
+def versions() -> dict[str, str | None]:
+    from importlib import metadata
+
+    out: dict[str, str | None] = {}
+    for name in ("fashsdk", "numpy", "onnxruntime", "hnswlib", "pillow"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="fashsdk", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"fashsdk {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log what happens (-vv: in detail)")
     sub = parser.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--bundle", required=True, help="bundle directory (manifest.json, model.onnx, prototypes.npy)")
+    common.add_argument("--bundle", required=True, type=Path, help="bundle directory (made by python -m export onnx)")
     common.add_argument("--threads", type=_positive_int, default=None, help="inference threads (default: all usable cores)")
 
-    p = sub.add_parser("index", parents=[common], help="encode catalog images and save an index")
-    p.add_argument("--labels", required=True, help="labels CSV with an id column and attribute columns")
-    p.add_argument("--images", required=True, nargs="+", help="image folder or tar shards")
+    p = sub.add_parser("index", parents=[common], help="index a catalog (labels CSV + images) and save the index",
+                       description="Every row of the CSV is indexed or reported with its reason in OUT/"
+                                   f"{REPORT_NAME}. An image belongs to the row whose id equals its file name "
+                                   "without the extension (15970.jpg -> 15970), or is named by --path-column.")
+    p.add_argument("--labels", required=True, type=Path, help="labels CSV: an id column and attribute columns")
+    p.add_argument("--images", nargs="+", help="image folders or tar shards (not needed with --path-column)")
+    p.add_argument("--path-column", help="CSV column holding each row's image file (relative to the CSV's folder)")
     p.add_argument("--out", required=True, type=Path, help="index directory to write")
     p.add_argument("--split", default=None, help="index only rows of this split (e.g. test)")
     p.add_argument("--split-column", default="split")
     p.add_argument("--id-column", default="id")
-    p.add_argument("--skip-bad-images", action="store_true", help="skip undecodable images instead of failing")
+    p.add_argument("--value-map", action="append", metavar="ATTR:RAW=VALUE|FILE.json",
+                   help="map a label spelling to a schema value, e.g. articleType:T-Shirt=Tshirts; repeatable")
+    p.add_argument("--strict", action="store_true", help="fail on any row that would be skipped or cell that "
+                                                         "matches no value, instead of reporting it")
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("search", parents=[common], help="search the index, optionally changing attributes")
@@ -166,12 +204,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exact", action="store_true", help="exact search instead of the attribute's graph")
     p.set_defaults(func=cmd_similar)
 
-    p = sub.add_parser("predict", parents=[common], help="predict each attribute of an image")
-    p.add_argument("image")
+    p = sub.add_parser("predict", parents=[common], help="each attribute's most likely values for images or ids")
+    p.add_argument("items", nargs="+", help="image paths, or ids of an --index")
+    p.add_argument("--index", type=Path, default=None, help="an index, so that its ids can be given")
+    p.add_argument("--top", type=_positive_int, default=3, help="values per attribute (default 3)")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("info", parents=[common], help="describe a bundle (and index)")
+    p = sub.add_parser("info", parents=[common], help="versions, engine, schema and index statistics")
     p.add_argument("--index", type=Path, default=None)
+    p.add_argument("--values", action="store_true", help="list every attribute's values in full")
     p.set_defaults(func=cmd_info)
     return parser
 
@@ -179,11 +220,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Exit 0 on success; 2 with a one-line 'fashsdk: error: ...' for bad arguments, inputs or files."""
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)],
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     try:
         return int(args.func(args))
     except FashsdkError as exc:
         print(f"fashsdk: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `fashsdk info | head`: the reader left; say nothing more
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except OSError as exc:  # unwritable output, full disk, unreadable input: the OS names the file
         print(f"fashsdk: error: {exc}", file=sys.stderr)
         return 2

@@ -6,6 +6,7 @@ exact re-rank) -> ``tasks`` (search, similar) -> ``SearchResult``.
 """
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from pathlib import Path
@@ -21,9 +22,11 @@ from .families import Family
 from .index import CatalogIndex
 from .schema import Change, Where
 from .sources.preprocess import ImageInput
-from .tasks import AttributePrediction, SearchResult, search, search_batch, similar
-from .tasks.ingest import Labels, add_items
-from .tasks.search import query_vector
+from .tasks import Prediction, SearchResult, predict, query_vector, search, search_batch, similar
+from .tasks.ingest import IngestReport, Labels, add_items, index_catalog, label_codes
+from .tasks.predict import SINGLE
+
+log = logging.getLogger("fashsdk")
 
 
 class Retriever:
@@ -45,6 +48,8 @@ class Retriever:
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
                 raise QueryError(f"{name} must be a positive integer, got {value!r}")
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+        log.info("bundle %s: family %s, %d-d embedding, %d attributes", self.bundle.directory, self.bundle.family_name,
+                 self.bundle.dim, len(self.bundle.schema.attributes))
         self.schema = self.bundle.schema
         self.family: Family = self.bundle.family
         self._backend_name, self._threads, self._batch_size = backend, threads, batch_size
@@ -54,6 +59,7 @@ class Retriever:
         if index is not None:
             self.index = index if isinstance(index, CatalogIndex) else CatalogIndex.load(index)
             self._check_index(self.index)
+            log.info("index %s: %d items (%s)", index, len(self.index), self.index.mode)
 
     # ---- model ---------------------------------------------------------------------
     @property
@@ -62,6 +68,7 @@ class Retriever:
             with self._encoder_lock:  # concurrent first searches open one engine, not several
                 if self._encoder is None:
                     backend = open_checked_backend(self.bundle, self._backend_name, self._threads)
+                    log.info("engine %s opened", backend.name)
                     self._encoder = Encoder(backend, self.bundle.preprocess, batch_size=self._batch_size)
         return self._encoder
 
@@ -80,12 +87,19 @@ class Retriever:
                                 np.zeros((0, self.schema.total_values), np.float32))
         return self.encoder.encode(images)
 
-    def predict(self, image: ImageInput) -> dict[str, AttributePrediction]:
-        """Each attribute's most likely value and its probability."""
-        out = self.encode([image])
-        codes, probs = self.schema.predicted_codes(out.logits)
-        return {a.name: AttributePrediction(a.values[int(codes[0, i])], float(probs[0, i]))
-                for i, a in enumerate(self.schema.attributes)}
+    def predict(self, item: object, top: int = 3) -> Prediction:
+        """Each attribute's ``top`` most likely values with probabilities, best first, for an image;
+        for an indexed id, its stored label (source "label") else the value predicted when it was
+        indexed (source "indexed")."""
+        return self.predict_many([item], top)[0]
+
+    def predict_many(self, items: Sequence[object], top: int = 3) -> list[Prediction]:
+        """``predict`` for several images and ids; images go through the model in one batch."""
+        if isinstance(items, SINGLE) or not isinstance(items, Sequence):
+            raise QueryError("predict_many takes a list of images or ids; use predict for one")
+        if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+            raise QueryError(f"top must be a positive integer, got {top!r}")
+        return predict(self.index, self.schema, self.encode, list(items), top)
 
     # ---- catalog ---------------------------------------------------------------------
     def _new_index(self) -> CatalogIndex:
@@ -116,7 +130,41 @@ class Retriever:
             self.index = self._new_index()
         return add_items(self.index, self.encoder, self.schema, items, labels, skip_errors, progress)
 
+    def upsert(self, items: Iterable[tuple[object, ImageInput]], labels: Mapping[object, Labels] | None = None, *,
+               skip_errors: bool = False, progress: Callable[[int], None] | None = None) -> list[tuple[str, str]]:
+        """Like ``add``, but an id already indexed has its image (vector) and labels replaced."""
+        if self.index is None:
+            self.index = self._new_index()
+        return add_items(self.index, self.encoder, self.schema, items, labels, skip_errors, progress, upsert=True)
+
+    def set_labels(self, labels: Mapping[object, Labels]) -> None:
+        """Replace the stored labels of indexed items, keeping their vectors ({id: {attribute: value or None}};
+        an attribute left out or None becomes unknown, so the model's prediction is used)."""
+        codes = label_codes(self.schema, labels)
+        self._require_index().set_labels(list(codes), np.stack(list(codes.values())) if codes else
+                                          np.zeros((0, len(self.schema.attributes)), np.int16))
+
+    def index_catalog(self, labels_file: str | os.PathLike, images: str | os.PathLike | Sequence[str | os.PathLike]
+                      | None = None, *, id_column: str = "id", path_column: str | None = None,
+                      value_map: Mapping[str, Mapping[str, str]] | None = None, split: str | None = None,
+                      split_column: str | None = "split", strict: bool = False, upsert: bool = False,
+                      progress: Callable[[int], None] | None = None) -> IngestReport:
+        """Index a labels CSV and its images, accounting for every row (see ``IngestReport``).
+
+        An image belongs to the row whose id equals its file name without the extension, in the
+        ``images`` folders or tar shards, or is named by the row's ``path_column``. Label cells
+        match values ignoring case and separators, or through ``value_map`` ({attribute: {raw:
+        value}}); cells that match nothing are stored as unknown and reported with the closest
+        value. Bad rows are skipped and reported; ``strict`` makes them an error instead.
+        """
+        if self.index is None:
+            self.index = self._new_index()
+        return index_catalog(self.index, self.encoder, self.schema, labels_file, images, id_column=id_column,
+                             path_column=path_column, value_map=value_map, split=split, split_column=split_column,
+                             strict=strict, upsert=upsert, progress=progress)
+
     def remove(self, ids: Iterable[object]) -> None:
+        """Remove items by id from the index in memory (``save_index`` writes it)."""
         self._require_index().remove(ids)
 
     def save_index(self, directory: str | os.PathLike) -> Path:

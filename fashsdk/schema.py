@@ -17,6 +17,12 @@ import numpy as np
 from .errors import QueryError, unknown_name_message
 
 UNKNOWN = -1
+_SEPARATORS = str.maketrans("", "", " -_/.'")
+
+
+def loose_key(text: str) -> str:
+    """How a value is matched when not written exactly: case and separators ignored ("t-shirt" ~ "T Shirt")."""
+    return text.strip().lower().translate(_SEPARATORS)
 
 Change = Mapping[str, str]
 Where = Mapping[str, "str | Sequence[str]"]
@@ -68,6 +74,15 @@ class AttributeSchema:
         return sum(self.sizes)
 
     @cached_property
+    def loose_values(self) -> list[dict[str, int]]:
+        """Per attribute, loose key -> value index (keys two values share are left out: ambiguous)."""
+        out = []
+        for a in self.attributes:
+            keys = [loose_key(v) for v in a.values]
+            out.append({k: i for i, k in enumerate(keys) if keys.count(k) == 1})
+        return out
+
+    @cached_property
     def value_tables(self) -> list[dict[int, str | None]]:
         """Per attribute, code -> value name (UNKNOWN -> None): decoding without numpy calls."""
         return [{UNKNOWN: None, **dict(enumerate(a.values))} for a in self.attributes]
@@ -79,14 +94,20 @@ class AttributeSchema:
         raise QueryError(unknown_name_message("attribute", name, self.names))
 
     def value_index(self, attribute: int | str, value: str) -> int:
+        found = self.find_value(attribute, value)
+        if found is None:
+            a = self.attribute_index(attribute) if isinstance(attribute, str) else attribute
+            raise QueryError(unknown_name_message(f"value for {self.attributes[a].name!r}", value,
+                                                  self.attributes[a].values))
+        return found
+
+    def find_value(self, attribute: int | str, value: str) -> int | None:
+        """The value's index: exact, else ignoring case and separators ("red" -> "Red"); None if neither."""
         a = self.attribute_index(attribute) if isinstance(attribute, str) else attribute
         values = self.attributes[a].values
-        try:
+        if value in values:
             return values.index(value)
-        except ValueError:
-            raise QueryError(
-                unknown_name_message(f"value for {self.attributes[a].name!r}", value, values)
-            ) from None
+        return self.loose_values[a].get(loose_key(value))
 
     def decode(self, codes: Sequence[int] | np.ndarray) -> dict[str, str | None]:
         """Codes (A,) -> {attribute: value or None when unknown}; a code outside the schema is an error."""

@@ -120,3 +120,32 @@ def other_tiny_bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("other_tiny_bundle") / "bundle"
     make_tiny_bundle(directory, seed=1)
     return directory
+
+
+@pytest.fixture(scope="session")
+def readme_bundle_dir(tmp_path_factory: pytest.TempPathFactory, real_subset_data: RealSubset) -> Path:
+    """An untrained bundle with the demo's attributes (articleType, baseColour, gender, usage), values
+    fitted on the shared catalog's labels, for running the README's examples. Do not modify."""
+    import csv
+
+    import torch
+    from bundles import spread_untrained
+    from realdata import DATA
+
+    from export.models import ADDE, ModelConfig
+    from export.onnx_export import build_bundle
+    from fashsdk.sources.catalog import fit_schema
+    from fashsdk.sources.preprocess import PreprocessSpec, decode_resized
+
+    with open(DATA / "styles.csv", newline="", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f)][:5000]
+    schema, _ = fit_schema(rows, ("articleType", "baseColour", "gender", "usage"), min_count=20)
+    spec = PreprocessSpec(height=40, width=32)
+    torch.manual_seed(0)
+    model = ADDE(ModelConfig(backbone="compact", attribute_sizes=schema.sizes, dim=8, width=8,
+                             height_px=spec.height, width_px=spec.width))
+    pixels = np.stack([decode_resized(real_subset_data.images[i], spec) for i in real_subset_data.ids])
+    spread_untrained(model, pixels, spec)
+    directory = tmp_path_factory.mktemp("readme_bundle") / "bundle"
+    build_bundle(model.eval(), schema, spec, directory, pixels[:8])
+    return directory

@@ -110,6 +110,15 @@ class CatalogIndex:
             slots = np.array([self.table.slot_of(k) for k in keys], np.int64)
             return self.store.rows(slots), self.table.codes[slots], self.table.predicted[slots]
 
+    def hits_of(self, ids: Sequence[object]) -> list[Hits]:
+        """Indexed items as one-row Hits each (score 1): their codes and predictions, one locked read."""
+        keys = id_list(ids)
+        with self.lock.read():
+            table = self.table
+            slots = [table.slot_of(k) for k in keys]
+            return [Hits([k], np.ones(1, np.float32), table.codes[[s]], table.predicted[[s]], table.confidence[[s]])
+                    for k, s in zip(keys, slots)]
+
     def vectors_and_codes(self) -> tuple[list[str], np.ndarray, np.ndarray]:
         """Snapshot of all live items: ids, vectors (n, D) float32, label codes (n, A)."""
         with self.lock.read():
@@ -202,20 +211,22 @@ class CatalogIndex:
 
     # ---- writing -------------------------------------------------------------------
     def add(self, ids: Sequence[object], vectors: np.ndarray, codes: np.ndarray | None = None,
-            predicted: np.ndarray | None = None) -> None:
+            predicted: np.ndarray | None = None, confidence: np.ndarray | None = None) -> None:
         """Add new items; an id already present (or repeated in ``ids``) is an error.
 
         ``codes`` are the known labels (-1 = unknown); ``predicted`` the model's own
-        reading of each attribute, used as the current value when a label is unknown.
+        reading of each attribute, used as the current value when a label is unknown, and
+        ``confidence`` its probability (shown with results that carry a predicted value).
         """
         keys = id_list(ids)
         vectors, codes_arr, predicted_arr = writes.check_items(self, keys, vectors, codes, predicted)
+        confidence = writes.checked_confidence(confidence, len(keys), self.num_attributes)
         with self.lock.write():
             present = [k for k in keys if k in self.table]
             if present:
                 raise QueryError(f"{len(present)} ids are already indexed (first: {present[:3]}); "
                                  "remove them first or use update()")
-            writes.add_locked(self, keys, vectors, codes_arr, predicted_arr)
+            writes.add_locked(self, keys, vectors, codes_arr, predicted_arr, confidence)
             policy.maintain(self)
 
     def remove(self, ids: Iterable[object]) -> None:
@@ -227,14 +238,25 @@ class CatalogIndex:
             policy.maintain(self)
 
     def update(self, ids: Sequence[object], vectors: np.ndarray, codes: np.ndarray | None = None,
-               predicted: np.ndarray | None = None) -> None:
+               predicted: np.ndarray | None = None, confidence: np.ndarray | None = None) -> None:
         """Replace the vectors and codes of existing ids, atomically for readers."""
+        self._replace(ids, vectors, codes, predicted, confidence, upsert=False)
+
+    def upsert(self, ids: Sequence[object], vectors: np.ndarray, codes: np.ndarray | None = None,
+               predicted: np.ndarray | None = None, confidence: np.ndarray | None = None) -> None:
+        """Add new ids and replace existing ones (vectors and codes), in one atomic write."""
+        self._replace(ids, vectors, codes, predicted, confidence, upsert=True)
+
+    def _replace(self, ids: Sequence[object], vectors: np.ndarray, codes: np.ndarray | None,
+                 predicted: np.ndarray | None, confidence: np.ndarray | None, upsert: bool) -> None:
         keys = id_list(ids)
         vectors, codes_arr, predicted_arr = writes.check_items(self, keys, vectors, codes, predicted)
+        confidence = writes.checked_confidence(confidence, len(keys), self.num_attributes)
         with self.lock.write():
-            self._require_present(keys, "updated: add them first")
-            writes.remove_locked(self, keys)
-            writes.add_locked(self, keys, vectors, codes_arr, predicted_arr)
+            if not upsert:
+                self._require_present(keys, "updated: add them first")
+            writes.remove_locked(self, [k for k in keys if k in self.table])
+            writes.add_locked(self, keys, vectors, codes_arr, predicted_arr, confidence)
             policy.maintain(self)
 
     def set_labels(self, ids: Sequence[object], codes: np.ndarray) -> None:

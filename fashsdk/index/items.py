@@ -39,6 +39,7 @@ class ItemTable:
         self.codes = np.full((capacity, num_attributes), UNKNOWN, np.int16)
         self.predicted = np.full((capacity, num_attributes), UNKNOWN, np.int16)
         self.current = np.full((capacity, num_attributes), UNKNOWN, np.int16)  # label, else predicted
+        self.confidence = np.full((capacity, num_attributes), np.nan, np.float16)  # the prediction's probability
         self.alive = np.zeros(capacity, bool)
         self.ids: list[str | None] = []  # per used slot; None = free
         self.slot: dict[str, int] = {}
@@ -46,11 +47,14 @@ class ItemTable:
         self.counts = np.zeros((num_attributes, 1), np.int64)  # live items per (attribute, current code + 1)
 
     @classmethod
-    def adopt(cls, ids: list[str | None], codes: np.ndarray, predicted: np.ndarray) -> "ItemTable":
+    def adopt(cls, ids: list[str | None], codes: np.ndarray, predicted: np.ndarray,
+              confidence: np.ndarray | None = None) -> "ItemTable":
         """A table over loaded arrays (no copies); ``ids[s] is None`` marks a free slot."""
         table = cls(codes.shape[1], 1)
         if len(ids):
             table.codes, table.predicted = np.ascontiguousarray(codes), np.ascontiguousarray(predicted)
+            table.confidence = (np.full(codes.shape, np.nan, np.float16) if confidence is None
+                                else np.ascontiguousarray(confidence, np.float16))
             table.current = np.where(table.codes >= 0, table.codes, table.predicted).astype(np.int16)
             table.alive = np.array([i is not None for i in ids], bool)
         table.ids = list(ids)
@@ -89,8 +93,8 @@ class ItemTable:
         if needed <= capacity:
             return
         grown = max(needed, 2 * capacity)
-        for name, fill in (("codes", UNKNOWN), ("predicted", UNKNOWN), ("current", UNKNOWN)):
-            array = np.full((grown, self.num_attributes), fill, np.int16)
+        for name, fill in (("codes", UNKNOWN), ("predicted", UNKNOWN), ("current", UNKNOWN), ("confidence", np.nan)):
+            array = np.full((grown, self.num_attributes), fill, getattr(self, name).dtype)
             array[:capacity] = getattr(self, name)
             setattr(self, name, array)
         alive = np.zeros(grown, bool)
@@ -103,9 +107,11 @@ class ItemTable:
         start = len(self.ids)
         return np.array(reuse + list(range(start, start + count - len(reuse))), np.int64)
 
-    def put(self, keys: Sequence[str], slots: np.ndarray, codes: np.ndarray, predicted: np.ndarray) -> None:
+    def put(self, keys: Sequence[str], slots: np.ndarray, codes: np.ndarray, predicted: np.ndarray,
+            confidence: np.ndarray | None = None) -> None:
         self.codes[slots] = codes
         self.predicted[slots] = predicted
+        self.confidence[slots] = np.nan if confidence is None else confidence
         self.current[slots] = np.where(self.codes[slots] >= 0, self.codes[slots], self.predicted[slots])
         self.alive[slots] = True
         self._count(slots, 1)

@@ -38,7 +38,8 @@ if TYPE_CHECKING:
     from .catalog_index import CatalogIndex
 
 FORMAT = "fashsdk-index"
-FORMAT_VERSION = 3  # 3: attribute layout and subspace graphs; earlier versions were never released
+FORMAT_VERSION = 4  # 4: the predictions' probabilities; 3 (without them) still loads; older were never released
+READABLE_VERSIONS = (3, 4)
 SIDECAR = "index.json"
 SETTINGS = ("M", "ef_construction", "ef_search", "projection_dim", "exact_max_items")
 
@@ -47,7 +48,7 @@ def save_index(index: "CatalogIndex", directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     gen = secrets.token_hex(6)
     names = {"vectors": f"vectors-{gen}.npy", "codes": f"codes-{gen}.npy",
-             "predicted": f"predicted-{gen}.npy", "ids": f"ids-{gen}.json"}
+             "predicted": f"predicted-{gen}.npy", "confidence": f"confidence-{gen}.npy", "ids": f"ids-{gen}.json"}
     with index.lock.read():
         graph, table = index.graph, index.table
         used = table.used
@@ -62,6 +63,7 @@ def save_index(index: "CatalogIndex", directory: Path) -> Path:
         atomic_save_npy(directory / names["vectors"], index.store.data[:used])
         atomic_save_npy(directory / names["codes"], table.codes[:used])
         atomic_save_npy(directory / names["predicted"], table.predicted[:used])
+        atomic_save_npy(directory / names["confidence"], table.confidence[:used])
         atomic_write_json(directory / names["ids"], table.ids)
         sidecar = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "space": "ip",
@@ -102,8 +104,8 @@ def load_index(cls: type["CatalogIndex"], directory: Path) -> "CatalogIndex":
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise IndexFileError(f"{str(sidecar_path)!r} is not a fashsdk index sidecar")
     version = meta.get("format_version")
-    if isinstance(version, bool) or not isinstance(version, int) or version != FORMAT_VERSION:
-        raise IndexFileError(f"{where} has format_version {version!r}; this fashsdk reads {FORMAT_VERSION}: "
+    if isinstance(version, bool) or not isinstance(version, int) or version not in READABLE_VERSIONS:
+        raise IndexFileError(f"{where} has format_version {version!r}; this fashsdk reads {READABLE_VERSIONS}: "
                              "rebuild the index with 'fashsdk index' (or upgrade fashsdk if it is newer)")
     try:
         dim, num_attributes, slots = _int(meta["dim"]), _int(meta["num_attributes"]), _int(meta["slots"])
@@ -112,6 +114,7 @@ def load_index(cls: type["CatalogIndex"], directory: Path) -> "CatalogIndex":
         subspace_nodes = {int(a): _int(g["nodes"]) for a, g in dict(meta["subspaces"]).items()}
         settings = dict(meta["settings"])
         roles = ["vectors", "codes", "predicted", "ids"] + [f"subspace-{a}" for a in subspace_nodes]
+        roles += ["confidence"] if version >= 4 else []
         if graph_meta is not None:
             p, nodes, M, efc = (_int(graph_meta[key]) for key in ("projection_dim", "nodes", "M", "ef_construction"))
             identity = graph_meta["identity"]
@@ -146,6 +149,11 @@ def load_index(cls: type["CatalogIndex"], directory: Path) -> "CatalogIndex":
             or sum(i is not None for i in ids) != count):
         raise IndexFileError(f"index files in {str(directory)!r} disagree with the sidecar "
                              "(ids/vectors/codes shape, dtype or count)")
+    confidence = None
+    if "confidence" in paths:
+        confidence = load_npy(paths["confidence"], "index confidence", IndexFileError)
+        if confidence.shape != codes.shape or confidence.dtype != np.float16:
+            raise IndexFileError(f"index confidence {str(paths['confidence'])!r} disagrees with the sidecar")
     if len({i for i in ids if i is not None}) != count:
         raise IndexFileError(f"index ids in {str(paths['ids'])!r} contain duplicates")
     info = meta.get("info")
@@ -156,7 +164,7 @@ def load_index(cls: type["CatalogIndex"], directory: Path) -> "CatalogIndex":
         raise IndexFileError(f"{where} has invalid settings ({exc})") from None
     if slots:  # adopt the loaded arrays: no second copy of a multi-GB vector file
         index.store.data = np.ascontiguousarray(vectors)
-    index.table = ItemTable.adopt(ids, codes, predicted)
+    index.table = ItemTable.adopt(ids, codes, predicted, confidence)
     capacity = max(slots, 1)
     if graph_meta is not None:
         if identity:

@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -24,6 +25,7 @@ from .projection import fit_projection
 if TYPE_CHECKING:
     from .catalog_index import CatalogIndex
 
+log = logging.getLogger("fashsdk")
 EXACT_MAX_VALUES = 1 << 19  # items x dim below which an exact scan beats the graph (benchmarks.search)
 FIT_SAMPLE = 32768
 REFIT_WRITES = 1.0  # items written since the build, relative to the catalog size then
@@ -70,6 +72,7 @@ def set_beam(index: "CatalogIndex") -> None:
 def build(index: "CatalogIndex") -> None:
     """Fit the projection and build the full-vector graph from the live items."""
     alive = index.table.live_slots()
+    log.info("building the search graph over %d items", len(alive))
     sample = alive
     rows = min(FIT_SAMPLE, max(8192, (1 << 25) // index.dim))  # 8k rows of 4080-d fit 128 dims well
     if len(alive) > rows:

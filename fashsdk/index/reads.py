@@ -27,12 +27,14 @@ Filter = dict[int, frozenset[int]]  # attribute index -> allowed value codes (AN
 
 @dataclass
 class Hits:
-    """One query's results: ids best first, cosine scores, stored label and predicted codes (k, A)."""
+    """One query's results: ids best first, cosine scores, stored label and predicted codes (k, A) and
+    the predictions' probabilities (k, A)."""
 
     ids: list[str]
     scores: np.ndarray
     labels: np.ndarray
     predicted: np.ndarray
+    confidence: np.ndarray
 
 
 def read(index: "CatalogIndex", queries: np.ndarray, k: int, exact: bool, skip_keys: list[str | None] | None, where: Filter,
@@ -62,8 +64,8 @@ def read(index: "CatalogIndex", queries: np.ndarray, k: int, exact: bool, skip_k
     else:
         rows, scores = drop_excluded(*_slots(index, queries, want, exact, n), skip, k)
     ids = table.ids
-    return [Hits([ids[s] for s in row], sc, table.codes[row], table.predicted[row])  # type: ignore[misc]
-            for row, sc in zip(rows, scores)]
+    return [Hits([ids[s] for s in row], sc, table.codes[row], table.predicted[row],  # type: ignore[misc]
+                 table.confidence[row]) for row, sc in zip(rows, scores)]
 
 
 def _slots(index: "CatalogIndex", queries: np.ndarray, want: int, exact: bool, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -31,14 +31,27 @@ def check_items(index: "CatalogIndex", keys: list[str], vectors: np.ndarray, cod
     return vectors, codes_arr, predicted_arr
 
 
+def checked_confidence(confidence: np.ndarray | None, n: int, num_attributes: int) -> np.ndarray | None:
+    """Probabilities of the predicted values: (n, A) in [0, 1] (NaN = not known), or None."""
+    if confidence is None:
+        return None
+    arr = float_matrix(confidence, "confidence")
+    if arr.shape != (n, num_attributes):
+        raise QueryError(f"confidence has shape {arr.shape}, expected ({n}, {num_attributes})")
+    known = arr[~np.isnan(arr)]
+    if known.size and (known.min() < 0 or known.max() > 1):
+        raise QueryError("confidence must hold probabilities in [0, 1] (NaN where unknown)")
+    return arr.astype(np.float16)
+
+
 def add_locked(index: "CatalogIndex", keys: list[str], vectors: np.ndarray, codes: np.ndarray,
-               predicted: np.ndarray) -> None:
+               predicted: np.ndarray, confidence: np.ndarray | None = None) -> None:
     slots = index.table.slots_for(len(keys))
     needed = int(slots.max()) + 1 if len(slots) else 0
     index.table.reserve(needed)
     index.store.reserve(needed)
     index.store.put(slots, vectors)
-    index.table.put(keys, slots, codes, predicted)
+    index.table.put(keys, slots, codes, predicted, confidence)
     current = index.table.current_codes(slots)
     if index.graph is not None:
         order = locality_order(current)

@@ -1,6 +1,10 @@
 """Where catalog images live: a folder of ``<id>.<ext>`` files or plain tar shards.
 
-Both give (id, encoded bytes) pairs, so decoding happens in one place (preprocess.py).
+The naming rule: an image belongs to the catalog id equal to its file name without the
+extension (``15970.jpg`` -> ``15970``; subfolders of a tar are ignored), for every extension
+the decoder reads (JPEG, PNG, WebP, AVIF, GIF, BMP, TIFF). Both sources give (id, encoded bytes)
+pairs, so decoding happens in one place (preprocess.py). ``ImageLocator`` lists a source first
+(names only, no pixels), so ingestion can name ids without an image and images without an id.
 """
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from typing import Iterable, Iterator, Sequence
 
 from ..errors import CatalogError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jfif", ".png", ".webp", ".avif", ".gif", ".bmp", ".tif", ".tiff")
 
 
 def _member_id(name: str) -> str | None:
@@ -72,3 +76,47 @@ def load_images(spec: str | Path | Sequence[str | Path], ids: Sequence[str]) -> 
             "check the image source or drop those rows"
         )
     return found
+
+
+class ImageLocator:
+    """Where each id's image is, read from file and member names alone."""
+
+    def __init__(self, spec: str | Path | Sequence[str | Path]) -> None:
+        self.places: dict[str, tuple[Path, str]] = {}  # id -> (folder or tar, file or member name)
+        self.repeated: dict[str, list[str]] = {}  # id -> the other names that map to it (ignored)
+        self.unreadable: list[str] = []  # names that are not images by their extension
+        for source in resolve_sources(spec):
+            names = ([f.name for f in sorted(source.iterdir()) if f.is_file()] if source.is_dir()
+                     else _tar_names(source))
+            for name in names:
+                item_id = _member_id(name)
+                if item_id is None:
+                    self.unreadable.append(f"{source.name}/{name}")
+                elif item_id in self.places:
+                    self.repeated.setdefault(item_id, []).append(f"{source.name}/{name}")
+                else:
+                    self.places[item_id] = (source, name)
+
+    def read(self, ids: Iterable[str]) -> Iterator[tuple[str, bytes]]:
+        """(id, bytes) for the given ids that have an image, source by source (tars read once, in order)."""
+        by_source: dict[Path, dict[str, str]] = {}
+        for item_id in ids:
+            if item_id in self.places:
+                source, name = self.places[item_id]
+                by_source.setdefault(source, {})[name] = item_id
+        for source, names in by_source.items():
+            if source.is_dir():
+                for name, item_id in names.items():
+                    yield item_id, (source / name).read_bytes()
+                continue
+            with tarfile.open(source, "r:") as tar:
+                for member in tar:
+                    item_id = names.get(member.name)
+                    handle = tar.extractfile(member) if item_id is not None and member.isfile() else None
+                    if handle is not None:
+                        yield item_id, handle.read()
+
+
+def _tar_names(path: Path) -> list[str]:
+    with tarfile.open(path, "r:") as tar:
+        return [m.name for m in tar.getmembers() if m.isfile()]

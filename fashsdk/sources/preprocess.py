@@ -9,6 +9,7 @@ import functools
 import io
 import math
 import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Union
@@ -41,17 +42,18 @@ class PreprocessSpec:
 
     height: int
     width: int
-    resize: str = "stretch"  # resize straight to (height, width), no crop
+    resize: str = "pad"  # "pad": keep the aspect ratio, fill the rest with pad_color; "stretch": to (height, width)
     interpolation: str = "bilinear"
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     color: str = "RGB"
     layout: str = "NCHW"
     jpeg_draft: bool = True  # let libjpeg decode at a reduced scale when shrinking >= 2x
+    pad_color: tuple[int, int, int] = (255, 255, 255)  # catalog photos sit on white
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
-        data["mean"], data["std"] = list(self.mean), list(self.std)
+        data["mean"], data["std"], data["pad_color"] = list(self.mean), list(self.std), list(self.pad_color)
         return data
 
     @classmethod
@@ -70,10 +72,13 @@ class PreprocessSpec:
             color=str(data.get("color", "RGB")),
             layout=str(data.get("layout", "NCHW")),
             jpeg_draft=bool(data.get("jpeg_draft", True)),
+            pad_color=tuple(int(x) for x in data.get("pad_color", (255, 255, 255))),  # type: ignore[arg-type]
         )
-        if spec.resize != "stretch" or spec.interpolation not in _INTERPOLATION or spec.color != "RGB":
+        if spec.resize not in ("stretch", "pad") or spec.interpolation not in _INTERPOLATION or spec.color != "RGB":
             raise ValueError(f"unsupported preprocessing {data!r}: this fashsdk version knows resize "
-                             f"'stretch', interpolation {sorted(_INTERPOLATION)}, colour 'RGB'")
+                             f"'pad' or 'stretch', interpolation {sorted(_INTERPOLATION)}, colour 'RGB'")
+        if len(spec.pad_color) != 3 or not all(0 <= c <= 255 for c in spec.pad_color):
+            raise ValueError(f"preprocessing pad_color must be three values in 0..255: {data!r}")
         if not (8 <= spec.height <= 4096 and 8 <= spec.width <= 4096) or len(spec.mean) != 3 or len(spec.std) != 3:
             raise ValueError(f"preprocessing has an invalid size or mean/std: {data!r}")
         if not all(math.isfinite(m) for m in spec.mean) or not all(math.isfinite(s) and s > 0 for s in spec.std):
@@ -122,6 +127,11 @@ def _read_file(source: str | os.PathLike) -> bytes:
         raise ImageError(f"image file {name!r} cannot be read ({getattr(exc, 'strerror', None) or exc})") from None
 
 
+def _clean(text: str) -> str:
+    """An error text without object reprs such as <_io.BytesIO object at 0x...>, at most 200 characters."""
+    return re.sub(r"<[\w.]+ object at 0x[0-9a-f]+>", "the data", text)[:200]
+
+
 def _check_size(size: tuple[int, int], what: str) -> None:
     w, h = size
     if w < 1 or h < 1 or w * h > MAX_PIXELS or max(w, h) > MAX_SIDE:
@@ -138,9 +148,12 @@ def _open_encoded(stream: io.BytesIO, what: str) -> Image.Image:
         img = Image.open(stream, formats=SUPPORTED_FORMATS)
     except Image.DecompressionBombError as exc:
         raise ImageError(f"{what}: image is too large to decode safely ({exc})") from None
+    except Image.UnidentifiedImageError:
+        raise ImageError(f"{what} is not a readable image in a supported format ({', '.join(SUPPORTED_FORMATS)}): "
+                         "unrecognised or corrupt data") from None
     except Exception as exc:
         raise ImageError(f"{what} is not a readable image in a supported format ({', '.join(SUPPORTED_FORMATS)}) "
-                         f"({type(exc).__name__}: {str(exc)[:200]})") from None
+                         f"({type(exc).__name__}: {_clean(str(exc))})") from None
     _check_size(img.size, what)
     return img
 
@@ -208,18 +221,35 @@ def decode_resized(source: ImageInput, spec: PreprocessSpec) -> np.ndarray:
         if spec.jpeg_draft and img.format in ("JPEG", "MPO") and not isinstance(source, Image.Image):
             img.draft("RGB", (spec.width, spec.height))
         img.load()
-        img = _to_rgb(_upright(img))
-        if img.size != (spec.width, spec.height):
-            img = img.resize((spec.width, spec.height), _INTERPOLATION[spec.interpolation])
+        img = _fit(_to_rgb(_upright(img)), spec)
         out = np.asarray(img, dtype=np.uint8)
     except ImageError:
         raise
     except Exception as exc:
-        raise ImageError(f"image could not be decoded ({type(exc).__name__}: {exc}); "
+        raise ImageError(f"image could not be decoded ({type(exc).__name__}: {_clean(str(exc))}); "
                          "the file is truncated or corrupt") from None
     if out.shape != (spec.height, spec.width, 3):  # pragma: no cover - defensive
         raise ImageError(f"decoded image has shape {out.shape}, expected {(spec.height, spec.width, 3)}")
     return out
+
+
+def _fit(img: Image.Image, spec: PreprocessSpec) -> Image.Image:
+    """Resize to the model's input: stretched, or scaled to fit and centred on the pad colour."""
+    target = (spec.width, spec.height)
+    if img.size == target:
+        return img
+    method = _INTERPOLATION[spec.interpolation]
+    if spec.resize == "stretch":
+        return img.resize(target, method)
+    scale = min(spec.width / img.width, spec.height / img.height)
+    size = (max(1, min(spec.width, round(img.width * scale))), max(1, min(spec.height, round(img.height * scale))))
+    if size != img.size:
+        img = img.resize(size, method)
+    if size == target:
+        return img
+    canvas = Image.new("RGB", target, spec.pad_color)
+    canvas.paste(img, ((spec.width - size[0]) // 2, (spec.height - size[1]) // 2))
+    return canvas
 
 
 @functools.lru_cache(maxsize=32)

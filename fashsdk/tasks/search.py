@@ -19,17 +19,17 @@ Encode = Callable[[Sequence[object]], ModelOutputs]
 
 
 class SearchResult(NamedTuple):
-    """One result (a named tuple: results are built by the thousand in batch searches)."""
+    """One result (a named tuple: results are built by the thousand in batch searches).
+
+    ``attributes`` holds each attribute's stored label; where none was stored, the model's
+    predicted value, and then ``predicted`` names that attribute with the prediction's
+    probability (None when the index does not know it). None in ``attributes``: neither.
+    """
 
     id: str
     score: float  # cosine similarity to the (manipulated) query, in the searched space
-    attributes: dict[str, str | None]  # stored labels; None = unknown
-
-
-@dataclass(frozen=True)
-class AttributePrediction:
-    value: str
-    probability: float
+    attributes: dict[str, str | None]
+    predicted: dict[str, float | None]
 
 
 def to_results(schema: AttributeSchema, hits: Hits, decoded: dict | None = None) -> list[SearchResult]:
@@ -38,9 +38,11 @@ def to_results(schema: AttributeSchema, hits: Hits, decoded: dict | None = None)
     them across the queries of a batch). A code outside the schema is a typed error, never a
     wrong value."""
     names, tables = schema.names, schema.value_tables
-    if hits.labels.shape[1:] != (len(names),):
+    if hits.labels.shape[1:] != (len(names),) or hits.predicted.shape != hits.labels.shape:
         raise codes_error(schema, hits.ids[:3], hits.labels)
-    rows = list(map(tuple, hits.labels.tolist()))
+    labels = hits.labels
+    filled = labels < 0
+    rows = list(map(tuple, np.where(filled, hits.predicted, labels).tolist()))
     known = {} if decoded is None else decoded
     get = dict.__getitem__
     try:
@@ -51,7 +53,15 @@ def to_results(schema: AttributeSchema, hits: Hits, decoded: dict | None = None)
         for item_id, row in zip(hits.ids, rows):
             check_codes(schema, row, item_id)
         raise
-    return [SearchResult(i, s, known[row].copy()) for i, s, row in zip(hits.ids, hits.scores.tolist(), rows)]
+    out = []
+    for n, (i, s, row) in enumerate(zip(hits.ids, hits.scores.tolist(), rows)):
+        predicted = {}
+        if filled[n].any():
+            for a in np.flatnonzero(filled[n] & (hits.predicted[n] >= 0)).tolist():
+                p = float(hits.confidence[n, a])
+                predicted[names[a]] = None if p != p else round(p, 4)  # NaN: not recorded
+        out.append(SearchResult(i, s, known[row].copy(), predicted))
+    return out
 
 
 def check_codes(schema: AttributeSchema, codes: Sequence[int], item_id: str) -> None:

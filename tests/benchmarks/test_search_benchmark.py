@@ -26,5 +26,5 @@ def test_interleaved_rounds_run_each_setting_under_its_candidates_on_fresh_queri
     for name in ("default", "wide"):
         assert len(out[name]["p50_rounds_ms"]) == 4
         rounds = out[name]["p50_rounds_ms"]
-        assert min(rounds) <= out[name]["p50_ms"] <= max(rounds) + 1e-4
+        assert min(rounds) - 1e-4 <= out[name]["p50_ms"] <= max(rounds) + 1e-4  # rounds are rounded to 4 places
         assert out[name]["p99_ms"] >= out[name]["p50_ms"] - 1e-4

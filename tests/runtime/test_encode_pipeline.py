@@ -147,14 +147,14 @@ def _large_jpeg(photo: bytes, size: tuple[int, int] = (480, 640)) -> bytes:
 
 def test_draft_decoding_shrinks_in_the_decoder_then_resizes(photos: list[bytes]) -> None:
     data = _large_jpeg(photos[3])
-    spec = PreprocessSpec(80, 64)
+    spec = PreprocessSpec(80, 64, resize="stretch")  # the draft mechanism, not the aspect ratio, is under test
     img = Image.open(io.BytesIO(data))
     img.draft("RGB", (64, 80))
     assert img.size == (120, 160)  # libjpeg scaled 1/4: the smallest DCT scale still >= 64x80
     expected = np.asarray(img.convert("RGB").resize((64, 80), Image.BILINEAR))
     got = decode_resized(data, spec)
     assert np.array_equal(got, expected)
-    full = decode_resized(data, PreprocessSpec(80, 64, jpeg_draft=False))
+    full = decode_resized(data, PreprocessSpec(80, 64, resize="stretch", jpeg_draft=False))
     assert not np.array_equal(got, full)  # the full-size decode really was skipped...
     assert np.abs(got.astype(int) - full.astype(int)).mean() < 3.0  # ...at almost no cost in pixels
 

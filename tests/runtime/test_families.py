@@ -128,7 +128,7 @@ def test_predicted_codes_take_the_argmax_per_attribute() -> None:
 
 @pytest.mark.parametrize("change, message", [
     ({"color": "Red"}, "did you mean 'colour'"),
-    ({"colour": "red"}, "did you mean 'Red'"),
+    ({"colour": "Rde"}, "did you mean 'Red'"),
     ({"colour": 3}, "strings"),
     (["colour", "Red"], "mapping"),
 ])

@@ -15,7 +15,9 @@ Documented results checked here:
 """
 from __future__ import annotations
 
+import dataclasses
 import io
+import json
 import os
 import struct
 import subprocess
@@ -58,7 +60,8 @@ def two_colour(width: int = 80, height: int = 40) -> Image.Image:
 
 @pytest.fixture(scope="module")
 def spec(real_retriever: Retriever):
-    return real_retriever.bundle.preprocess
+    """The bundle's preprocessing with a plain resize: these tests are about decoding, not aspect ratios."""
+    return dataclasses.replace(real_retriever.bundle.preprocess, resize="stretch")
 
 
 @pytest.fixture(scope="module")
@@ -265,9 +268,10 @@ def test_unknown_value_lists_choices_and_closest_match(real_retriever: Retriever
     query = real_retriever.index.ids[0]
     values = real_retriever.schema.attributes[real_retriever.schema.names.index("gender")].values
     with pytest.raises(QueryError) as info:
-        real_retriever.search(query, {"gender": "men"})
+        real_retriever.search(query, {"gender": "Mne"})
     text = str(info.value)
     assert "did you mean 'Men'" in text and all(repr(v) in text for v in values)
+    assert real_retriever.search(query, {"gender": "men"}) == real_retriever.search(query, {"gender": "Men"})
 
 
 @pytest.mark.parametrize("change", [{"gender": None}, {"gender": 1}, [("gender", "Men")], "gender=Men",
@@ -447,8 +451,11 @@ def test_cli_index_with_a_corrupt_catalog_image(real_bundle_dir: Path, real_subs
     (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
     args = ["index", "--bundle", real_bundle_dir, "--labels", tmp_path / "labels.csv", "--images", folder,
             "--out", tmp_path / "index", "--threads", "1"]
-    done = run_cli(*args)
+    done = run_cli(*args, "--strict")
     assert done.returncode == 2 and b"'999999'" in done.stderr and not (tmp_path / "index").exists()
-    done = run_cli(*args, "--skip-bad-images")
-    assert done.returncode == 0 and b'"skipped_bad_images": 1' in done.stdout
+    done = run_cli(*args)  # by default the bad row is skipped and reported, the rest indexed
+    assert done.returncode == 0 and json.loads(done.stdout)["skipped_by_reason"] == {"undecodable image": 1}
+    report = json.loads((tmp_path / "index" / "ingest-report.json").read_text())
+    assert [(s["id"], s["reason"].split(":")[0]) for s in report["skipped_rows"]] == [("999999", "undecodable image")]
+    assert "BytesIO" not in json.dumps(report)
     assert sorted(CatalogIndex.load(tmp_path / "index").ids) == sorted(ids)

@@ -39,7 +39,7 @@ def test_round_trip_answers_identically(tmp_path: Path, precision: str, projecti
     queries = clustered(25, seed=4)
     before = index.search(queries, 12, exclude=["i3"] * 25)
     index.save(tmp_path)
-    expected = {"vectors", "codes", "predicted", "ids", "graph"} | ({"projection"} if projection_dim else set())
+    expected = {"vectors", "codes", "predicted", "confidence", "ids", "graph"} | ({"projection"} if projection_dim else set())
     assert set(files_of(tmp_path)) == expected
     loaded = CatalogIndex.load(tmp_path)
     after = loaded.search(queries, 12, exclude=["i3"] * 25)
@@ -60,7 +60,7 @@ def test_small_catalogs_save_without_a_graph(tmp_path: Path) -> None:
     index = CatalogIndex(40, 3)
     index.add(["a", "b"], clustered(2))
     index.save(tmp_path)
-    assert set(files_of(tmp_path)) == {"vectors", "codes", "predicted", "ids"}
+    assert set(files_of(tmp_path)) == {"vectors", "codes", "predicted", "confidence", "ids"}
     loaded = CatalogIndex.load(tmp_path)
     assert loaded.mode == "exact" and loaded.search(clustered(2)[1], 1)[0] == [["b"]]
 
@@ -98,7 +98,7 @@ def test_a_projection_that_disagrees_with_the_sidecar_is_refused(tmp_path: Path)
     lambda m: m.update(precision="float64"),
     lambda m: m.update(precision=["float32"]),
     lambda m: m["settings"].update(M=1),
-    lambda m: m.update(format_version=4),
+    lambda m: m.update(format_version=5),
 ])
 def test_malformed_sidecars_are_refused(tmp_path: Path, edit) -> None:
     two_stage()[0].save(tmp_path)

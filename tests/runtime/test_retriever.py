@@ -33,8 +33,38 @@ def test_results_carry_ids_scores_and_stored_attributes(retriever: Retriever) ->
     assert [r.score for r in results] == sorted([r.score for r in results], reverse=True)
     item = next(r for r in results if r.id == "item7") if any(r.id == "item7" for r in results) else results[0]
     n = int(item.id[4:])
-    assert item.attributes["colour"] == SCHEMA.attributes[0].values[n % 4]
-    assert item.attributes["kind"] == (None if n % 5 == 0 else "Shirt")
+    assert item.attributes["colour"] == SCHEMA.attributes[0].values[n % 4] and "colour" not in item.predicted
+    if n % 5:
+        assert item.attributes["kind"] == "Shirt" and "kind" not in item.predicted
+    else:  # no stored label: the model's value, marked as predicted with its probability
+        assert item.attributes["kind"] in SCHEMA.attributes[1].values and 0 < item.predicted["kind"] <= 1
+    assert set(item.predicted) <= {"kind", "sex"} and "sex" in item.predicted  # sex was never labelled
+
+
+def test_results_mark_predicted_values_until_labels_are_set(retriever: Retriever) -> None:
+    unlabelled = [r for r in retriever.search("item3", k=39) if int(r.id[4:]) % 5 == 0]
+    assert unlabelled and all("kind" in r.predicted for r in unlabelled)
+    target = unlabelled[0].id
+    retriever.set_labels({target: {"colour": "Red", "kind": "Watch", "sex": "Women"}})
+    hit = next(r for r in retriever.search("item3", k=39) if r.id == target)
+    assert hit.attributes == {"colour": "Red", "kind": "Watch", "sex": "Women"} and hit.predicted == {}
+    retriever.set_labels({target: {"colour": "Red"}})  # left out: unknown again, the prediction shows
+    hit = next(r for r in retriever.search("item3", k=39) if r.id == target)
+    assert hit.attributes["colour"] == "Red" and set(hit.predicted) == {"kind", "sex"}
+
+
+def test_upsert_replaces_an_items_image_and_labels(retriever: Retriever) -> None:
+    image = random_images(41)[40]
+    failures = retriever.upsert([("item5", image), ("new", random_images(43)[42])], {"item5": {"colour": "Blue"}})
+    assert failures == [] and len(retriever.index) == 41
+    top = retriever.search(image, k=1, include_query=True)[0]
+    assert top.id == "item5" and top.score == pytest.approx(1.0, abs=1e-5) and top.attributes["colour"] == "Blue"
+
+
+def test_remove_then_save_writes_the_removal(retriever: Retriever, tmp_path: Path) -> None:
+    retriever.remove(["item9"])
+    retriever.save_index(tmp_path / "index")
+    assert "item9" not in Retriever(retriever.bundle, tmp_path / "index").index
 
 
 def test_search_by_image_equals_search_by_id(retriever: Retriever) -> None:
@@ -86,7 +116,8 @@ def test_bad_names_and_images_get_clear_errors(retriever: Retriever, tmp_path: P
     with pytest.raises(QueryError, match="did you mean 'colour'"):
         retriever.search("item1", {"color": "Red"})
     with pytest.raises(QueryError, match="did you mean 'Red'"):
-        retriever.search("item1", {"colour": "red"})
+        retriever.search("item1", {"colour": "Redd"})
+    assert retriever.search("item1", {"colour": "red"}) == retriever.search("item1", {"colour": "Red"})
     with pytest.raises(QueryError, match="neither an indexed id nor an existing image file"):
         retriever.search("nope")
     with pytest.raises(ImageError, match="not a readable image"):
@@ -99,11 +130,20 @@ def test_bad_names_and_images_get_clear_errors(retriever: Retriever, tmp_path: P
         retriever.add([("item1", random_images(1)[0])])
 
 
-def test_predict_gives_a_value_and_probability_per_attribute(retriever: Retriever) -> None:
+def test_predict_gives_the_top_values_with_probabilities(retriever: Retriever) -> None:
     pred = retriever.predict(random_images(1)[0])
     assert set(pred) == set(SCHEMA.names)
-    for name, p in pred.items():
-        assert p.value in SCHEMA.attributes[SCHEMA.names.index(name)].values and 0 < p.probability <= 1
+    for name, values in pred.items():
+        assert len(values) == min(3, len(SCHEMA.attributes[SCHEMA.names.index(name)].values))
+        assert all(p.value in SCHEMA.attributes[SCHEMA.names.index(name)].values and p.source == "model" for p in values)
+        assert [p.probability for p in values] == sorted([p.probability for p in values], reverse=True)
+        assert sum(p.probability for p in values) <= 1.0 + 1e-3
+    many = retriever.predict_many([random_images(1)[0], "item4"], top=1)
+    assert len(many) == 2 and all(len(v) == 1 for v in many[0].values())
+    assert many[1]["colour"][0].value == "Black" and many[1]["colour"][0].source == "label"  # item4: colour label
+    assert many[1]["sex"][0].source == "indexed" and 0 < many[1]["sex"][0].probability <= 1
+    with pytest.raises(QueryError, match="list"):
+        retriever.predict_many("item4")
 
 
 def test_modified_bundle_file_is_refused(bundle_dir: Path, tmp_path: Path) -> None:

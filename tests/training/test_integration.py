@@ -92,9 +92,9 @@ def test_cli_indexes_and_searches_with_a_contact_sheet(trained: dict) -> None:
                                  str(trained["folder"]), "--out", str(tmp / "cli-index"), "--split", "test"],
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stderr
-    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    summary = json.loads(done.stdout)
     test_ids = trained["catalog"].split("test").ids
-    assert summary["indexed"] == len(test_ids) and summary["missing_images"] == 0
+    assert summary["indexed"] == len(test_ids) and summary["skipped"] == 0
     query = test_ids[0]
     colour = trained["catalog"].schema.attributes[0].values[0]
     done = subprocess.run(run + ["search", "--bundle", str(bundle), "--index", str(tmp / "cli-index"), "--query", query,

@@ -138,3 +138,19 @@ def test_training_and_the_runtime_share_one_adde_arithmetic() -> None:
     out.sum().backward()
     assert np.allclose(out.detach().numpy(), apply(vectors, ind, memory), atol=1e-6)
     assert m.grad is not None and float(m.grad.abs().sum()) > 0
+
+
+def test_a_catalog_without_a_split_column_gets_a_fixed_split_from_its_ids(tmp_path) -> None:
+    import argparse
+
+    from export.catalog_args import TEST_SHARE, load_catalog_from_args
+
+    rows = ["id,colour"] + [f"item{i},{'Red' if i % 2 else 'Blue'}" for i in range(400)]
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    args = argparse.Namespace(labels=tmp_path / "labels.csv", images=[str(tmp_path)], data=tmp_path,
+                              attributes=["colour"], id_column="id", split_column="split", min_count=5)
+    first, _ = load_catalog_from_args(args)
+    again, _ = load_catalog_from_args(args)
+    assert first.splits == again.splits and set(first.splits) == {"train", "test"}
+    assert abs(first.splits.count("test") / 400 - TEST_SHARE) < 0.07
+    assert list(first.schema.attributes[0].values) == ["Blue", "Red"] and len(first.split("train")) > 250
