@@ -13,28 +13,18 @@ import secrets
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
 from .errors import BundleError
 from .families import Family, load_family
-from .files import (
-    atomic_copy,
-    atomic_save_npy,
-    atomic_write_json,
-    check_seal,
-    contained_file,
-    fsync_dir,
-    load_npy,
-    read_json,
-    seal,
-    sha256_file,
-    stat_key,
-    verify_entry,
-)
+from .files import (atomic_copy, atomic_save_npy, atomic_write_json, check_seal, contained_file, fsync_dir, load_npy,
+                    read_json, seal, sha256_file, stat_key, verify_entry)
 from .schema import AttributeSchema
 from .sources.preprocess import PreprocessSpec
+from .trust import trusted_keys as trusted
+from .trust import verified_bytes
 
 FORMAT = "fashsdk-bundle"
 FORMAT_VERSION = 2  # 2: the model family and its files; 1 (ADDE only) was never released
@@ -125,7 +115,10 @@ class Bundle:
         return hashlib.sha256(json.dumps(space, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
     @classmethod
-    def load(cls, directory: str | Path, verify: bool = True) -> "Bundle":
+    def load(cls, directory: str | Path, verify: bool = True,
+             trusted_keys: Iterable[str | Path] | None = None) -> "Bundle":
+        """Load and verify a bundle. With trusted keys (``trusted_keys``, else FASHSDK_TRUSTED_KEYS), its
+        manifest must carry a valid signature from one of them (fashsdk.trust), checked first."""
         directory = Path(directory)
         try:
             os.fspath(directory).encode("utf-8")
@@ -136,7 +129,8 @@ class Bundle:
             raise BundleError(f"bundle directory {str(directory)!r} does not exist; build one with "
                               "'python -m export onnx' or 'make demo'")
         manifest_path = directory / MANIFEST
-        manifest = read_json(manifest_path, "bundle manifest", BundleError)
+        signed = verified_bytes(manifest_path, trusted(trusted_keys), "bundle") if manifest_path.is_file() else None
+        manifest = read_json(manifest_path, "bundle manifest", BundleError, signed)
         check_seal(manifest, manifest_path, "bundle manifest", BundleError)
         _check_manifest(manifest, manifest_path)
         files = manifest["files"]

@@ -144,6 +144,22 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from .trust import keygen
+
+    private, public = keygen(args.out)
+    _out({"private_key": str(private), "public_key": str(public),
+          "next": f"fashsdk sign --key {private} BUNDLE_OR_INDEX; load with FASHSDK_TRUSTED_KEYS={public}"})
+    return 0
+
+
+def cmd_sign(args: argparse.Namespace) -> int:
+    from .trust import sign
+
+    _out({"signed": [str(sign(folder, args.key)) for folder in args.folders]})
+    return 0
+
+
 def versions() -> dict[str, str | None]:
     from importlib import metadata
 
@@ -209,6 +225,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", type=Path, default=None, help="an index, so that its ids can be given")
     p.add_argument("--top", type=_positive_int, default=3, help="values per attribute (default 3)")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("keygen", help="make an ed25519 key pair for signing bundles and indexes")
+    p.add_argument("--out", required=True, type=Path, help="folder for signing.key (private) and signing.pub")
+    p.set_defaults(func=cmd_keygen)
+
+    p = sub.add_parser("sign", help="sign bundle or index folders (their manifest, which pins every file)")
+    p.add_argument("--key", required=True, type=Path, help="a private key made by fashsdk keygen")
+    p.add_argument("folders", nargs="+", type=Path, help="bundle or index folders")
+    p.set_defaults(func=cmd_sign)
 
     p = sub.add_parser("info", parents=[common], help="versions, engine, schema and index statistics")
     p.add_argument("--index", type=Path, default=None)

@@ -11,7 +11,9 @@ import hashlib
 import io
 import json
 import os
+import re
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -124,9 +126,12 @@ def atomic_save_npy(path: str | Path, array: np.ndarray) -> None:
     atomic_write(path, lambda f: np.save(f, np.ascontiguousarray(array), allow_pickle=False))
 
 
-def read_json(path: str | Path, what: str, error: type[Exception]) -> Any:
-    """Parse a JSON file with a size cap; any problem becomes ``error`` naming the file."""
+def read_json(path: str | Path, what: str, error: type[Exception], data: bytes | None = None) -> Any:
+    """Parse a JSON file with a size cap; any problem becomes ``error`` naming the file. ``data``:
+    the file's bytes already read (and checked, e.g. against a signature), parsed instead of re-read."""
     path = Path(path)
+    if data is not None:
+        return _parse_json(data, path, what, error)
     try:
         size = path.stat().st_size
     except OSError as exc:
@@ -137,6 +142,12 @@ def read_json(path: str | Path, what: str, error: type[Exception]) -> Any:
         data = path.read_bytes()
     except OSError as exc:
         raise error(f"{what} {str(path)!r} cannot be read ({exc.strerror})") from None
+    return _parse_json(data, path, what, error)
+
+
+def _parse_json(data: bytes, path: Path, what: str, error: type[Exception]) -> Any:
+    if len(data) > MAX_JSON_BYTES:
+        raise error(f"{what} {str(path)!r} is {len(data)} bytes, over the {MAX_JSON_BYTES}-byte limit")
     try:
         return json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # ValueError: bad JSON, 4300+ digit ints
@@ -202,3 +213,32 @@ def contained_file(directory: Path, name: object, what: str, error: type[Excepti
     if path.is_symlink() or path.resolve().parent != directory.resolve():
         raise error(f"{what} names file {name!r}, which points outside {str(directory)!r}")
     return path
+
+
+TEMP_NAME = re.compile(r"^\.[^/]+\.tmp$")  # what atomic_write and a graph save leave when killed
+SWEEP_AGE_S = 600.0  # only files this old: a save in progress in another process keeps its own
+
+
+def sweep(directory: Path, committed: set[str], own: re.Pattern[str], age_s: float | None = None) -> list[str]:
+    """Delete what killed saves left in ``directory``: temporary files, and files named like this
+    library's own (``own``) that the committed manifest does not use, when older than ``age_s``.
+    Returns the names removed; a folder that cannot be written is left alone."""
+    age = SWEEP_AGE_S if age_s is None else age_s
+    now = time.time()
+    removed = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return removed
+    for entry in entries:
+        name = entry.name
+        if name in committed or not (TEMP_NAME.match(name) or own.match(name)):
+            continue
+        try:
+            if not entry.is_file(follow_symlinks=False) or now - entry.stat(follow_symlinks=False).st_mtime < age:
+                continue
+            os.unlink(entry.path)
+            removed.append(name)
+        except OSError:
+            continue
+    return removed

@@ -20,6 +20,7 @@ from .encoding import Encoder, ModelOutputs, open_checked_backend
 from .errors import IndexFileError, QueryError
 from .families import Family
 from .index import CatalogIndex
+from .limits import Limits
 from .schema import Change, Where
 from .sources.preprocess import ImageInput
 from .tasks import Prediction, SearchResult, predict, query_vector, search, search_batch, similar
@@ -37,17 +38,22 @@ class Retriever:
         index: an index directory saved by ``save_index`` (optional; build one with ``add``).
         backend: "auto" (fastest engine present) or a name such as "onnxruntime-cpu-fp32".
         threads: inference threads (default: the cores this process may use).
+        trusted_keys: public key files; bundle and index must then be signed by one of them
+            (default: the files FASHSDK_TRUSTED_KEYS names; none: unsigned folders load).
+        limits: per-request limits (results, batch size, changes, filter values: fashsdk.limits).
 
     Searching is safe from many threads while other threads add or remove items; every
     result reflects one committed state of the index.
     """
 
     def __init__(self, bundle: str | os.PathLike | Bundle, index: str | os.PathLike | CatalogIndex | None = None,
-                 *, backend: str = "auto", threads: int | None = None, batch_size: int = 64) -> None:
+                 *, backend: str = "auto", threads: int | None = None, batch_size: int = 64,
+                 trusted_keys: Iterable[str | os.PathLike] | None = None, limits: Limits = Limits()) -> None:
         for name, value in (("threads", threads), ("batch_size", batch_size)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
                 raise QueryError(f"{name} must be a positive integer, got {value!r}")
-        self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+        self.limits = limits
+        self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle, trusted_keys=trusted_keys)
         log.info("bundle %s: family %s, %d-d embedding, %d attributes", self.bundle.directory, self.bundle.family_name,
                  self.bundle.dim, len(self.bundle.schema.attributes))
         self.schema = self.bundle.schema
@@ -57,7 +63,7 @@ class Retriever:
         self._encoder_lock = threading.Lock()
         self.index: CatalogIndex | None = None
         if index is not None:
-            self.index = index if isinstance(index, CatalogIndex) else CatalogIndex.load(index)
+            self.index = index if isinstance(index, CatalogIndex) else CatalogIndex.load(index, trusted_keys)
             self._check_index(self.index)
             log.info("index %s: %d items (%s)", index, len(self.index), self.index.mode)
 
@@ -99,6 +105,7 @@ class Retriever:
             raise QueryError("predict_many takes a list of images or ids; use predict for one")
         if isinstance(top, bool) or not isinstance(top, int) or top < 1:
             raise QueryError(f"top must be a positive integer, got {top!r}")
+        self.limits.check(batch=len(items))
         return predict(self.index, self.schema, self.encode, list(items), top)
 
     # ---- catalog ---------------------------------------------------------------------
@@ -192,6 +199,7 @@ class Retriever:
         ``k`` above the number of matching items returns them all. Raises QueryError /
         ImageError / IndexFileError (all FashsdkError) on bad input.
         """
+        self.limits.check(k=k, change=change, where=where)
         return search(self._require_index(), self.family, self.schema, self.encode, query, change, k, where,
                       exact, include_query)
 
@@ -199,6 +207,10 @@ class Retriever:
                      k: int = 10, *, where: Where | None = None, exact: bool = False,
                      include_query: bool = False) -> list[list[SearchResult]]:
         """``search`` for many queries in one call: one change for all, or one per query (None = no change)."""
+        self.limits.check(k=k, batch=len(queries) if isinstance(queries, Sequence) else None, where=where,
+                          change=changes if isinstance(changes, Mapping) else None)
+        for change in changes if isinstance(changes, Sequence) and not isinstance(changes, (str, bytes)) else ():
+            self.limits.check(change=change)
         return search_batch(self._require_index(), self.family, self.schema, self.encode, queries, changes, k,
                             where, exact, include_query)
 
@@ -206,6 +218,7 @@ class Retriever:
                 exact: bool = False, include_query: bool = False) -> list[SearchResult]:
         """Items similar to ``query`` with respect to ``attribute`` only (e.g. the same colour,
         whatever the garment): nearest neighbours in that attribute's subspace."""
+        self.limits.check(k=k, where=where)
         return similar(self._require_index(), self.schema, self.encode, query, attribute, k, where, exact,
                        include_query)
 

@@ -6,6 +6,8 @@ import numpy as np
 from ..bundle import Bundle
 from ..errors import BundleError, FashsdkError
 from .backends import EmbeddingBackend, open_backend
+from .backends.select import resolve
+from .onnx_check import check_onnx_model
 
 
 def open_checked_backend(bundle: Bundle, name: str = "auto", threads: int | None = None) -> EmbeddingBackend:
@@ -13,8 +15,12 @@ def open_checked_backend(bundle: Bundle, name: str = "auto", threads: int | None
     size, embedding or logit width) is a BundleError here, not a native error or a wrong
     answer on the first real query."""
     where = f"bundle {str(bundle.directory)!r}"
+    spec, entry = resolve(bundle, name)
+    if spec.manifest_backend == "onnxruntime":  # its structure first: ONNX Runtime trusts what it parses
+        check_onnx_model(bundle.path_of(entry.file), bundle.input_name, bundle.preprocess.height,
+                         bundle.preprocess.width, bundle.dim, bundle.schema.total_values)
     try:
-        backend: EmbeddingBackend = open_backend(bundle, name, threads)
+        backend: EmbeddingBackend = open_backend(bundle, spec.name, threads)
     except FashsdkError:
         raise
     except Exception as exc:

@@ -306,8 +306,10 @@ class CatalogIndex:
         return save_index(self, Path(directory))
 
     @classmethod
-    def load(cls, directory: str | Path) -> "CatalogIndex":
-        """Load a saved index; every file's size and sha256 is checked before anything parses it."""
+    def load(cls, directory: str | Path, trusted_keys: Iterable[str | Path] | None = None) -> "CatalogIndex":
+        """Load a saved index; every file's size and sha256 is checked before anything parses it, and
+        with trusted keys (``trusted_keys``, else FASHSDK_TRUSTED_KEYS) its signature before that."""
+        from ..trust import trusted_keys as read_keys
         from .persistence import load_index
 
-        return load_index(cls, Path(directory))
+        return load_index(cls, Path(directory), read_keys(trusted_keys))

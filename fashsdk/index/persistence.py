@@ -8,7 +8,9 @@ before numpy or hnswlib reads it.
 """
 from __future__ import annotations
 
+import logging
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,19 +18,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import IndexFileError
-from ..files import (
-    atomic_save_npy,
-    atomic_write_json,
-    check_seal,
-    contained_file,
-    fsync_dir,
-    load_npy,
-    read_json,
-    seal,
-    sha256_file,
-    verify_entry,
-)
+from ..files import (atomic_save_npy, atomic_write_json, check_seal, contained_file, fsync_dir, load_npy, read_json,
+                     seal, sha256_file, sweep, verify_entry)
+from ..trust import trusted_keys, verified_bytes
 from .graph import DEFAULT_PARAMS, GraphParams, ProjectedGraph
+from .graph_check import check_graph_file
 from .items import ItemTable
 from .policy import exact_limit, maintain, set_beam
 from .projection import Projection
@@ -42,6 +36,9 @@ FORMAT_VERSION = 4  # 4: the predictions' probabilities; 3 (without them) still 
 READABLE_VERSIONS = (3, 4)
 SIDECAR = "index.json"
 SETTINGS = ("M", "ef_construction", "ef_search", "projection_dim", "exact_max_items")
+OWN_FILES = re.compile(r"^(vectors|codes|predicted|confidence|ids|graph|projection|subspace-\d+)-[0-9a-f]{12}"
+                       r"\.(npy|json|hnsw)$")  # a generation's files: saves name them so
+log = logging.getLogger("fashsdk")
 
 
 def save_index(index: "CatalogIndex", directory: Path) -> Path:
@@ -94,12 +91,14 @@ def save_index(index: "CatalogIndex", directory: Path) -> Path:
     return directory / SIDECAR
 
 
-def load_index(cls: type["CatalogIndex"], directory: Path) -> "CatalogIndex":
+def load_index(cls: type["CatalogIndex"], directory: Path, keys: dict[str, bytes] | None = None) -> "CatalogIndex":
     sidecar_path = directory / SIDECAR
     where = f"index sidecar {str(sidecar_path)!r}"
     if not directory.is_dir():
         raise IndexFileError(f"index directory {str(directory)!r} does not exist; build it with 'fashsdk index'")
-    meta = read_json(sidecar_path, "index sidecar", IndexFileError)
+    signed = verified_bytes(sidecar_path, keys if keys is not None else trusted_keys(), "index") \
+        if sidecar_path.is_file() else None
+    meta = read_json(sidecar_path, "index sidecar", IndexFileError, signed)
     check_seal(meta, sidecar_path, "index sidecar", IndexFileError)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise IndexFileError(f"{str(sidecar_path)!r} is not a fashsdk index sidecar")
@@ -183,6 +182,10 @@ def load_index(cls: type["CatalogIndex"], directory: Path) -> "CatalogIndex":
         span = layout[a]  # type: ignore[index]
         index.subspaces.adopt(a, _load_graph(Projection(None, nodes_a, 0.0, span[1] - span[0]),
                                              paths[f"subspace-{a}"], capacity, DEFAULT_PARAMS, nodes_a))
+    swept = sweep(directory, {SIDECAR, SIDECAR + ".sig", *(str(e.get("name")) for e in meta["files"].values()
+                                                           if isinstance(e, dict))}, OWN_FILES)
+    if swept:
+        log.info("index %s: removed %d files left by an interrupted save: %s", directory, len(swept), swept[:5])
     if graph_meta is None and count > exact_limit(index):
         with index.lock.write():
             maintain(index)  # saved without a graph under a larger exact-scan limit than this one
@@ -198,6 +201,7 @@ def _save_graph(graph: ProjectedGraph, directory: Path, name: str) -> None:
 
 
 def _load_graph(projection: Projection, path: Path, capacity: int, params: GraphParams, nodes: int) -> ProjectedGraph:
+    check_graph_file(path, projection.out_dim, nodes, params.M, capacity)  # hnswlib trusts its input: we do not
     graph = ProjectedGraph.load(projection, str(path), capacity, params)
     if graph.count != nodes:
         raise IndexFileError(f"index graph {str(path)!r} holds {graph.count} nodes, the sidecar says {nodes}")

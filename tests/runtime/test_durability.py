@@ -96,7 +96,7 @@ def orphans(directory: Path, referenced: set[str]) -> list[str]:
     return sorted(p.name for p in directory.iterdir() if p.name not in referenced)
 
 
-def test_index_survives_sigkill_during_save(tmp_path: Path) -> None:
+def test_index_survives_sigkill_during_save(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     rng = np.random.default_rng(11)
     queries = rng.normal(size=(8, 32)).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
@@ -116,6 +116,13 @@ def test_index_survives_sigkill_during_save(tmp_path: Path) -> None:
         if orphans(target, referenced | {"index.json"} | before):
             killed_mid_save += 1  # files of an unfinished (or not yet cleaned-up) generation
     assert killed_mid_save >= 1, "no kill landed inside a save; the test did not exercise the crash window"
+    # The next load sweeps what the killed saves left (here without waiting for the age limit
+    # that protects a save still running in another process): one committed generation remains.
+    monkeypatch.setattr("fashsdk.files.SWEEP_AGE_S", 0.0)
+    reloaded = answers(CatalogIndex.load(target), queries)
+    assert reloaded == loaded
+    referenced = {m["name"] for m in json.loads((target / "index.json").read_text())["files"].values()}
+    assert orphans(target, referenced | {"index.json"}) == []
 
 
 def _perturbed_model(source: Path, target: Path) -> None:

@@ -12,7 +12,7 @@ from ...errors import BundleError
 from .gpu_probe import onnxruntime_cuda_usable, tensorrt_usable
 
 if TYPE_CHECKING:
-    from ...bundle import Bundle
+    from ...bundle import Bundle, EngineEntry
     from .base import EmbeddingBackend
 
 
@@ -44,13 +44,8 @@ def available_backends(bundle: "Bundle") -> list[str]:
             if bundle.engine(s.manifest_backend, s.precision) is not None and s.available()]
 
 
-def open_backend(bundle: "Bundle", backend: str = "auto", threads: int | None = None,
-                 **options: Any) -> "EmbeddingBackend":
-    """Open ``backend`` ("auto" = fastest available) for the bundle.
-
-    ``options`` go to backends that open from the whole bundle (a ``from_bundle``
-    classmethod, e.g. TensorRT's ``allow_rebuild=True``); the others ignore them.
-    """
+def resolve(bundle: "Bundle", backend: str = "auto") -> tuple[BackendSpec, "EngineEntry"]:
+    """The backend ``backend`` names ("auto": the fastest available) and the bundle's engine for it."""
     names = available_backends(bundle)
     if backend == "auto":
         if not names:
@@ -63,6 +58,17 @@ def open_backend(bundle: "Bundle", backend: str = "auto", threads: int | None = 
     spec = next(s for s in REGISTRY if s.name == backend)
     entry = bundle.engine(spec.manifest_backend, spec.precision)
     assert entry is not None
+    return spec, entry
+
+
+def open_backend(bundle: "Bundle", backend: str = "auto", threads: int | None = None,
+                 **options: Any) -> "EmbeddingBackend":
+    """Open ``backend`` ("auto" = fastest available) for the bundle.
+
+    ``options`` go to backends that open from the whole bundle (a ``from_bundle``
+    classmethod, e.g. TensorRT's ``allow_rebuild=True``); the others ignore them.
+    """
+    spec, entry = resolve(bundle, backend)
     module_name, class_name = spec.factory.split(":")
     cls = getattr(importlib.import_module(module_name, __package__), class_name)
     if hasattr(cls, "from_bundle"):
