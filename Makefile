@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# the CPU build of torch first (a local wheel here), so the range in [train] is already met
 	$(PY) -m pip install --quiet "torch==2.13.0"
-	$(PY) -m pip install --quiet -e ".[train,dev]"
+	$(PY) -m pip install --quiet -e ".[train,dev,serve,trust]"
 	@rm -f $(VENV)/.installed-*; touch $@
 
 venv: $(STAMP)

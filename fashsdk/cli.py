@@ -239,6 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", type=Path, default=None)
     p.add_argument("--values", action="store_true", help="list every attribute's values in full")
     p.set_defaults(func=cmd_info)
+
+    from .serve.command import add_serve_parser  # FastAPI and uvicorn are imported only when `serve` runs
+
+    add_serve_parser(sub, common)
     return parser
 
 
