@@ -67,8 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     from . import pipeline
+    from .train import GuardFailed
 
-    return {"train": pipeline.cmd_train, "onnx": pipeline.cmd_onnx, "demo": pipeline.cmd_demo}[args.command](args)
+    try:
+        return {"train": pipeline.cmd_train, "onnx": pipeline.cmd_onnx, "demo": pipeline.cmd_demo}[args.command](args)
+    except GuardFailed as exc:  # --strict: the model did not clearly beat its baselines
+        print(f"export: error: {exc}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

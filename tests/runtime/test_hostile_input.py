@@ -292,8 +292,10 @@ def test_bad_k_is_refused(real_retriever: Retriever, k: object) -> None:
 def test_k_larger_than_the_catalog_returns_every_other_item(real_retriever: Retriever) -> None:
     index = real_retriever.index
     query = index.ids[3]
+    with pytest.raises(QueryError, match="over this retriever's limit"):
+        real_retriever.search(query, k=10**9)
     for exact in (False, True):
-        hits = real_retriever.search(query, k=10**9, exact=exact)
+        hits = real_retriever.search(query, k=len(index) + 7, exact=exact)
         assert sorted(h.id for h in hits) == sorted(i for i in index.ids if i != query)
         assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
 

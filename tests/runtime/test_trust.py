@@ -173,4 +173,9 @@ def test_requests_over_a_limit_get_a_typed_error(call: str, real_bundle_dir: Pat
         else:
             retriever.similar(query, schema.names[1], where={schema.names[2]: list(schema.attributes[2].values[:3])})
     assert len(retriever.search(query, k=5)) == 5  # at the limit is fine
-    assert np.isfinite(limits.max_pixels) and limits.max_image_bytes > 0
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True, "10"])
+def test_limits_must_be_positive_integers(bad) -> None:
+    with pytest.raises(ValueError, match="max_k must be a positive integer"):
+        Limits(max_k=bad)
