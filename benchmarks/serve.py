@@ -8,9 +8,11 @@ similar on one attribute, search by uploaded photo; each at 1, 8 and 64 concurre
 failed connections; expected 0). Beside it, from the same run: the in-process
 ``Retriever.search``/``similar`` latency for the same queries (one client, so the HTTP overhead is
 the ratio of the concurrency-1 p50 to it), the server's own encode/search stage times from
-/metrics, and the server's RSS when ready and after the load. Where the machine has two or
-more usable cores the server and the load generator are pinned to separate halves
-(os.sched_setaffinity), and the output says which.
+/metrics, and the server's RSS when ready and after the load. Queries by id run against a
+server pinned to one half of the cores with the load generator on the other half (where there
+are two or more; os.sched_setaffinity); uploads, which spend the server's time in the model,
+against a second server on every core with one model thread per request (``--image-threads``)
+so requests run side by side. The output says which.
 
     python -m benchmarks.serve --bundle runs/demo/bundle --index runs/catalog-index \\
         --images ../shared/data/myntra-small --json benchmarks/results/serve-cpu.json
@@ -137,9 +139,11 @@ def in_process(retriever: Retriever, work: dict[str, Any], count: int) -> dict[s
 
 
 # ---- the server ---------------------------------------------------------------------------
-def cores() -> tuple[list[int] | None, list[int] | None, str]:
+def cores(pin: bool = True) -> tuple[list[int] | None, list[int] | None, str]:
     """(server cpus, client cpus, a sentence for the report)."""
     available = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if not pin:
+        return None, None, f"not pinned (--no-pin): server and load generator share {len(available) or 'all'} cores"
     if len(available) < 2:
         return None, None, f"not pinned: {len(available) or 'unknown'} usable core(s)"
     half = len(available) // 2
@@ -207,46 +211,76 @@ def stage_means(metrics: str) -> dict[str, dict[str, float]]:
 
 
 # ---- the run --------------------------------------------------------------------------------
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    server_cpus, client_cpus, pinning = cores()
-    log(f"pinning: {pinning}")
-    if server_cpus:
-        os.sched_setaffinity(0, server_cpus)  # the in-process baseline runs where the server will
-    retriever = Retriever(args.bundle, args.index, threads=args.threads)
-    work = workload(retriever, args.images, args.queries)
-    log(f"in-process baseline: {args.baseline_calls} calls per scenario")
-    baseline = in_process(retriever, work, args.baseline_calls)
-    items, backend = len(retriever.index or []), retriever.backend_name
-    del retriever
-    if server_cpus:
-        os.sched_setaffinity(0, server_cpus + (client_cpus or []))
+ID_SCENARIOS = ("search_id_change", "similar")
 
+
+def setups(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """One server per kind of load. Queries by id spend little server time per request, so the
+    load generator needs a core of its own (pinned halves); uploads spend it in the model, so their
+    server gets every core, one model thread per request and requests side by side."""
+    server_cpus, client_cpus, pinning = cores(args.pin)
+    ids = [name for name in args.scenarios if name in ID_SCENARIOS]
+    images = [name for name in args.scenarios if name not in ID_SCENARIOS]
+    out = []
+    if ids:
+        out.append({"scenarios": ids, "server_cpus": server_cpus, "client_cpus": client_cpus, "pinning": pinning,
+                    "threads": args.threads, "workers": args.workers})
+    if images:
+        out.append({"scenarios": images, "server_cpus": None, "client_cpus": None,
+                    "pinning": f"not pinned: the server may use every core, {args.image_threads} model thread(s) per "
+                               "request",
+                    "threads": args.image_threads, "workers": args.image_workers})
+    return out
+
+
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Repeats of one step as one: the run with the median throughput, every run's throughput
+    beside it, errors and statuses summed over all runs."""
+    ordered = sorted(runs, key=lambda r: r["throughput_rps"])
+    out = dict(ordered[len(ordered) // 2])
+    out["repeats_rps"] = [r["throughput_rps"] for r in runs]
+    out["errors"] = sum(r["errors"] for r in runs)
+    out["error_samples"] = [e for r in runs for e in r["error_samples"]][:5]
+    statuses: dict[str, int] = {}
+    for r in runs:
+        for code, n in r["statuses"].items():
+            statuses[code] = statuses.get(code, 0) + n
+    out["statuses"] = statuses
+    return out
+
+
+def drive_server(args: argparse.Namespace, setup: dict[str, Any], work: dict[str, Any]) -> dict[str, Any]:
+    """Start one server, run its scenarios at each concurrency, and stop it."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "fashsdk.serve", "--bundle", str(args.bundle), "--index", str(args.index),
-               "--port", str(port)] + (["--threads", str(args.threads)] if args.threads else []) \
-        + (["--workers", str(args.workers)] if args.workers else [])
+               "--port", str(port)] + (["--threads", str(setup["threads"])] if setup["threads"] else []) \
+        + (["--workers", str(setup["workers"])] if setup["workers"] else [])
     server_log = tempfile.TemporaryFile("w+")  # read back only if the server fails
-    server = subprocess.Popen(command, cwd=ROOT, preexec_fn=pinned(server_cpus), stdout=server_log,
+    server = subprocess.Popen(command, cwd=ROOT, preexec_fn=pinned(setup["server_cpus"]), stdout=server_log,
                               stderr=subprocess.STDOUT, text=True)
     steps: list[dict[str, Any]] = []
     try:
         ready_s = wait_ready(base, server, server_log)
         rss_ready = rss_mb(server.pid)
-        log(f"server ready in {ready_s:.1f} s, RSS {rss_ready} MB")
+        log(f"server for {', '.join(setup['scenarios'])} ready in {ready_s:.1f} s, RSS {rss_ready} MB; "
+            f"{setup['pinning']}")
         with tempfile.TemporaryDirectory() as tmp:
-            for scenario in args.scenarios:
+            for scenario in setup["scenarios"]:
                 plan_path = Path(tmp) / f"{scenario}.json"
                 plan_path.write_text(json.dumps(plan(scenario, work)))
                 for concurrency in args.concurrency:
                     load = [sys.executable, "-m", "benchmarks.serve_load", "--url", base, "--plan", str(plan_path),
                             "--concurrency", str(concurrency), "--requests", str(args.requests),
                             "--duration", str(args.duration), "--warmup", str(args.warmup)]
-                    done = subprocess.run(load, cwd=ROOT, preexec_fn=pinned(client_cpus), capture_output=True,
-                                          text=True, timeout=args.duration + 120)
-                    if done.returncode != 0:
-                        raise SystemExit(f"the load generator failed:\n{done.stderr}")
-                    step = {"scenario": scenario, **json.loads(done.stdout)}
+                    runs = []
+                    for _ in range(args.repeats):
+                        done = subprocess.run(load, cwd=ROOT, preexec_fn=pinned(setup["client_cpus"]),
+                                              capture_output=True, text=True, timeout=args.duration + 120)
+                        if done.returncode != 0:
+                            raise SystemExit(f"the load generator failed:\n{done.stderr}")
+                        runs.append(json.loads(done.stdout))
+                    step = {"scenario": scenario, **median_run(runs)}
                     steps.append(step)
                     log(f"  {scenario} x{concurrency}: {step['throughput_rps']} req/s, p50 {step['p50_ms']} ms, "
                         f"p99 {step['p99_ms']} ms, errors {step['errors']}")
@@ -259,40 +293,68 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         except subprocess.TimeoutExpired:
             server.kill()
         server_log.close()
+    return {"scenarios": setup["scenarios"], "pinning": setup["pinning"], "threads": setup["threads"],
+            "workers": setup["workers"], "ready_s": round(ready_s, 2), "rss_ready_mb": rss_ready,
+            "rss_after_mb": rss_after, "stages": stages, "steps": steps}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    plans = setups(args)
+    first_cpus = plans[0]["server_cpus"] if plans else None
+    original = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    if first_cpus:
+        os.sched_setaffinity(0, first_cpus)  # the in-process baseline runs where the id server will
+    retriever = Retriever(args.bundle, args.index, threads=args.threads)
+    work = workload(retriever, args.images, args.queries)
+    log(f"in-process baseline: {args.baseline_calls} calls per scenario")
+    baseline = in_process(retriever, work, args.baseline_calls)
+    items, backend = len(retriever.index or []), retriever.backend_name
+    del retriever
+    if first_cpus and original:
+        os.sched_setaffinity(0, original)
+    servers = [drive_server(args, setup, work) for setup in plans]
+    steps = [step for server in servers for step in server.pop("steps")]
     for step in steps:  # the HTTP overhead: one client's p50 over the SDK call's p50
         ref = baseline[step["scenario"]]["p50_ms"]
         if step["concurrency"] == 1 and step["p50_ms"] and ref:
             step["http_overhead_ratio"] = round(step["p50_ms"] / ref, 2)
-    return {"machine": machine(), "pinning": pinning, "bundle": str(args.bundle), "index": str(args.index),
-            "catalog_items": items, "backend": backend, "k": K, "threads": args.threads, "workers": args.workers,
-            "limits": {"requests_per_step": args.requests, "seconds_per_step": args.duration, "warmup": args.warmup},
+    return {"machine": machine(), "bundle": str(args.bundle), "index": str(args.index),
+            "catalog_items": items, "backend": backend, "k": K,
+            "limits": {"requests_per_step": args.requests, "seconds_per_step": args.duration, "warmup": args.warmup,
+                       "repeats": args.repeats},
             "queries": {"ids": len(work["ids"]), "change": work["change"], "attribute": work["attribute"],
                         "photos": len(work["photos"]), "photo_source": work["photo_source"]},
-            "server": {"ready_s": round(ready_s, 2), "rss_ready_mb": rss_ready, "rss_after_mb": rss_after,
-                       "stages": stages},
-            "in_process": baseline, "steps": steps, "total_errors": sum(s["errors"] for s in steps)}
+            "servers": servers, "in_process": baseline, "steps": steps,
+            "total_errors": sum(s["errors"] for s in steps)}
 
 
 def markdown(result: dict[str, Any]) -> str:
     m = result["machine"]
     lines = [f"# HTTP server load test ({result['catalog_items']:,} items, {result['backend']}, k={result['k']})", "",
-             f"Machine: {m['cpu']}, {m['cores']} usable cores, Python {m['python']}. {result['pinning']}.",
+             f"Machine: {m['cpu']}, {m['cores']} usable cores, Python {m['python']}.",
              f"Each step: at most {result['limits']['requests_per_step']} timed requests or "
-             f"{result['limits']['seconds_per_step']} s, after {result['limits']['warmup']} untimed.",
-             f"Server RSS: {result['server']['rss_ready_mb']} MB when ready, {result['server']['rss_after_mb']} MB "
-             f"after the load (ready in {result['server']['ready_s']} s). Errors in all steps: "
-             f"{result['total_errors']}.", "",
-             "| scenario | clients | requests | req/s | p50 ms | p90 ms | p99 ms | errors | in-process p50 ms | "
-             "HTTP p50 / in-process (1 client) |", "|---|---|---|---|---|---|---|---|---|---|"]
+             f"{result['limits']['seconds_per_step']} s, after {result['limits']['warmup']} untimed, "
+             f"{result['limits']['repeats']} times; the run with the median throughput is shown, every run's "
+             "throughput in the last column. "
+             f"Errors in all steps: {result['total_errors']}.", ""]
+    for server in result["servers"]:
+        lines.append(f"- server for {', '.join(server['scenarios'])}: {server['pinning']}; model threads "
+                     f"{server['threads'] or 'default'}, workers {server['workers'] or 'default'}; RSS "
+                     f"{server['rss_ready_mb']} MB when ready, {server['rss_after_mb']} MB after the load "
+                     f"(ready in {server['ready_s']} s)")
+    lines += ["", "| scenario | clients | requests | req/s | p50 ms | p90 ms | p99 ms | errors | in-process p50 ms | "
+              "HTTP p50 / in-process (1 client) | req/s of each run |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in result["steps"]:
         ref = result["in_process"][s["scenario"]]
         lines.append(f"| {s['scenario']} | {s['concurrency']} | {s['requests']} | {s['throughput_rps']} | "
                      f"{s['p50_ms']} | {s['p90_ms']} | {s['p99_ms']} | {s['errors']} | {ref['p50_ms']} | "
-                     f"{s.get('http_overhead_ratio', '-')} |")
-    lines += ["", "Server-side stage means (from /metrics, all steps):", "",
+                     f"{s.get('http_overhead_ratio', '-')} | {', '.join(map(str, s.get('repeats_rps', [])))} |")
+    lines += ["", "Server-side stage means (from /metrics):", "",
               "| endpoint | encode ms | search ms |", "|---|---|---|"]
-    for endpoint, stages in result["server"]["stages"].items():
-        lines.append(f"| {endpoint} | {stages.get('encode_mean_ms', '-')} | {stages.get('search_mean_ms', '-')} |")
+    for server in result["servers"]:
+        for endpoint, stages in server["stages"].items():
+            lines.append(f"| {endpoint} | {stages.get('encode_mean_ms', '-')} | "
+                         f"{stages.get('search_mean_ms', '-')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -307,12 +369,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))
     p.add_argument("--requests", type=int, default=3000, help="timed requests per step at most")
     p.add_argument("--duration", type=float, default=20.0, help="seconds per step at most")
+    p.add_argument("--repeats", type=int, default=3, help="runs per step; the median run is reported")
     p.add_argument("--warmup", type=int, default=50, help="untimed requests before each step")
     p.add_argument("--queries", type=int, default=500, help="distinct catalog ids asked")
     p.add_argument("--baseline-calls", type=int, default=500, help="in-process calls per scenario")
+    p.add_argument("--no-pin", dest="pin", action="store_false",
+                   help="let server and load generator share every core (default: separate halves)")
     p.add_argument("--threads", type=int, default=None, help="the server's inference threads (default: its cores)")
     p.add_argument("--workers", type=int, default=None, help="the server's worker threads (default: 2 x its cores)")
+    p.add_argument("--image-threads", type=int, default=1,
+                   help="model threads per request of the upload server (default 1: requests run side by side)")
+    p.add_argument("--image-workers", type=int, default=None,
+                   help="worker threads of the upload server (default: its usable cores)")
     args = p.parse_args(argv)
+    if args.image_workers is None:
+        args.image_workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     for path, what in ((args.bundle, "bundle"), (args.index, "index")):
         if not path.is_dir():
             raise SystemExit(f"{what} {path} not found: pass --{what} (make demo builds runs/demo/bundle; "

@@ -23,6 +23,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from ..retriever import Retriever
 from ..tasks import Prediction
+from .fast_path import FastQueries, search_payload
 from .errors import ERROR_RESPONSES, RequestTimeout, Unprocessable, UnsupportedImage, install_handlers
 from .images import MAGIC, CatalogImages, content_type
 from .limits import BodyLimit, RequestMetrics, ServeLimits
@@ -144,34 +145,34 @@ def create_app(retriever: Retriever | Callable[[], Retriever], *, images: ImageS
 
     # ---- search ------------------------------------------------------------------------
     @app.post("/v1/search", response_model=SearchResponse, tags=["search"], **v1)
-    async def search_by_id(body: SearchRequest, request: Request) -> SearchResponse:
+    async def search_by_id(body: SearchRequest, request: Request) -> Response:
         """Catalog items like the indexed item ``id`` after ``change``: "this one, but in red"."""
         found, timings = await run(request, lambda s, t: s.search(body.id, body.change, body.k, body.where,
                                                                   body.include_query, t))
-        return SearchResponse(query=body.id, change=body.change or {}, results=found, timings=timings)
+        return _found(body.id, body.change, None, found, timings)
 
     @app.post("/v1/search/image", response_model=SearchResponse, tags=["search"], **v1)
     async def search_by_image(request: Request, image: Photo, change: ChangeField = None, k: KField = 10,
-                              where: WhereField = None) -> SearchResponse:
+                              where: WhereField = None) -> Response:
         """Catalog items like an uploaded photo after ``change``."""
         data = await _upload(image)
         wanted, only = _form_json("change", change, _CHANGE), _form_json("where", where, _WHERE)
         found, timings = await run(request, lambda s, t: s.search(data, wanted, k, only, False, t))
-        return SearchResponse(query=None, change=wanted or {}, results=found, timings=timings)
+        return _found(None, wanted, None, found, timings)
 
     @app.post("/v1/similar", response_model=SearchResponse, tags=["search"], **v1)
-    async def similar_by_id(body: SimilarRequest, request: Request) -> SearchResponse:
+    async def similar_by_id(body: SimilarRequest, request: Request) -> Response:
         """Items similar to ``id`` with respect to one attribute only (the same colour, whatever the garment)."""
         found, timings = await run(request, lambda s, t: s.similar(body.id, body.attribute, body.k, body.where, t))
-        return SearchResponse(query=body.id, change={}, attribute=body.attribute, results=found, timings=timings)
+        return _found(body.id, None, body.attribute, found, timings)
 
     @app.post("/v1/similar/image", response_model=SearchResponse, tags=["search"], **v1)
     async def similar_by_image(request: Request, image: Photo, attribute: AttributeField, k: KField = 10,
-                               where: WhereField = None) -> SearchResponse:
+                               where: WhereField = None) -> Response:
         """Items similar to an uploaded photo with respect to one attribute only."""
         data, only = await _upload(image), _form_json("where", where, _WHERE)
         found, timings = await run(request, lambda s, t: s.similar(data, attribute, k, only, t))
-        return SearchResponse(query=None, change={}, attribute=attribute, results=found, timings=timings)
+        return _found(None, None, attribute, found, timings)
 
     # ---- predict and embed -------------------------------------------------------------
     @app.post("/v1/predict", response_model=PredictResponse, tags=["attributes"], **v1)
@@ -217,7 +218,7 @@ def create_app(retriever: Retriever | Callable[[], Retriever], *, images: ImageS
         return BrowseResponse(total=total, offset=body.offset, items=page)
 
     @app.get("/v1/items/{item_id:path}", response_model=Item, tags=["catalog"], **v1)
-    async def item(item_id: str, request: Request) -> Item:
+    async def item(item_id: str, request: Request) -> Any:
         """An item's values and the URL of its photo (when the server has the catalog's images)."""
         found, _ = await run(request, lambda s, t: s.item(item_id))
         return found
@@ -258,9 +259,18 @@ def create_app(retriever: Retriever | Callable[[], Retriever], *, images: ImageS
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.add_middleware(FastQueries, readiness=readiness, metrics=metrics,
+                       routes={route.path: route for route in app.routes if isinstance(getattr(route, "path", None), str)})
     app.add_middleware(BodyLimit, max_bytes=limits.max_upload_bytes, timeout_s=limits.request_timeout_s)
     app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: refused requests are counted too
     return app
+
+
+def _found(query: str | None, change: dict[str, str] | None, attribute: str | None, results: list[dict[str, Any]],
+           timings: Timings) -> Response:
+    """A ``SearchResponse`` serialised once (as a model, FastAPI would validate every result again)."""
+    return Response(search_payload(query, change, attribute, results, timings.encode_ms, timings.search_ms),
+                    media_type="application/json")
 
 
 async def _upload(image: UploadFile) -> bytes:

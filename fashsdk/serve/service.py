@@ -15,7 +15,7 @@ import io
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -28,7 +28,6 @@ from ..tasks import Prediction, SearchResult, predict, search, similar
 from ..tasks.search import to_results
 from .errors import NotFound
 from .images import CatalogImages
-from .schemas import Item
 
 Query = str | bytes  # an id of the index, or an uploaded image's bytes
 
@@ -77,14 +76,14 @@ class Service:
 
     # ---- queries -------------------------------------------------------------------------
     def search(self, query: Query, change: Change | None, k: int, where: Where | None, include_query: bool,
-               timer: Timer) -> list[Item]:
+               timer: Timer) -> list[dict[str, Any]]:
         r = self.retriever
         with self._checked(query):
             found = search(self.index, r.family, self.schema, self._encoder(timer), query, change, k, where, False,
                            include_query)
         return self.items(found)
 
-    def similar(self, query: Query, attribute: str, k: int, where: Where | None, timer: Timer) -> list[Item]:
+    def similar(self, query: Query, attribute: str, k: int, where: Where | None, timer: Timer) -> list[dict[str, Any]]:
         with self._checked(query):
             found = similar(self.index, self.schema, self._encoder(timer), query, attribute, k, where, False, False)
         return self.items(found)
@@ -130,7 +129,7 @@ class Service:
                            "(POST /v1/browse lists the ids)")
 
     # ---- catalog -----------------------------------------------------------------------
-    def item(self, item_id: str) -> Item:
+    def item(self, item_id: str) -> dict[str, Any]:
         self.require_id(item_id)
         try:
             return self.items(to_results(self.schema, self.index.hits_of([item_id])[0]), scored=False)[0]
@@ -147,7 +146,7 @@ class Service:
             raise NotFound(f"no image for item {item_id!r}: {reason}")
         return data
 
-    def browse(self, offset: int, limit: int, where: Where | None) -> tuple[int, list[Item]]:
+    def browse(self, offset: int, limit: int, where: Where | None) -> tuple[int, list[dict[str, Any]]]:
         """A page of items in index order that match ``where``, and how many match in all."""
         filters = self.schema.parse_where(where)
         for attempt in range(2):
@@ -176,11 +175,13 @@ class Service:
                 view = self._view = _View(ids, codes)
             return view
 
-    def items(self, results: list[SearchResult], scored: bool = True) -> list[Item]:
-        images = self.images
-        return [Item(id=r.id, score=round(float(r.score), 6) if scored else None, attributes=r.attributes,
-                     predicted=r.predicted, image=self._image_url(r.id) if images is not None and r.id in images
-                     else None) for r in results]
+    def items(self, results: list[SearchResult], scored: bool = True) -> list[dict[str, Any]]:
+        """Results as the JSON objects of the ``Item`` schema: plain dicts, because building a
+        pydantic model per result cost more than the graph search on the hot path."""
+        images, url = self.images, self._image_url
+        return [{"id": r.id, "score": round(float(r.score), 6) if scored else None, "attributes": r.attributes,
+                 "predicted": r.predicted, "image": url(r.id) if images is not None and r.id in images else None}
+                for r in results]
 
 
 def _joined(hits: list[Hits]) -> Hits:

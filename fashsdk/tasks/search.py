@@ -54,9 +54,10 @@ def to_results(schema: AttributeSchema, hits: Hits, decoded: dict | None = None)
             check_codes(schema, row, item_id)
         raise
     out = []
+    unlabelled = filled.any(axis=1).tolist()
     for n, (i, s, row) in enumerate(zip(hits.ids, hits.scores.tolist(), rows)):
         predicted = {}
-        if filled[n].any():
+        if unlabelled[n]:
             for a in np.flatnonzero(filled[n] & (hits.predicted[n] >= 0)).tolist():
                 p = float(hits.confidence[n, a])
                 predicted[names[a]] = None if p != p else round(p, 4)  # NaN: not recorded

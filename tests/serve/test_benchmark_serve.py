@@ -16,7 +16,7 @@ def test_load_benchmark_runs_and_reports(tmp_path: Path, real_bundle_dir, real_i
     command = [sys.executable, "-m", "benchmarks.serve", "--bundle", str(real_bundle_dir), "--index",
                str(real_index_dir), "--images", str(catalog_images_dir), "--json", str(out), "--concurrency", "1", "4",
                "--requests", "30", "--duration", "3", "--warmup", "3", "--queries", "20", "--baseline-calls", "20",
-               "--threads", "1"]
+               "--threads", "1", "--repeats", "2"]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stderr
@@ -25,13 +25,16 @@ def test_load_benchmark_runs_and_reports(tmp_path: Path, real_bundle_dir, real_i
         (name, c) for name in ("search_id_change", "similar", "search_image") for c in (1, 4)]
     assert result["total_errors"] == 0
     for step in result["steps"]:
-        assert step["requests"] == 30 and step["statuses"] == {"200": 30}
+        assert step["requests"] == 30 and step["statuses"] == {"200": 60} and len(step["repeats_rps"]) == 2
         assert step["throughput_rps"] > 0 and step["p50_ms"] <= step["p99_ms"]
         assert ("http_overhead_ratio" in step) == (step["concurrency"] == 1)
     assert set(result["in_process"]) == {"search_id_change", "similar", "search_image"}
     assert result["queries"]["photo_source"] == "catalog"
-    assert result["server"]["rss_ready_mb"] > 0 and result["server"]["rss_after_mb"] > 0
-    assert "encode_mean_ms" in result["server"]["stages"]["/v1/search/image"]
-    assert "pinned" in result["pinning"] or "not pinned" in result["pinning"]
+    ids, uploads = result["servers"]
+    assert ids["scenarios"] == ["search_id_change", "similar"] and uploads["scenarios"] == ["search_image"]
+    for server in (ids, uploads):
+        assert server["rss_ready_mb"] > 0 and server["rss_after_mb"] > 0 and "pinned" in server["pinning"]
+    assert "encode_mean_ms" in uploads["stages"]["/v1/search/image"]
+    assert uploads["threads"] == 1 and "every core" in uploads["pinning"]
     md = out.with_suffix(".md").read_text()
     assert "| search_image | 4 | 30 |" in md and "Errors in all steps: 0" in md
