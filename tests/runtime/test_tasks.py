@@ -66,6 +66,8 @@ def test_search_batch_equals_single_searches(real_retriever: Retriever, real_sub
         single = real_retriever.search(q, change, k=6)
         assert [r.id for r in got] == [r.id for r in single]
         assert np.allclose([r.score for r in got], [r.score for r in single], atol=1e-5)
+        assert [(r.attributes, r.predicted) for r in got] == [(r.attributes, r.predicted) for r in single]
+        assert all(r.id != q for r in got)  # the query itself is left out, as in single searches
     same = real_retriever.search_batch(ids[:3], {schema.names[0]: schema.attributes[0].values[0]}, k=4)
     assert len(same) == 3 and all(len(r) == 4 for r in same)
     with pytest.raises(QueryError, match="one per query"):
