@@ -224,3 +224,33 @@ def test_operations_endpoints_and_page(client) -> None:
         assert path in spec["paths"], path
     assert "422" in spec["paths"]["/v1/search"]["post"]["responses"]
     assert client.get("/docs").status_code == 200
+
+
+def test_queries_by_id_answered_below_fastapi_match_the_apps_own_answers(serve_app, real_retriever,
+                                                                         real_subset_data) -> None:
+    """The fast path (queries by id without filters) and the app (everything else) give the same
+    shape and the same answers; requests it cannot answer reach the app, errors included."""
+    from fastapi.testclient import TestClient
+
+    from fashsdk.serve.fast_path import FastQueries
+
+    assert any(m.cls is FastQueries for m in serve_app.user_middleware)
+    query, schema = real_subset_data.ids[4], real_retriever.schema
+    every = {schema.names[2]: list(schema.attributes[2].values)}  # a filter that keeps every labelled item
+    with TestClient(serve_app) as client:
+        fast = client.post("/v1/search", json={"id": query, "k": 5})
+        routed = client.post("/v1/search", json={"id": query, "k": 5, "where": every})
+        assert fast.status_code == routed.status_code == 200
+        assert fast.headers["content-type"] == routed.headers["content-type"] == "application/json"
+        a, b = fast.json(), routed.json()
+        assert set(a) == set(b) and set(a["results"][0]) == set(b["results"][0]) and set(a["timings"]) == set(b["timings"])
+        assert [r["id"] for r in a["results"]] == [r.id for r in real_retriever.search(query, k=5)]
+        similar = client.post("/v1/similar", json={"id": query, "attribute": schema.names[1], "k": 4}).json()
+        assert similar["attribute"] == schema.names[1]
+        assert [r["id"] for r in similar["results"]] == [r.id for r in real_retriever.similar(query, schema.names[1], k=4)]
+        # not JSON, or not answerable here: the app answers, with its documented errors
+        check_error(client.post("/v1/search", content=json.dumps({"id": query}).encode(),
+                                headers={"content-type": "text/plain"}), 422)
+        check_error(client.post("/v1/search", json={"id": query, "k": 0}), 422, "k:")
+        check_error(client.post("/v1/similar", json={"id": query, "attribute": "colour"}), 422, "did you mean")
+        check_error(client.post("/v1/search", json={"id": "no-such-item"}), 404, "unknown item id")
