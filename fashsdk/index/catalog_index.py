@@ -66,7 +66,7 @@ class CatalogIndex:
             raise ValueError(f"M must be between 2 and 256, got {M}")
         self.dim, self.num_attributes, self.precision = dim, num_attributes, precision
         self.layout = checked_layout(layout, dim, num_attributes)
-        self.M, self.ef_construction, self.ef_search = M, ef_construction, ef_search
+        self.M, self.ef_construction, self._ef_search = M, ef_construction, ef_search
         self.projection_dim, self.exact_max_items = projection_dim, exact_max_items
         self.threads = threads or usable_cores()
         self.info = dict(info or {})
@@ -76,6 +76,21 @@ class CatalogIndex:
         self.partitions = Partitions(dim, self.threads)
         self.subspaces = Subspaces(self.layout or [], self.threads)
         self.lock = ReadWriteLock()
+
+    @property
+    def ef_search(self) -> int | None:
+        """Graph candidates per query (hnswlib's ef); None picks it by catalog size and k."""
+        return self._ef_search
+
+    @ef_search.setter
+    def ef_search(self, value: int | None) -> None:
+        """Takes effect for the next search: the graph's beam follows (below it, a lower count
+        would otherwise still walk the old beam)."""
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0):
+            raise ValueError(f"ef_search must be a non-negative integer or None, got {value!r}")
+        with self.lock.write():
+            self._ef_search = None if value is None else int(value)
+            policy.set_beam(self)
 
     # ---- reading -------------------------------------------------------------------
     def __len__(self) -> int:

@@ -280,3 +280,27 @@ def test_hits_give_each_results_label_codes(projection_dim, exact: bool) -> None
         assert hit.labels.tolist() == [[int(i[1:]) % 5, int(i[1:]) % 3] for i in hit.ids]  # as built() labelled them
     one = index.hits(x[5], 3)[0]  # the single-query fast path
     assert one.labels.tolist() == index.get_many(one.ids)[1].tolist()
+
+
+def test_setting_ef_search_moves_the_graphs_beam_both_ways_and_is_checked() -> None:
+    index, x = built(n=3000, dim=48, projection_dim=None)
+    queries = clustered(200, 48, seed=7)
+    exact = brute(queries, x, 10)
+
+    def recall() -> float:
+        found = index.search(queries, 10)[0]
+        return float(np.mean([len({int(i[1:]) for i in row} & set(e.tolist())) / 10 for row, e in zip(found, exact)]))
+
+    default_beam = index.graph.beam
+    index.ef_search = 400
+    assert index.graph.beam == 400
+    wide = recall()
+    index.ef_search = 0  # the floor: 3 x the results a query keeps
+    assert index.graph.beam == 33 < default_beam
+    narrow = recall()
+    assert narrow < wide and wide >= 0.99
+    index.ef_search = None
+    assert index.graph.beam == default_beam and index.ef_search is None
+    for bad in (-1, 2.5, True, "64"):
+        with pytest.raises(ValueError, match="ef_search must be a non-negative integer"):
+            index.ef_search = bad
