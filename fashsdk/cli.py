@@ -63,7 +63,33 @@ def _results(query: str, extra: dict, results: list, ms: float) -> None:
                       for r in results]})
 
 
+def cmd_embed(args: argparse.Namespace) -> int:
+    retriever = Retriever(args.bundle, threads=args.threads)
+    bar, update = progress_bar(None, "embed")
+    run = retriever.embed_shards(args.labels, args.images, args.out, id_column=args.id_column, split=args.split,
+                                 split_column=args.split_column, progress=update)
+    bar.close()
+    _out({**run.to_json(), "out": str(args.out), "backend": retriever.backend_name})
+    return 0
+
+
+def _index_from_embeddings(args: argparse.Namespace) -> int:
+    retriever = Retriever(args.bundle, threads=args.threads)
+    added = retriever.index_shards(args.from_embeddings)
+    if not added:
+        raise QueryError(f"the shards in {args.from_embeddings} hold no items; run fashsdk embed first")
+    retriever.index.optimize()  # type: ignore[union-attr]
+    retriever.index.prepare_similar(range(len(retriever.schema.attributes)))  # type: ignore[union-attr]
+    retriever.save_index(args.out)
+    _out({"indexed": added, "index": str(args.out), "from_embeddings": str(args.from_embeddings)})
+    return 0
+
+
 def cmd_index(args: argparse.Namespace) -> int:
+    if args.from_embeddings is not None:
+        return _index_from_embeddings(args)
+    if args.labels is None:
+        raise QueryError("fashsdk index needs --labels CSV (with --images or --path-column), or --from-embeddings DIR")
     retriever = Retriever(args.bundle, threads=args.threads)
     value_map = read_value_map(args.value_map or [], retriever.schema)
     bar, update = progress_bar(None, "index")
@@ -187,9 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Every row of the CSV is indexed or reported with its reason in OUT/"
                                    f"{REPORT_NAME}. An image belongs to the row whose id equals its file name "
                                    "without the extension (15970.jpg -> 15970), or is named by --path-column.")
-    p.add_argument("--labels", required=True, type=Path, help="labels CSV: an id column and attribute columns")
+    p.add_argument("--labels", type=Path, help="labels CSV: an id column and attribute columns")
     p.add_argument("--images", nargs="+", help="image folders or tar shards (not needed with --path-column)")
     p.add_argument("--path-column", help="CSV column holding each row's image file (relative to the CSV's folder)")
+    p.add_argument("--from-embeddings", type=Path, metavar="DIR",
+                   help="build the index from the Parquet shards of fashsdk embed (no labels, no images, no model)")
     p.add_argument("--out", required=True, type=Path, help="index directory to write")
     p.add_argument("--split", default=None, help="index only rows of this split (e.g. test)")
     p.add_argument("--split-column", default="split")
@@ -199,6 +227,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="fail on any row that would be skipped or cell that "
                                                          "matches no value, instead of reporting it")
     p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("embed", parents=[common], help="embed a catalog into Parquet shards, one per image source",
+                       description="Each image source (a tar shard or a folder) becomes one Parquet shard of ids, "
+                                   "embeddings, labels and predictions under OUT, recorded in OUT/shards.json; a "
+                                   "re-run skips recorded shards. fashsdk index --from-embeddings OUT builds the "
+                                   "index from them. Needs pyarrow (pip install 'fashsdk[shards]').")
+    p.add_argument("--labels", required=True, type=Path, help="labels CSV: an id column and attribute columns")
+    p.add_argument("--images", required=True, nargs="+", help="image tar shards or folders, one shard each")
+    p.add_argument("--out", required=True, type=Path, help="folder for the shards")
+    p.add_argument("--split", default=None, help="embed only rows of this split (e.g. test)")
+    p.add_argument("--split-column", default="split")
+    p.add_argument("--id-column", default="id")
+    p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("search", parents=[common], help="search the index, optionally changing attributes")
     p.add_argument("--index", required=True, type=Path)

@@ -26,6 +26,8 @@ from .sources.preprocess import ImageInput
 from .tasks import Prediction, SearchResult, predict, query_vector, search, search_batch, similar
 from .tasks.ingest import IngestReport, Labels, add_items, index_catalog, label_codes
 from .tasks.predict import SINGLE
+from .tasks.shards import ShardRun, embed_shards, index_from_shards
+from .sources.labels import read_labels
 
 log = logging.getLogger("fashsdk")
 
@@ -169,6 +171,21 @@ class Retriever:
         return index_catalog(self.index, self.encoder, self.schema, labels_file, images, id_column=id_column,
                              path_column=path_column, value_map=value_map, split=split, split_column=split_column,
                              strict=strict, upsert=upsert, progress=progress)
+
+    def embed_shards(self, labels_file: str | os.PathLike, images: Sequence[str | os.PathLike],
+                     out: str | os.PathLike, *, id_column: str = "id", split: str | None = None,
+                     split_column: str | None = "split", progress: Callable[[int], None] | None = None) -> ShardRun:
+        """Embed each image source (a tar shard or a folder) into one Parquet shard under ``out``,
+        for the ids of the labels CSV; resumable (recorded shards are skipped). Needs pyarrow."""
+        rows, _ = read_labels(labels_file, self.schema, id_column=id_column, split_column=split_column, split=split)
+        return embed_shards(self.encoder, self.schema, self.bundle.embedding_sha256(), self.bundle.dim, rows.ids,
+                            rows.codes, images, out, progress)
+
+    def index_shards(self, directory: str | os.PathLike) -> int:
+        """Add the items of Parquet shards made by ``embed_shards`` with this bundle (no re-encoding)."""
+        if self.index is None:
+            self.index = self._new_index()
+        return index_from_shards(self.index, self.schema, self.bundle.embedding_sha256(), directory)
 
     def remove(self, ids: Iterable[object]) -> None:
         """Remove items by id from the index in memory (``save_index`` writes it)."""
