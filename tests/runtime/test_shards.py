@@ -107,3 +107,54 @@ def test_the_cli_embeds_then_indexes_from_embeddings(real_bundle_dir: Path, cata
     done = subprocess.run(base + ["index", "--bundle", str(real_bundle_dir), "--out", str(tmp_path / "x")],
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert done.returncode != 0 and "--labels" in done.stderr and "--from-embeddings" in done.stderr
+
+
+def test_a_run_killed_mid_shard_resumes_to_the_same_shards(real_bundle_dir: Path, real_subset_data,
+                                                          tmp_path: Path) -> None:
+    """SIGKILL `fashsdk embed` once its first shard is recorded (it is then encoding the second),
+    re-run it, and compare with an uninterrupted run."""
+    import os
+    import signal
+    import time
+
+    data = real_subset_data
+    names = list(data.labels[data.ids[0]])
+    sources, rows = [], []
+    for s in range(4):  # four sources of 240 photos each (the real photos under new ids)
+        folder = tmp_path / f"source-{s}"
+        folder.mkdir()
+        for copy in range(3):
+            for item in data.ids[:80]:
+                new_id = f"{s}-{copy}-{item}"
+                (folder / f"{new_id}.jpg").write_bytes(data.images[item])
+                rows.append([new_id, *[data.labels[item][a] or "" for a in names]])
+        sources.append(folder)
+    labels = tmp_path / "labels.csv"
+    with open(labels, "w", newline="") as f:
+        csv.writer(f).writerows([["id", *names], *rows])
+    command = [sys.executable, "-m", "fashsdk", "embed", "--bundle", str(real_bundle_dir), "--labels", str(labels),
+               "--images", *map(str, sources), "--threads", "1"]
+    out = tmp_path / "killed"
+    process = subprocess.Popen(command + ["--out", str(out)], cwd=ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if (out / MANIFEST).exists() and json.loads((out / MANIFEST).read_text())["shards"]:
+            os.kill(process.pid, signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    process.wait(30)
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed mid-shard"
+    recorded = json.loads((out / MANIFEST).read_text())["shards"]
+    assert 1 <= len(recorded) < 4 and all((out / name).is_file() for name in recorded)
+    done = subprocess.run(command + ["--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["reused"] == sorted(recorded) and len(summary["written"]) == 4 - len(recorded)
+    assert not list(out.glob(".*.tmp"))
+    clean = tmp_path / "clean"
+    assert subprocess.run(command + ["--out", str(clean)], cwd=ROOT, capture_output=True, timeout=300).returncode == 0
+    resumed, straight = Retriever(real_bundle_dir, threads=1), Retriever(real_bundle_dir, threads=1)
+    assert resumed.index_shards(out) == straight.index_shards(clean) == 960
+    for item in (rows[0][0], rows[500][0], rows[-1][0]):
+        assert float(resumed.index.get(item)[0] @ straight.index.get(item)[0]) > 0.9999
