@@ -10,12 +10,14 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from .bundle import Bundle
 from .errors import FashsdkError, QueryError
 from .progress import progress_bar
 from .retriever import Retriever
 from .sources.images import iter_images
-from .sources.labels import read_value_map
+from .sources.labels import read_labels, read_value_map
 from .tasks.ingest import REPORT_NAME
+from .tasks.shards_ray import embed_shards_ray
 
 log = logging.getLogger("fashsdk")
 
@@ -64,6 +66,14 @@ def _results(query: str, extra: dict, results: list, ms: float) -> None:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
+    if args.ray or args.address:
+        schema = Bundle.load(args.bundle).schema
+        rows, _ = read_labels(args.labels, schema, id_column=args.id_column, split_column=args.split_column,
+                              split=args.split)
+        run = embed_shards_ray(args.bundle, rows.ids, rows.codes, args.images, args.out, address=args.address,
+                               actors=args.actors, threads=args.threads or 1)
+        _out({**run.to_json(), "out": str(args.out), "ray": args.address or "local"})
+        return 0
     retriever = Retriever(args.bundle, threads=args.threads)
     bar, update = progress_bar(None, "embed")
     run = retriever.embed_shards(args.labels, args.images, args.out, id_column=args.id_column, split=args.split,
@@ -239,6 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default=None, help="embed only rows of this split (e.g. test)")
     p.add_argument("--split-column", default="split")
     p.add_argument("--id-column", default="id")
+    p.add_argument("--ray", action="store_true", help="run on Ray Data (a local instance sized to this machine, or "
+                                                      "--address); pip install 'fashsdk[distributed]'")
+    p.add_argument("--address", help="with --ray: join this Ray cluster (e.g. ray://head:10001)")
+    p.add_argument("--actors", type=_positive_int, default=None, help="with --ray: model actors (default: CPUs)")
     p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("search", parents=[common], help="search the index, optionally changing attributes")

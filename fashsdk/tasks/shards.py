@@ -70,17 +70,13 @@ def embed_shards(encoder: Encoder, schema: AttributeSchema, embedding_sha256: st
                  codes: np.ndarray, sources: Sequence[str | os.PathLike], out: str | os.PathLike,
                  progress: Callable[[int], None] | None = None) -> ShardRun:
     """Embed every source's images whose id has a row (``ids``, label ``codes``) into ``out``."""
-    pa, pq = _arrow()
+    pa, _ = _arrow()
     start, run, out = time.perf_counter(), ShardRun(), Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    manifest = _open_manifest(out, schema, embedding_sha256, dim)
-    for leftover in [p for p in out.iterdir() if TEMPORARY.match(p.name)]:
-        leftover.unlink()  # a killed run's unfinished shard (single writer per folder)
+    manifest = open_output(out, schema, embedding_sha256, dim)
     codes_of = dict(zip(ids, codes))
     for position, source in enumerate(Path(s) for s in sources):
         name = shard_name(source, position)
-        entry = manifest["shards"].get(name)
-        if entry is not None and (out / name).is_file() and entry["source"] == str(source):
+        if recorded(out, manifest, name, source):
             run.reused.append(name)
             continue
         locator = ImageLocator(source)
@@ -92,17 +88,37 @@ def embed_shards(encoder: Encoder, schema: AttributeSchema, embedding_sha256: st
             run.failures.extend((str(k), reason) for k, reason in failed)
             if keys:
                 parts.append((keys, outputs))
-        table = _table(pa, schema, parts, codes_of, dim)
-        temporary = out / f".{name}.{os.getpid()}.tmp"
-        pq.write_table(table, temporary)
-        os.replace(temporary, out / name)
-        manifest["shards"][name] = {"source": str(source), "items": table.num_rows,
-                                    "sha256": sha256_file(out / name)}
-        atomic_write_json(out / MANIFEST, manifest)  # the shard counts as done only from here on
+        table = shard_table(pa, schema, parts, codes_of, dim)
+        write_shard(out, manifest, name, source, table)
         run.written.append(name)
         run.items += table.num_rows
     run.seconds = time.perf_counter() - start
     return run
+
+
+def open_output(out: Path, schema: AttributeSchema, embedding_sha256: str, dim: int) -> dict[str, Any]:
+    """The folder's manifest (new or checked against this embedding), after removing what a killed
+    run left under temporary names (one writer per folder)."""
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = _open_manifest(out, schema, embedding_sha256, dim)
+    for leftover in [p for p in out.iterdir() if TEMPORARY.match(p.name)]:
+        leftover.unlink()
+    return manifest
+
+
+def recorded(out: Path, manifest: dict[str, Any], name: str, source: Path) -> bool:
+    entry = manifest["shards"].get(name)
+    return entry is not None and (out / name).is_file() and entry["source"] == str(source)
+
+
+def write_shard(out: Path, manifest: dict[str, Any], name: str, source: Path, table: Any) -> None:
+    """Write under a temporary name, rename, then record: the shard counts as done only from then on."""
+    _, pq = _arrow()
+    temporary = out / f".{name}.{os.getpid()}.tmp"
+    pq.write_table(table, temporary)
+    os.replace(temporary, out / name)
+    manifest["shards"][name] = {"source": str(source), "items": table.num_rows, "sha256": sha256_file(out / name)}
+    atomic_write_json(out / MANIFEST, manifest)
 
 
 def _open_manifest(out: Path, schema: AttributeSchema, embedding_sha256: str, dim: int) -> dict[str, Any]:
@@ -117,7 +133,7 @@ def _open_manifest(out: Path, schema: AttributeSchema, embedding_sha256: str, di
     return manifest
 
 
-def _table(pa: Any, schema: AttributeSchema, parts: list[tuple[list[str], Any]], codes_of: dict[str, np.ndarray],
+def shard_table(pa: Any, schema: AttributeSchema, parts: list[tuple[list[str], Any]], codes_of: dict[str, np.ndarray],
            dim: int) -> Any:
     names = len(schema.attributes)
     keys = [k for ks, _ in parts for k in ks]
