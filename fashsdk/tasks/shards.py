@@ -18,7 +18,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -74,14 +74,7 @@ def embed_shards(encoder: Encoder, schema: AttributeSchema, embedding_sha256: st
     start, run, out = time.perf_counter(), ShardRun(), Path(out)
     manifest = open_output(out, schema, embedding_sha256, dim)
     codes_of = dict(zip(ids, codes))
-    for position, source in enumerate(Path(s) for s in sources):
-        name = shard_name(source, position)
-        if recorded(out, manifest, name, source):
-            run.reused.append(name)
-            continue
-        locator = ImageLocator(source)
-        wanted = sorted(i for i in locator.places if i in codes_of)
-        run.without_row += len(locator.places) - len(wanted)
+    for name, source, locator, wanted in pending(out, manifest, sources, codes_of, run):
         parts: list[tuple[list[str], Any]] = []
         for keys, outputs, failed in encoder.encode_stream(locator.read(wanted), skip_errors=True,
                                                             on_batch=progress):
@@ -106,9 +99,20 @@ def open_output(out: Path, schema: AttributeSchema, embedding_sha256: str, dim: 
     return manifest
 
 
-def recorded(out: Path, manifest: dict[str, Any], name: str, source: Path) -> bool:
-    entry = manifest["shards"].get(name)
-    return entry is not None and (out / name).is_file() and entry["source"] == str(source)
+def pending(out: Path, manifest: dict[str, Any], sources: Sequence[str | os.PathLike], codes_of: dict[str, Any],
+            run: ShardRun) -> Iterator[tuple[str, Path, ImageLocator, list[str]]]:
+    """(shard name, source, its images, the ids to embed) of each source not yet recorded; the
+    recorded ones and the images without a row are counted in ``run``."""
+    for position, source in enumerate(Path(s) for s in sources):
+        name = shard_name(source, position)
+        entry = manifest["shards"].get(name)
+        if entry is not None and (out / name).is_file() and entry["source"] == str(source):
+            run.reused.append(name)
+            continue
+        locator = ImageLocator(source)
+        wanted = sorted(i for i in locator.places if i in codes_of)
+        run.without_row += len(locator.places) - len(wanted)
+        yield name, source, locator, wanted
 
 
 def write_shard(out: Path, manifest: dict[str, Any], name: str, source: Path, table: Any) -> None:

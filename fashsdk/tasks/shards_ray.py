@@ -22,10 +22,9 @@ import numpy as np
 from ..bundle import Bundle
 from ..encoding import ModelOutputs, open_checked_backend
 from ..errors import CatalogError, FashsdkError
-from ..sources.images import ImageLocator
 from ..sources.preprocess import PreprocessSpec, decode_resized, normalize
 from ..system import usable_cores
-from .shards import ShardRun, _arrow, open_output, recorded, shard_name, shard_table, write_shard
+from .shards import ShardRun, _arrow, open_output, pending, shard_table, write_shard
 
 INSTALL_HINT = "the Ray path needs Ray Data: pip install 'fashsdk[distributed]'"
 BATCH = 64
@@ -74,14 +73,7 @@ def embed_shards_ray(bundle_dir: str | os.PathLike, ids: Sequence[str], codes: n
                  num_cpus=None if address else usable_cores())
     pool = actors or max(1, int(ray.cluster_resources().get("CPU", 1)) // max(threads, 1))
     try:
-        for position, source in enumerate(Path(s) for s in sources):
-            name = shard_name(source, position)
-            if recorded(out, manifest, name, source):
-                run.reused.append(name)
-                continue
-            locator = ImageLocator(source)
-            wanted = sorted(i for i in locator.places if i in codes_of)
-            run.without_row += len(locator.places) - len(wanted)
+        for name, source, locator, wanted in pending(out, manifest, sources, codes_of, run):
             rows = [{"id": item, "data": data} for item, data in locator.read(wanted)]
             parts: list[tuple[list[str], ModelOutputs]] = []
             if rows:
