@@ -34,22 +34,22 @@ def search_payload(query: str | None, change: dict[str, str] | None, attribute: 
                                   "timings": {"encode_ms": encode_ms, "search_ms": search_ms}})
 
 
-def _search(service: Service, body: SearchRequest, timer: Timer) -> bytes | None:
+Found = tuple[str, "dict[str, str] | None", "str | None", list[dict[str, Any]]]  # query, change, attribute, results
+
+
+def _search(service: Service, body: SearchRequest, timer: Timer) -> Found | None:
     if body.where:
         return None
-    found = service.search(body.id, body.change, body.k, None, body.include_query, timer)
-    return search_payload(body.id, body.change, None, found, 0.0, round(1000 * (time.perf_counter() - timer.started), 3))
+    return body.id, body.change, None, service.search(body.id, body.change, body.k, None, body.include_query, timer)
 
 
-def _similar(service: Service, body: SimilarRequest, timer: Timer) -> bytes | None:
+def _similar(service: Service, body: SimilarRequest, timer: Timer) -> Found | None:
     if body.where:
         return None
-    found = service.similar(body.id, body.attribute, body.k, None, timer)
-    return search_payload(body.id, None, body.attribute, found, 0.0,
-                          round(1000 * (time.perf_counter() - timer.started), 3))
+    return body.id, None, body.attribute, service.similar(body.id, body.attribute, body.k, None, timer)
 
 
-ROUTES: dict[str, tuple[type[BaseModel], Callable[[Service, Any, Timer], bytes | None]]] = {
+ROUTES: dict[str, tuple[type[BaseModel], Callable[[Service, Any, Timer], Found | None]]] = {
     "/v1/search": (SearchRequest, _search),
     "/v1/similar": (SimilarRequest, _similar),
 }
@@ -89,12 +89,14 @@ class FastQueries:
         model, handler = ROUTES[path]
         timer = Timer(started=time.perf_counter())
         try:
-            answer = handler(service, model.model_validate_json(body), timer)
+            found = handler(service, model.model_validate_json(body), timer)
         except (ValidationError, FashsdkError, ApiError):
             return None
-        if answer is not None:
-            self.metrics.stage(path, "search", time.perf_counter() - timer.started)
-        return answer
+        if found is None:
+            return None
+        seconds = time.perf_counter() - timer.started
+        self.metrics.stage(path, "search", seconds)
+        return search_payload(*found, 0.0, round(1000 * seconds, 3))
 
 
 def _is_json(scope: Scope) -> bool:
