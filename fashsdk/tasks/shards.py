@@ -24,7 +24,7 @@ import numpy as np
 
 from ..encoding import Encoder
 from ..errors import CatalogError, IndexFileError
-from ..files import atomic_write_json, read_json, sha256_file
+from ..files import atomic_write_json, contained_file, read_json, sha256_file
 from ..index import CatalogIndex
 from ..schema import AttributeSchema
 from ..sources.images import ImageLocator
@@ -70,7 +70,6 @@ def embed_shards(encoder: Encoder, schema: AttributeSchema, embedding_sha256: st
                  codes: np.ndarray, sources: Sequence[str | os.PathLike], out: str | os.PathLike,
                  progress: Callable[[int], None] | None = None) -> ShardRun:
     """Embed every source's images whose id has a row (``ids``, label ``codes``) into ``out``."""
-    pa, _ = _arrow()
     start, run, out = time.perf_counter(), ShardRun(), Path(out)
     manifest = open_output(out, schema, embedding_sha256, dim)
     codes_of = dict(zip(ids, codes))
@@ -81,17 +80,16 @@ def embed_shards(encoder: Encoder, schema: AttributeSchema, embedding_sha256: st
             run.failures.extend((str(k), reason) for k, reason in failed)
             if keys:
                 parts.append((keys, outputs))
-        table = shard_table(pa, schema, parts, codes_of, dim)
-        write_shard(out, manifest, name, source, table)
-        run.written.append(name)
-        run.items += table.num_rows
+        write_shard(out, manifest, name, source, shard_table(schema, parts, codes_of, dim), run)
     run.seconds = time.perf_counter() - start
     return run
 
 
 def open_output(out: Path, schema: AttributeSchema, embedding_sha256: str, dim: int) -> dict[str, Any]:
     """The folder's manifest (new or checked against this embedding), after removing what a killed
-    run left under temporary names (one writer per folder)."""
+    run left under temporary names (one writer per folder). Fails first, with the install hint,
+    where pyarrow is missing."""
+    _arrow()
     out.mkdir(parents=True, exist_ok=True)
     manifest = _open_manifest(out, schema, embedding_sha256, dim)
     for leftover in [p for p in out.iterdir() if TEMPORARY.match(p.name)]:
@@ -115,7 +113,7 @@ def pending(out: Path, manifest: dict[str, Any], sources: Sequence[str | os.Path
         yield name, source, locator, wanted
 
 
-def write_shard(out: Path, manifest: dict[str, Any], name: str, source: Path, table: Any) -> None:
+def write_shard(out: Path, manifest: dict[str, Any], name: str, source: Path, table: Any, run: ShardRun) -> None:
     """Write under a temporary name, rename, then record: the shard counts as done only from then on."""
     _, pq = _arrow()
     temporary = out / f".{name}.{os.getpid()}.tmp"
@@ -123,6 +121,8 @@ def write_shard(out: Path, manifest: dict[str, Any], name: str, source: Path, ta
     os.replace(temporary, out / name)
     manifest["shards"][name] = {"source": str(source), "items": table.num_rows, "sha256": sha256_file(out / name)}
     atomic_write_json(out / MANIFEST, manifest)
+    run.written.append(name)
+    run.items += table.num_rows
 
 
 def _open_manifest(out: Path, schema: AttributeSchema, embedding_sha256: str, dim: int) -> dict[str, Any]:
@@ -137,8 +137,9 @@ def _open_manifest(out: Path, schema: AttributeSchema, embedding_sha256: str, di
     return manifest
 
 
-def shard_table(pa: Any, schema: AttributeSchema, parts: list[tuple[list[str], Any]], codes_of: dict[str, np.ndarray],
-           dim: int) -> Any:
+def shard_table(schema: AttributeSchema, parts: list[tuple[list[str], Any]], codes_of: dict[str, np.ndarray],
+                dim: int) -> Any:
+    pa, _ = _arrow()
     names = len(schema.attributes)
     keys = [k for ks, _ in parts for k in ks]
     if parts:
@@ -162,7 +163,7 @@ def shard_table(pa: Any, schema: AttributeSchema, parts: list[tuple[list[str], A
 def index_from_shards(index: CatalogIndex, schema: AttributeSchema, embedding_sha256: str,
                       directory: str | os.PathLike) -> int:
     """Add every recorded shard's items to ``index``; returns how many were added."""
-    pa, pq = _arrow()
+    _, pq = _arrow()
     directory = Path(directory)
     manifest = read_json(directory / MANIFEST, "shards manifest", IndexFileError)
     if manifest.get("embedding_sha256") != embedding_sha256 or manifest.get("attributes") != list(schema.names):
@@ -171,8 +172,8 @@ def index_from_shards(index: CatalogIndex, schema: AttributeSchema, embedding_sh
                              "re-embed with this one")
     added = 0
     for name, entry in sorted(manifest.get("shards", {}).items()):
-        path = directory / name
-        if Path(name).name != name or not path.is_file():
+        path = contained_file(directory, name, str(directory / MANIFEST), IndexFileError)
+        if not path.is_file():
             raise IndexFileError(f"shard {name!r} listed in {directory / MANIFEST} is missing; re-run fashsdk embed")
         if sha256_file(path) != entry.get("sha256"):  # before pyarrow (native code) parses it
             raise IndexFileError(f"shard {path} does not match its recorded sha256 (damaged or replaced); "

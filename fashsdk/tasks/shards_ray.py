@@ -24,7 +24,7 @@ from ..encoding import ModelOutputs, open_checked_backend
 from ..errors import CatalogError, FashsdkError
 from ..sources.preprocess import PreprocessSpec, decode_resized, normalize
 from ..system import usable_cores
-from .shards import ShardRun, _arrow, open_output, pending, shard_table, write_shard
+from .shards import ShardRun, open_output, pending, shard_table, write_shard
 
 INSTALL_HINT = "the Ray path needs Ray Data: pip install 'fashsdk[distributed]'"
 BATCH = 64
@@ -62,7 +62,6 @@ def embed_shards_ray(bundle_dir: str | os.PathLike, ids: Sequence[str], codes: n
         import ray.data
     except ImportError:
         raise CatalogError(INSTALL_HINT) from None
-    pa, _ = _arrow()
     bundle = Bundle.load(bundle_dir)
     schema, start, run, out = bundle.schema, time.perf_counter(), ShardRun(), Path(out)
     manifest = open_output(out, schema, bundle.embedding_sha256(), bundle.dim)
@@ -89,10 +88,7 @@ def embed_shards_ray(bundle_dir: str | os.PathLike, ids: Sequence[str], codes: n
                 if good:
                     parts.append((good, ModelOutputs(np.stack([by_id[i]["embedding"] for i in good]),
                                                      np.stack([by_id[i]["logits"] for i in good]))))
-            table = shard_table(pa, schema, parts, codes_of, bundle.dim)
-            write_shard(out, manifest, name, source, table)
-            run.written.append(name)
-            run.items += table.num_rows
+            write_shard(out, manifest, name, source, shard_table(schema, parts, codes_of, bundle.dim), run)
     finally:
         if started:
             ray.shutdown()
