@@ -10,14 +10,12 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from .bundle import Bundle
 from .errors import FashsdkError, QueryError
 from .progress import progress_bar
 from .retriever import Retriever
 from .sources.images import iter_images
-from .sources.labels import read_labels, read_value_map
+from .sources.labels import read_value_map
 from .tasks.ingest import REPORT_NAME
-from .tasks.shards_ray import embed_shards_ray
 
 log = logging.getLogger("fashsdk")
 
@@ -66,20 +64,14 @@ def _results(query: str, extra: dict, results: list, ms: float) -> None:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    if args.ray or args.address:
-        schema = Bundle.load(args.bundle).schema
-        rows, _ = read_labels(args.labels, schema, id_column=args.id_column, split_column=args.split_column,
-                              split=args.split)
-        run = embed_shards_ray(args.bundle, rows.ids, rows.codes, args.images, args.out, address=args.address,
-                               actors=args.actors, threads=args.threads or 1)
-        _out({**run.to_json(), "out": str(args.out), "ray": args.address or "local"})
-        return 0
     retriever = Retriever(args.bundle, threads=args.threads)
     bar, update = progress_bar(None, "embed")
     run = retriever.embed_shards(args.labels, args.images, args.out, id_column=args.id_column, split=args.split,
-                                 split_column=args.split_column, progress=update)
+                                 split_column=args.split_column, progress=update, ray=args.ray, address=args.address,
+                                 actors=args.actors)
     bar.close()
-    _out({**run.to_json(), "out": str(args.out), "backend": retriever.backend_name})
+    extra = {"ray": args.address or "local"} if args.ray or args.address else {"backend": retriever.backend_name}
+    _out({**run.to_json(), "out": str(args.out), **extra})
     return 0
 
 
@@ -88,11 +80,16 @@ def _index_from_embeddings(args: argparse.Namespace) -> int:
     added = retriever.index_shards(args.from_embeddings)
     if not added:
         raise QueryError(f"the shards in {args.from_embeddings} hold no items; run fashsdk embed first")
-    retriever.index.optimize()  # type: ignore[union-attr]
-    retriever.index.prepare_similar(range(len(retriever.schema.attributes)))  # type: ignore[union-attr]
-    retriever.save_index(args.out)
+    _save_built(retriever, args.out)
     _out({"indexed": added, "index": str(args.out), "from_embeddings": str(args.from_embeddings)})
     return 0
+
+
+def _save_built(retriever: Retriever, out: Path) -> None:
+    """A bulk build: lay the graph out for serving and build the similar graphs, then save."""
+    retriever.index.optimize()  # type: ignore[union-attr]
+    retriever.index.prepare_similar(range(len(retriever.schema.attributes)))  # type: ignore[union-attr]
+    retriever.save_index(out)
 
 
 def cmd_index(args: argparse.Namespace) -> int:
@@ -111,9 +108,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         report.save(args.out / REPORT_NAME)
         raise QueryError(f"nothing was indexed (report: {args.out / REPORT_NAME}): " + report.summary())
-    retriever.index.optimize()  # a bulk build: lay the graph out for serving before it is saved
-    retriever.index.prepare_similar(range(len(retriever.schema.attributes)))  # saved with the index
-    retriever.save_index(args.out)
+    _save_built(retriever, args.out)
     report.save(args.out / REPORT_NAME)
     print(report.summary(), file=sys.stderr)
     summary = {k: v for k, v in report.to_json().items() if k not in ("skipped_rows", "labels", "images")}

@@ -27,6 +27,7 @@ from .tasks import Prediction, SearchResult, predict, query_vector, search, sear
 from .tasks.ingest import IngestReport, Labels, add_items, index_catalog, label_codes
 from .tasks.predict import SINGLE
 from .tasks.shards import ShardRun, embed_shards, index_from_shards
+from .tasks.shards_ray import embed_shards_ray
 from .sources.labels import read_labels
 
 log = logging.getLogger("fashsdk")
@@ -111,6 +112,12 @@ class Retriever:
         return predict(self.index, self.schema, self.encode, list(items), top)
 
     # ---- catalog ---------------------------------------------------------------------
+    def _writable_index(self) -> CatalogIndex:
+        """The index that writes go to, made empty for this bundle on the first write."""
+        if self.index is None:
+            self.index = self._new_index()
+        return self.index
+
     def _new_index(self) -> CatalogIndex:
         return CatalogIndex(self.bundle.dim, len(self.schema.attributes), layout=list(self.bundle.layout.values()),
                             info={"bundle_sha256": self.bundle.sha256(), "embedding_sha256": self.bundle.embedding_sha256(),
@@ -135,16 +142,13 @@ class Retriever:
         error is raised. Returns the (id, reason) pairs skipped for bad images when
         ``skip_errors`` is set; otherwise the first bad image raises ImageError naming its id.
         """
-        if self.index is None:
-            self.index = self._new_index()
-        return add_items(self.index, self.encoder, self.schema, items, labels, skip_errors, progress)
+        return add_items(self._writable_index(), self.encoder, self.schema, items, labels, skip_errors, progress)
 
     def upsert(self, items: Iterable[tuple[object, ImageInput]], labels: Mapping[object, Labels] | None = None, *,
                skip_errors: bool = False, progress: Callable[[int], None] | None = None) -> list[tuple[str, str]]:
         """Like ``add``, but an id already indexed has its image (vector) and labels replaced."""
-        if self.index is None:
-            self.index = self._new_index()
-        return add_items(self.index, self.encoder, self.schema, items, labels, skip_errors, progress, upsert=True)
+        return add_items(self._writable_index(), self.encoder, self.schema, items, labels, skip_errors, progress,
+                         upsert=True)
 
     def set_labels(self, labels: Mapping[object, Labels]) -> None:
         """Replace the stored labels of indexed items, keeping their vectors ({id: {attribute: value or None}};
@@ -166,26 +170,27 @@ class Retriever:
         value}}); cells that match nothing are stored as unknown and reported with the closest
         value. Bad rows are skipped and reported; ``strict`` makes them an error instead.
         """
-        if self.index is None:
-            self.index = self._new_index()
-        return index_catalog(self.index, self.encoder, self.schema, labels_file, images, id_column=id_column,
-                             path_column=path_column, value_map=value_map, split=split, split_column=split_column,
-                             strict=strict, upsert=upsert, progress=progress)
+        return index_catalog(self._writable_index(), self.encoder, self.schema, labels_file, images,
+                             id_column=id_column, path_column=path_column, value_map=value_map, split=split,
+                             split_column=split_column, strict=strict, upsert=upsert, progress=progress)
 
     def embed_shards(self, labels_file: str | os.PathLike, images: Sequence[str | os.PathLike],
                      out: str | os.PathLike, *, id_column: str = "id", split: str | None = None,
-                     split_column: str | None = "split", progress: Callable[[int], None] | None = None) -> ShardRun:
+                     split_column: str | None = "split", progress: Callable[[int], None] | None = None,
+                     ray: bool = False, address: str | None = None, actors: int | None = None) -> ShardRun:
         """Embed each image source (a tar shard or a folder) into one Parquet shard under ``out``,
-        for the ids of the labels CSV; resumable (recorded shards are skipped). Needs pyarrow."""
+        for the ids of the labels CSV; resumable (recorded shards are skipped). Needs pyarrow.
+        With ``ray`` (or an ``address``), the same shards are computed on Ray Data."""
         rows, _ = read_labels(labels_file, self.schema, id_column=id_column, split_column=split_column, split=split)
+        if ray or address:
+            return embed_shards_ray(self.bundle.directory, rows.ids, rows.codes, images, out, address=address,
+                                    actors=actors, threads=self._threads or 1)
         return embed_shards(self.encoder, self.schema, self.bundle.embedding_sha256(), self.bundle.dim, rows.ids,
                             rows.codes, images, out, progress)
 
     def index_shards(self, directory: str | os.PathLike) -> int:
         """Add the items of Parquet shards made by ``embed_shards`` with this bundle (no re-encoding)."""
-        if self.index is None:
-            self.index = self._new_index()
-        return index_from_shards(self.index, self.schema, self.bundle.embedding_sha256(), directory)
+        return index_from_shards(self._writable_index(), self.schema, self.bundle.embedding_sha256(), directory)
 
     def remove(self, ids: Iterable[object]) -> None:
         """Remove items by id from the index in memory (``save_index`` writes it)."""

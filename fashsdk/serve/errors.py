@@ -34,10 +34,6 @@ class NotFound(ApiError):
     status = 404
 
 
-class PayloadTooLarge(ApiError):
-    status = 413
-
-
 class UnsupportedImage(ApiError):
     status = 415
 
