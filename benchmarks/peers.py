@@ -39,7 +39,7 @@ from typing import Any, Callable  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from benchmarks.search import demo_workload, exact_topk_merge, gallery  # noqa: E402
+from benchmarks.search import demo_workload, exact_topk_merge, gallery, recall, timed  # noqa: E402
 from fashsdk.eval.protocol import manipulation_queries  # noqa: E402
 from fashsdk.files import atomic_write_bytes, atomic_write_json  # noqa: E402
 from fashsdk.index import CatalogIndex  # noqa: E402
@@ -140,17 +140,9 @@ def methods(vectors: np.ndarray, ids: list[str], codes: np.ndarray, queries: np.
 def measure(searcher: Search, count: int, exact: np.ndarray, rounds: list[list[float]], with_recall: bool) -> float:
     """One round of ``count`` timed calls into ``rounds``; with ``with_recall``, also recall@10 over
     every query (else NaN)."""
-    recall = float("nan")
-    if with_recall:
-        found = [searcher(i) for i in range(len(exact))]
-        recall = float(np.mean([len(set(f) & set(e.tolist())) / K for f, e in zip(found, exact)]))
-    times = []
-    for i in range(count):
-        start = time.perf_counter()
-        searcher(i % len(exact))
-        times.append(time.perf_counter() - start)
-    rounds.append(times)
-    return recall
+    found = [searcher(i) for i in range(len(exact))] if with_recall else None
+    rounds.append(timed(lambda i: searcher(i % len(exact)), count, warmup=0))
+    return recall(found, exact, K) if found is not None else float("nan")
 
 
 def run_size(work: Any, n: int, args: argparse.Namespace, wanted: set[str]) -> list[dict[str, Any]]:
@@ -178,9 +170,9 @@ def run_size(work: Any, n: int, args: argparse.Namespace, wanted: set[str]) -> l
         for name, (_, settings, make) in built.items():
             for setting in settings:
                 rounds = samples.setdefault((name, setting), [])
-                recall = measure(make(setting), per_round, exact, rounds, with_recall=r == 0)
+                measured = measure(make(setting), per_round, exact, rounds, with_recall=r == 0)
                 if r == 0:
-                    recalls[(name, setting)] = recall
+                    recalls[(name, setting)] = measured
     rows = []
     for (name, setting), rounds in samples.items():
         medians = [1000 * float(np.median(r)) for r in rounds]
@@ -192,11 +184,7 @@ def run_size(work: Any, n: int, args: argparse.Namespace, wanted: set[str]) -> l
     def scan(i: int) -> None:
         sims = vectors @ queries[i % len(queries)]
         np.argpartition(-sims, K)[:K + 1]
-    times = []
-    for i in range(min(200, args.latency_queries)):
-        start = time.perf_counter()
-        scan(i)
-        times.append(time.perf_counter() - start)
+    times = timed(scan, min(200, args.latency_queries), warmup=3)
     rows.append({"n": n, "method": "exact numpy scan", "setting": None, "build_s": 0.0, "build_items_per_s": None,
                  "recall_at_10": 1.0, "p50_ms": round(1000 * float(np.median(times)), 4)})
     return rows
