@@ -12,37 +12,16 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere: the project's own helpers
+from benchmarks.serve import free_port, wait_ready  # noqa: E402
+
 WAIT = 60
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_ready(base: str, server: subprocess.Popen) -> None:
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"the server exited with {server.returncode} before it was ready")
-        try:
-            with urllib.request.urlopen(base + "/readyz", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.3)
-    raise SystemExit(f"the server was not ready within {WAIT} s")
 
 
 def shoot(base: str, item: str, changes: list[tuple[str, str]], out: Path, chromium: str, driver_path: str) -> None:
@@ -102,13 +81,15 @@ def main(argv: list[str] | None = None) -> int:
     base = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "fashsdk.serve", "--bundle", str(args.bundle), "--index", str(args.index),
                "--port", str(port), "--images", *args.images]
-    server = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tempfile.TemporaryFile("w+")  # read back only if the server fails to start
+    server = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
     try:
-        wait_ready(base, server)
+        wait_ready(base, server, log, timeout=WAIT)
         shoot(base, args.item, changes, args.out, args.chromium, args.chromedriver)
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(30)
+        log.close()
     print(f"wrote {args.out}")
     return 0
 
