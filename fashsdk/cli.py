@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import FashsdkError, QueryError
+from .index import CatalogIndex
+from .index.milvus_target import index_location
 from .progress import progress_bar
 from .retriever import Retriever
 from .sources.images import iter_images
@@ -75,8 +77,17 @@ def cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _target(args: argparse.Namespace) -> str | None:
+    """The Milvus address writes go to, or None for an embedded index saved to the folder ``--out``."""
+    return args.out if isinstance(args.out, str) else None
+
+
+def _report_path(args: argparse.Namespace) -> Path | None:
+    return args.report or (None if _target(args) else args.out / REPORT_NAME)
+
+
 def _index_from_embeddings(args: argparse.Namespace) -> int:
-    retriever = Retriever(args.bundle, threads=args.threads)
+    retriever = Retriever(args.bundle, _target(args), threads=args.threads)
     added = retriever.index_shards(args.from_embeddings)
     if not added:
         raise QueryError(f"the shards in {args.from_embeddings} hold no items; run fashsdk embed first")
@@ -85,11 +96,13 @@ def _index_from_embeddings(args: argparse.Namespace) -> int:
     return 0
 
 
-def _save_built(retriever: Retriever, out: Path) -> None:
-    """A bulk build: lay the graph out for serving and build the similar graphs, then save."""
-    retriever.index.optimize()  # type: ignore[union-attr]
-    retriever.index.prepare_similar(range(len(retriever.schema.attributes)))  # type: ignore[union-attr]
-    retriever.save_index(out)
+def _save_built(retriever: Retriever, out: str | Path) -> None:
+    """A bulk build: lay the graph out for serving and build the similar graphs, then save (a
+    Milvus index has stored every write already: this seals the last ones)."""
+    if isinstance(retriever.index, CatalogIndex):
+        retriever.index.optimize()
+        retriever.index.prepare_similar(range(len(retriever.schema.attributes)))
+    retriever.save_index(None if isinstance(out, str) else out)
 
 
 def cmd_index(args: argparse.Namespace) -> int:
@@ -97,22 +110,27 @@ def cmd_index(args: argparse.Namespace) -> int:
         return _index_from_embeddings(args)
     if args.labels is None:
         raise QueryError("fashsdk index needs --labels CSV (with --images or --path-column), or --from-embeddings DIR")
-    retriever = Retriever(args.bundle, threads=args.threads)
+    retriever = Retriever(args.bundle, _target(args), threads=args.threads)
     value_map = read_value_map(args.value_map or [], retriever.schema)
     bar, update = progress_bar(None, "index")
     report = retriever.index_catalog(args.labels, args.images, id_column=args.id_column, path_column=args.path_column,
                                      value_map=value_map, split=args.split, split_column=args.split_column,
                                      strict=args.strict, progress=update)
     bar.close()
+    report_path = _report_path(args)
+    if report_path is not None:
+        report_path.parent.mkdir(parents=True, exist_ok=True)
     if retriever.index is None or not len(retriever.index):
-        args.out.mkdir(parents=True, exist_ok=True)
-        report.save(args.out / REPORT_NAME)
-        raise QueryError(f"nothing was indexed (report: {args.out / REPORT_NAME}): " + report.summary())
+        if report_path is not None:
+            report.save(report_path)
+        raise QueryError(f"nothing was indexed (report: {report_path}): " + report.summary())
     _save_built(retriever, args.out)
-    report.save(args.out / REPORT_NAME)
+    if report_path is not None:
+        report.save(report_path)
     print(report.summary(), file=sys.stderr)
     summary = {k: v for k, v in report.to_json().items() if k not in ("skipped_rows", "labels", "images")}
-    _out({**summary, "backend": retriever.backend_name, "index": str(args.out), "report": str(args.out / REPORT_NAME)})
+    _out({**summary, "backend": retriever.backend_name, "index": str(args.out),
+          "report": None if report_path is None else str(report_path)})
     return 0
 
 
@@ -167,10 +185,9 @@ def cmd_info(args: argparse.Namespace) -> int:
                           for name, values in info["attributes"].items()}
     if retriever.index is not None:
         stats = retriever.index.stats()
-        info["index"] = {"directory": str(args.index), "items": stats["count"], "dim": stats["dim"],
-                         "mode": stats["mode"], "bytes": stats["bytes"],
-                         "built_with_bundle": retriever.index.info.get("bundle_sha256"),
-                         "subspace_graphs": stats["subspace_graphs"]}
+        info["index"] = {"location": str(args.index), "items": stats["count"], "dim": stats["dim"],
+                         "mode": stats["mode"], "built_with_bundle": retriever.index.info.get("bundle_sha256"),
+                         **{key: stats[key] for key in ("bytes", "subspace_graphs", "address") if key in stats}}
     _out(info)
     return 0
 
@@ -223,7 +240,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--path-column", help="CSV column holding each row's image file (relative to the CSV's folder)")
     p.add_argument("--from-embeddings", type=Path, metavar="DIR",
                    help="build the index from the Parquet shards of fashsdk embed (no labels, no images, no model)")
-    p.add_argument("--out", required=True, type=Path, help="index directory to write")
+    p.add_argument("--out", required=True, type=index_location,
+                   help="index directory to write, or a milvus:// address (milvus://FILE.db for Milvus Lite, "
+                        "milvus://HOST:PORT for a server; pip install 'fashsdk[milvus]')")
+    p.add_argument("--report", type=Path, default=None,
+                   help=f"where to write the ingest report (default: OUT/{REPORT_NAME}; none for a Milvus index)")
     p.add_argument("--split", default=None, help="index only rows of this split (e.g. test)")
     p.add_argument("--split-column", default="split")
     p.add_argument("--id-column", default="id")
@@ -251,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("search", parents=[common], help="search the index, optionally changing attributes")
-    p.add_argument("--index", required=True, type=Path)
+    p.add_argument("--index", required=True, type=index_location, help="index folder or milvus:// address")
     p.add_argument("--query", required=True, help="an indexed id or an image path")
     p.add_argument("--change", action="append", metavar="ATTR=VALUE", help="repeat for several attributes")
     p.add_argument("--where", action="append", metavar="ATTR=V1[,V2]", help="keep only items with these values")
@@ -262,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("similar", parents=[common], help="items similar with respect to one attribute only")
-    p.add_argument("--index", required=True, type=Path)
+    p.add_argument("--index", required=True, type=index_location, help="index folder or milvus:// address")
     p.add_argument("--query", required=True, help="an indexed id or an image path")
     p.add_argument("--attribute", required=True, help="the attribute to be similar on, e.g. baseColour")
     p.add_argument("--where", action="append", metavar="ATTR=V1[,V2]", help="keep only items with these values")
@@ -272,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", parents=[common], help="each attribute's most likely values for images or ids")
     p.add_argument("items", nargs="+", help="image paths, or ids of an --index")
-    p.add_argument("--index", type=Path, default=None, help="an index, so that its ids can be given")
+    p.add_argument("--index", type=index_location, default=None, help="an index, so that its ids can be given")
     p.add_argument("--top", type=_positive_int, default=3, help="values per attribute (default 3)")
     p.set_defaults(func=cmd_predict)
 
@@ -286,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sign)
 
     p = sub.add_parser("info", parents=[common], help="versions, engine, schema and index statistics")
-    p.add_argument("--index", type=Path, default=None)
+    p.add_argument("--index", type=index_location, default=None)
     p.add_argument("--values", action="store_true", help="list every attribute's values in full")
     p.set_defaults(func=cmd_info)
 

@@ -19,7 +19,8 @@ from .bundle import Bundle
 from .encoding import Encoder, ModelOutputs, open_checked_backend
 from .errors import IndexFileError, QueryError
 from .families import Family
-from .index import CatalogIndex
+from .index import CatalogIndex, IndexBackend
+from .index.milvus_target import is_milvus_address
 from .limits import Limits
 from .schema import Change, Where
 from .sources.preprocess import ImageInput
@@ -38,7 +39,10 @@ class Retriever:
 
     Args:
         bundle: a bundle directory (or a loaded ``Bundle``).
-        index: an index directory saved by ``save_index`` (optional; build one with ``add``).
+        index: an index directory saved by ``save_index``, a ``milvus://`` address (a Milvus Lite
+            file or a Milvus server: fashsdk.index.milvus_target; created empty for this bundle
+            if it holds no catalog yet), or an index object (``CatalogIndex``, ``MilvusIndex``).
+            Optional: without one, ``add`` builds an embedded index in memory.
         backend: "auto" (fastest engine present) or a name such as "onnxruntime-cpu-fp32".
         threads: inference threads (default: the cores this process may use).
         trusted_keys: public key files; bundle and index must then be signed by one of them
@@ -49,7 +53,7 @@ class Retriever:
     result reflects one committed state of the index.
     """
 
-    def __init__(self, bundle: str | os.PathLike | Bundle, index: str | os.PathLike | CatalogIndex | None = None,
+    def __init__(self, bundle: str | os.PathLike | Bundle, index: str | os.PathLike | IndexBackend | None = None,
                  *, backend: str = "auto", threads: int | None = None, batch_size: int = 64,
                  trusted_keys: Iterable[str | os.PathLike] | None = None, limits: Limits = Limits()) -> None:
         for name, value in (("threads", threads), ("batch_size", batch_size)):
@@ -64,9 +68,9 @@ class Retriever:
         self._backend_name, self._threads, self._batch_size = backend, threads, batch_size
         self._encoder: Encoder | None = None
         self._encoder_lock = threading.Lock()
-        self.index: CatalogIndex | None = None
+        self.index: IndexBackend | None = None
         if index is not None:
-            self.index = index if isinstance(index, CatalogIndex) else CatalogIndex.load(index, trusted_keys)
+            self.index = self._open_index(index, trusted_keys)
             self._check_index(self.index)
             log.info("index %s: %d items (%s)", index, len(self.index), self.index.mode)
 
@@ -112,7 +116,24 @@ class Retriever:
         return predict(self.index, self.schema, self.encode, list(items), top)
 
     # ---- catalog ---------------------------------------------------------------------
-    def _writable_index(self) -> CatalogIndex:
+    def _open_index(self, index: str | os.PathLike | IndexBackend,
+                    trusted_keys: Iterable[str | os.PathLike] | None) -> IndexBackend:
+        if is_milvus_address(index):
+            from .index.milvus_index import MilvusIndex
+
+            return MilvusIndex.connect(str(index), dim=self.bundle.dim, num_attributes=len(self.schema.attributes),
+                                       layout=list(self.bundle.layout.values()), info=self._index_info())
+        if isinstance(index, (str, os.PathLike)):
+            return CatalogIndex.load(index, trusted_keys)
+        if not isinstance(index, IndexBackend):
+            raise QueryError(f"index must be a folder, a milvus:// address or an index object, got {type(index).__name__}")
+        return index
+
+    def _index_info(self) -> dict[str, Any]:
+        return {"bundle_sha256": self.bundle.sha256(), "embedding_sha256": self.bundle.embedding_sha256(),
+                "attributes": self.schema.names}
+
+    def _writable_index(self) -> IndexBackend:
         """The index that writes go to, made empty for this bundle on the first write."""
         if self.index is None:
             self.index = self._new_index()
@@ -120,10 +141,9 @@ class Retriever:
 
     def _new_index(self) -> CatalogIndex:
         return CatalogIndex(self.bundle.dim, len(self.schema.attributes), layout=list(self.bundle.layout.values()),
-                            info={"bundle_sha256": self.bundle.sha256(), "embedding_sha256": self.bundle.embedding_sha256(),
-                                  "attributes": self.schema.names})
+                            info=self._index_info())
 
-    def _check_index(self, index: CatalogIndex) -> None:
+    def _check_index(self, index: IndexBackend) -> None:
         if index.dim != self.bundle.dim or index.num_attributes != len(self.schema.attributes):
             raise IndexFileError(f"the index holds {index.dim}-d vectors with {index.num_attributes} attributes, "
                                  f"the bundle makes {self.bundle.dim}-d with {len(self.schema.attributes)}: "
@@ -196,10 +216,15 @@ class Retriever:
         """Remove items by id from the index in memory (``save_index`` writes it)."""
         self._require_index().remove(ids)
 
-    def save_index(self, directory: str | os.PathLike) -> Path:
-        return self._require_index().save(directory)
+    def save_index(self, directory: str | os.PathLike | None = None) -> Path | None:
+        """Write the embedded index to ``directory`` (a new generation, switched atomically); a Milvus
+        index stores every write itself, so for it this only seals recent writes (no directory)."""
+        index = self._require_index()
+        if directory is None and isinstance(index, CatalogIndex):
+            raise QueryError("save_index needs a directory for the embedded index, e.g. save_index('runs/index')")
+        return index.save(directory)
 
-    def _require_index(self) -> CatalogIndex:
+    def _require_index(self) -> IndexBackend:
         if self.index is None:
             raise QueryError("no catalog is indexed: call add(...) or pass index=... to Retriever")
         return self.index

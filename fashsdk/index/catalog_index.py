@@ -24,7 +24,7 @@ from ..errors import QueryError
 from ..system import usable_cores
 from . import policy, reads, writes
 from .graph import ProjectedGraph, candidate_count
-from .inputs import checked_codes, checked_layout, float_matrix
+from .inputs import checked_codes, checked_layout, checked_query
 from .items import ItemTable, id_list, normalize_id
 from .partitions import Partitions
 from .reads import Filter, Hits
@@ -152,7 +152,7 @@ class CatalogIndex:
         """Per query: top-k ids, scores and codes, read under one lock (a concurrent ``remove``
         cannot take a result between the search and the lookup). With ``attribute``, queries
         are (Q, d_a) vectors in that attribute's subspace (conditional similarity)."""
-        queries, k, skip_keys = self._check_query(queries, k, exclude, attribute)
+        queries, k, skip_keys = checked_query(queries, k, exclude, self.dim, self.layout, attribute)
         for _ in range(8):  # a concurrent write may drop a lazily built graph between the two locks
             if where or attribute is not None:
                 reads.prepare(self, where, attribute, exact)
@@ -161,29 +161,6 @@ class CatalogIndex:
                 if found is not None:
                     return found
         raise QueryError("the index kept changing during this search; retry")  # pragma: no cover
-
-    def _check_query(self, queries: np.ndarray, k: int, exclude: Sequence[str | None] | None,
-                     attribute: int | None) -> tuple[np.ndarray, int, list[str | None] | None]:
-        queries = float_matrix(queries, "query vectors")
-        width = self.dim
-        if attribute is not None:
-            if self.layout is None:
-                raise QueryError("this index has no attribute layout, so it cannot search one attribute's subspace")
-            if not 0 <= attribute < self.num_attributes:
-                raise QueryError(f"attribute index {attribute} is outside 0..{self.num_attributes - 1}")
-            width = self.layout[attribute][1] - self.layout[attribute][0]
-        if queries.ndim != 2 or queries.shape[1] != width:
-            raise QueryError(f"query vectors have shape {queries.shape}, the index searches {width}-d vectors here")
-        if not np.isfinite(queries).all():  # cheaper than a float64 sum, and no overflow warnings
-            raise QueryError("query vectors contain NaN or infinity")
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise QueryError(f"k must be a positive integer, got {k!r}")
-        skip_keys = None
-        if exclude is not None:
-            if len(exclude) != len(queries):
-                raise QueryError(f"exclude has {len(exclude)} entries for {len(queries)} queries; give one per query")
-            skip_keys = [None if e is None else normalize_id(e) for e in exclude]
-        return queries, int(k), skip_keys
 
     def prepare_filters(self, attributes: Iterable[int]) -> None:
         """Build the per-value graphs ``where`` filters on these attributes will walk (else the first

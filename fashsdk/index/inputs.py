@@ -6,6 +6,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import QueryError
+from .items import normalize_id
 
 
 def checked_layout(layout: Sequence[tuple[int, int]] | None, dim: int, num_attributes: int) -> list[tuple[int, int]] | None:
@@ -53,3 +54,30 @@ def checked_codes(codes: np.ndarray | None, n: int, num_attributes: int, what: s
     if arr.size and (arr.min() < -1 or arr.max() > np.iinfo(np.int16).max):
         raise QueryError(f"{what} must lie in [-1, {np.iinfo(np.int16).max}] (-1 = unknown)")
     return arr.astype(np.int16).reshape(n, num_attributes)
+
+
+def checked_query(queries: object, k: object, exclude: Sequence[str | None] | None, dim: int,
+                  layout: Sequence[tuple[int, int]] | None, attribute: int | None
+                  ) -> tuple[np.ndarray, int, list[str | None] | None]:
+    """(Q, width) finite float32 queries, k, and normalised ids to exclude (one per query), or a
+    QueryError naming the problem; with ``attribute``, the width is that attribute's subspace."""
+    queries = float_matrix(queries, "query vectors")
+    width = dim
+    if attribute is not None:
+        if layout is None:
+            raise QueryError("this index has no attribute layout, so it cannot search one attribute's subspace")
+        if not 0 <= attribute < len(layout):
+            raise QueryError(f"attribute index {attribute} is outside 0..{len(layout) - 1}")
+        width = layout[attribute][1] - layout[attribute][0]
+    if queries.ndim != 2 or queries.shape[1] != width:
+        raise QueryError(f"query vectors have shape {queries.shape}, the index searches {width}-d vectors here")
+    if not np.isfinite(queries).all():  # cheaper than a float64 sum, and no overflow warnings
+        raise QueryError("query vectors contain NaN or infinity")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise QueryError(f"k must be a positive integer, got {k!r}")
+    skip_keys = None
+    if exclude is not None:
+        if len(exclude) != len(queries):
+            raise QueryError(f"exclude has {len(exclude)} entries for {len(queries)} queries; give one per query")
+        skip_keys = [None if e is None else normalize_id(e) for e in exclude]
+    return queries, int(k), skip_keys

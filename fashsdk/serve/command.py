@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..errors import FashsdkError
+from ..index.milvus_target import index_location
 
 log = logging.getLogger("fashsdk.serve")
 DESCRIPTION = ("Serve the HTTP API (/v1; OpenAPI at /docs; /livez, /readyz, /metrics) and the shop page (/) on one "
@@ -36,7 +37,8 @@ def _positive(kind: type) -> Any:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The serve options (beside --bundle and --threads, which the CLI's common parent gives)."""
-    p.add_argument("--index", required=True, type=Path, help="the catalog index directory (fashsdk index --out)")
+    p.add_argument("--index", required=True, type=index_location,
+                   help="the catalog index: a directory (fashsdk index --out) or a milvus:// address")
     p.add_argument("--images", nargs="+", help="the catalog's image folders or tar shards, for item photos")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")

@@ -17,7 +17,7 @@ import numpy as np
 from ..encoding import Encoder
 from ..errors import CatalogError, QueryError
 from ..files import atomic_write_json
-from ..index import CatalogIndex, normalize_id
+from ..index import IndexBackend, normalize_id
 from ..schema import UNKNOWN, AttributeSchema
 from ..sources.images import ImageLocator
 from ..sources.labels import LabelReport, ValueMap, read_labels
@@ -27,7 +27,7 @@ Labels = Mapping[str, "str | None"]
 REPORT_NAME = "ingest-report.json"
 
 
-def add_items(index: CatalogIndex, encoder: Encoder, schema: AttributeSchema,
+def add_items(index: IndexBackend, encoder: Encoder, schema: AttributeSchema,
               items: Iterable[tuple[object, ImageInput]], labels: Mapping[object, Labels] | None,
               skip_errors: bool, progress: Callable[[int], None] | None, upsert: bool = False) -> list[tuple[str, str]]:
     """Encode and index; on any failure the items this call added are removed again before the
@@ -36,7 +36,7 @@ def add_items(index: CatalogIndex, encoder: Encoder, schema: AttributeSchema,
     return add_coded(index, encoder, schema, items, label_codes(schema, labels), skip_errors, progress, upsert)
 
 
-def add_coded(index: CatalogIndex, encoder: Encoder, schema: AttributeSchema, items: Iterable[tuple[object, ImageInput]],
+def add_coded(index: IndexBackend, encoder: Encoder, schema: AttributeSchema, items: Iterable[tuple[object, ImageInput]],
               codes_of: Mapping[str, np.ndarray], skip_errors: bool, progress: Callable[[int], None] | None,
               upsert: bool = False) -> list[tuple[str, str]]:
     unknown = np.full(len(schema.attributes), UNKNOWN, np.int16)
@@ -84,7 +84,7 @@ def label_codes(schema: AttributeSchema, labels: Mapping[object, Labels] | None)
     return out
 
 
-def _new_ids(items: Iterable[tuple[object, ImageInput]], index: CatalogIndex,
+def _new_ids(items: Iterable[tuple[object, ImageInput]], index: IndexBackend,
              upsert: bool) -> Iterator[tuple[str, ImageInput]]:
     """Normalised ids, refusing repeats in this call (and, unless upserting, ids already indexed)."""
     seen: set[str] = set()
@@ -151,7 +151,7 @@ class IngestReport:
         return "\n".join(lines)
 
 
-def index_catalog(index: CatalogIndex, encoder: Encoder, schema: AttributeSchema, labels_file: str | Path,
+def index_catalog(index: IndexBackend, encoder: Encoder, schema: AttributeSchema, labels_file: str | Path,
                   images: str | Path | Sequence[str | Path] | None, *, id_column: str = "id",
                   path_column: str | None = None, value_map: ValueMap | None = None, split: str | None = None,
                   split_column: str | None = "split", strict: bool = False, upsert: bool = False,

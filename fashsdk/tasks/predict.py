@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from ..index import CatalogIndex
+from ..index import IndexBackend
 from ..schema import AttributeSchema
 from .search import Encode
 
@@ -24,7 +24,7 @@ class AttributePrediction:
 Prediction = dict[str, list[AttributePrediction]]
 
 
-def predict(index: CatalogIndex | None, schema: AttributeSchema, encode: Encode, items: Sequence[object],
+def predict(index: IndexBackend | None, schema: AttributeSchema, encode: Encode, items: Sequence[object],
             top: int = 3) -> list[Prediction]:
     """One prediction per item: images through the model (``top`` values per attribute), indexed ids
     from what the index holds (their label, else the value predicted when they were indexed)."""
@@ -55,7 +55,7 @@ def _from_logits(schema: AttributeSchema, logits: np.ndarray, top: int) -> Predi
     return result
 
 
-def _indexed(index: CatalogIndex, schema: AttributeSchema, item_id: object) -> Prediction:
+def _indexed(index: IndexBackend, schema: AttributeSchema, item_id: object) -> Prediction:
     hits = index.hits_of([item_id])[0]
     result: Prediction = {}
     for a, attr in enumerate(schema.attributes):

@@ -12,7 +12,7 @@ import numpy as np
 from ..encoding.backends import ModelOutputs
 from ..errors import IndexFileError, QueryError
 from ..families import NO_CHANGE, Family
-from ..index import CatalogIndex, Hits, normalize_id
+from ..index import IndexBackend, Hits, normalize_id
 from ..schema import UNKNOWN, AttributeSchema, Change, Where
 
 Encode = Callable[[Sequence[object]], ModelOutputs]
@@ -90,7 +90,7 @@ class QueryItem:
     id: str | None  # the catalog id when the query is an indexed item
 
 
-def resolve(query: object, index: CatalogIndex | None, schema: AttributeSchema, encode: Encode) -> QueryItem:
+def resolve(query: object, index: IndexBackend | None, schema: AttributeSchema, encode: Encode) -> QueryItem:
     """An indexed id (a str that is an id wins over a file of the same name), else an image."""
     if isinstance(query, (int, np.integer)) and not isinstance(query, bool) or (
             isinstance(query, str) and index is not None and query in index):
@@ -120,7 +120,7 @@ def _is_file(path: str) -> bool:
         return False
 
 
-def query_vector(index: CatalogIndex | None, family: Family, schema: AttributeSchema, encode: Encode, query: object,
+def query_vector(index: IndexBackend | None, family: Family, schema: AttributeSchema, encode: Encode, query: object,
                  change: Change | None) -> tuple[np.ndarray, str | None]:
     """The (changed) vector a search sends to the index, and the query's id when it is indexed."""
     parsed = schema.parse_change(change)
@@ -128,7 +128,7 @@ def query_vector(index: CatalogIndex | None, family: Family, schema: AttributeSc
     return (family.change_one(item.vector, item.current, parsed) if parsed else item.vector), item.id
 
 
-def search(index: CatalogIndex, family: Family, schema: AttributeSchema, encode: Encode, query: object,
+def search(index: IndexBackend, family: Family, schema: AttributeSchema, encode: Encode, query: object,
            change: Change | None, k: int, where: Where | None, exact: bool, include_query: bool) -> list[SearchResult]:
     filters = schema.parse_where(where)
     vector, query_id = query_vector(index, family, schema, encode, query, change)
@@ -137,7 +137,7 @@ def search(index: CatalogIndex, family: Family, schema: AttributeSchema, encode:
     return to_results(schema, hits[0])
 
 
-def search_batch(index: CatalogIndex, family: Family, schema: AttributeSchema, encode: Encode,
+def search_batch(index: IndexBackend, family: Family, schema: AttributeSchema, encode: Encode,
                  queries: Sequence[object], changes: Change | Sequence[Change | None] | None, k: int,
                  where: Where | None, exact: bool, include_query: bool) -> list[list[SearchResult]]:
     """Many queries: ids read in one locked call, images encoded in batches, the family's batched
@@ -174,7 +174,7 @@ def _changes(changes: Change | Sequence[Change | None] | None, n: int) -> list[C
     return list(changes)
 
 
-def _resolve_all(index: CatalogIndex, schema: AttributeSchema, encode: Encode,
+def _resolve_all(index: IndexBackend, schema: AttributeSchema, encode: Encode,
                  queries: Sequence[object]) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
     """(vectors (n, D), current codes (n, A), ids or None) for ids and images alike."""
     is_id = [isinstance(q, (int, np.integer)) and not isinstance(q, bool) or (isinstance(q, str) and q in index)

@@ -25,7 +25,7 @@ import numpy as np
 from ..encoding import Encoder
 from ..errors import CatalogError, IndexFileError
 from ..files import atomic_write_json, contained_file, read_json, sha256_file
-from ..index import CatalogIndex
+from ..index import IndexBackend
 from ..schema import AttributeSchema
 from ..sources.images import ImageLocator
 
@@ -160,7 +160,7 @@ def shard_table(schema: AttributeSchema, parts: list[tuple[list[str], Any]], cod
                      "confidence": fixed(confidence, pa.float32())})
 
 
-def index_from_shards(index: CatalogIndex, schema: AttributeSchema, embedding_sha256: str,
+def index_from_shards(index: IndexBackend, schema: AttributeSchema, embedding_sha256: str,
                       directory: str | os.PathLike) -> int:
     """Add every recorded shard's items to ``index``; returns how many were added."""
     _, pq = _arrow()

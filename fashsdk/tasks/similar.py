@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import QueryError
-from ..index import CatalogIndex
+from ..index import IndexBackend
 from ..index.subspaces import chunks
 from ..schema import AttributeSchema, Where
 from .search import Encode, SearchResult, resolve, to_results
 
 
-def similar(index: CatalogIndex, schema: AttributeSchema, encode: Encode, query: object, attribute: str, k: int,
+def similar(index: IndexBackend, schema: AttributeSchema, encode: Encode, query: object, attribute: str, k: int,
             where: Where | None, exact: bool, include_query: bool) -> list[SearchResult]:
     if not isinstance(attribute, str):
         raise QueryError(f"attribute must be an attribute name such as {schema.names[0]!r}, got {attribute!r}")
