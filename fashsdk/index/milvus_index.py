@@ -40,6 +40,7 @@ FORMAT = 1
 WRITE_BATCH = 2000  # rows per insert call: well under gRPC's 64 MB message limit at 4,096-d
 FLUSH_ROWS = 1000  # writes this large are sealed at once (Milvus Lite scans growing segments slowly)
 MAX_K = 16384  # Milvus's limit on limit + offset
+QUERY_BATCH = 256  # query vectors per search call (Milvus caps a call's vectors and message size)
 
 
 def item_key(item_id: str) -> str:
@@ -235,9 +236,11 @@ class MilvusIndex:
             raise QueryError(f"Milvus returns at most {MAX_K} results per query; ask for fewer")
         collection = self.collection if attribute is None else self.attribute_collections[attribute]
         params = {"params": {"ef": max(self.ef_search, want)}} if self.target.index_type == "HNSW" else {}
-        found = self.client.search(collection, data=[q.tolist() for q in queries], anns_field="vector", limit=want,
-                                   filter=where_expression(where), output_fields=["item_id", *self._code_fields()],
-                                   search_params=params)
+        found: list[Any] = []
+        for start in range(0, len(queries), QUERY_BATCH):
+            found += self.client.search(collection, data=[q.tolist() for q in queries[start:start + QUERY_BATCH]],
+                                        anns_field="vector", limit=want, filter=where_expression(where),
+                                        output_fields=["item_id", *self._code_fields()], search_params=params)
         out = []
         for qi, matches in enumerate(found):
             rows = [m["entity"] for m in matches]

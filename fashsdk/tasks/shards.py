@@ -160,9 +160,10 @@ def shard_table(schema: AttributeSchema, parts: list[tuple[list[str], Any]], cod
                      "confidence": fixed(confidence, pa.float32())})
 
 
-def index_from_shards(index: IndexBackend, schema: AttributeSchema, embedding_sha256: str,
-                      directory: str | os.PathLike) -> int:
-    """Add every recorded shard's items to ``index``; returns how many were added."""
+def read_shards(directory: str | os.PathLike, schema: AttributeSchema, embedding_sha256: str, dim: int
+                ) -> Iterator[tuple[list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """Each recorded shard's (ids, embeddings, labels, predicted, confidence), checked against its
+    sha256 before pyarrow parses it and against the bundle that reads it."""
     _, pq = _arrow()
     directory = Path(directory)
     manifest = read_json(directory / MANIFEST, "shards manifest", IndexFileError)
@@ -170,7 +171,6 @@ def index_from_shards(index: IndexBackend, schema: AttributeSchema, embedding_sh
         raise IndexFileError(f"the shards in {directory} were embedded by another bundle (embedding "
                              f"{str(manifest.get('embedding_sha256'))[:12]}); index them with that bundle, or "
                              "re-embed with this one")
-    added = 0
     for name, entry in sorted(manifest.get("shards", {}).items()):
         path = contained_file(directory, name, str(directory / MANIFEST), IndexFileError)
         if not path.is_file():
@@ -187,10 +187,17 @@ def index_from_shards(index: IndexBackend, schema: AttributeSchema, embedding_sh
             return table.column(column).combine_chunks().flatten().to_numpy().astype(dtype).reshape(len(ids), -1)
 
         vectors = matrix("embedding", np.float32)
-        if vectors.shape[1] != index.dim or not np.isfinite(vectors).all():
+        if vectors.shape[1] != dim or not np.isfinite(vectors).all():
             raise IndexFileError(f"shard {path} holds {vectors.shape[1]}-d or non-finite embeddings; the index "
-                                 f"takes {index.dim}-d vectors")
-        index.add(ids, vectors, matrix("labels", np.int16), matrix("predicted", np.int16),
-                  matrix("confidence", np.float32))
+                                 f"takes {dim}-d vectors")
+        yield ids, vectors, matrix("labels", np.int16), matrix("predicted", np.int16), matrix("confidence", np.float32)
+
+
+def index_from_shards(index: IndexBackend, schema: AttributeSchema, embedding_sha256: str,
+                      directory: str | os.PathLike) -> int:
+    """Add every recorded shard's items to ``index``; returns how many were added."""
+    added = 0
+    for ids, vectors, labels, predicted, confidence in read_shards(directory, schema, embedding_sha256, index.dim):
+        index.add(ids, vectors, labels, predicted, confidence)
         added += len(ids)
     return added
