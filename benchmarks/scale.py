@@ -166,7 +166,8 @@ def backends(args: argparse.Namespace, shards: Path) -> dict[str, Any]:
 def markdown(result: dict[str, Any]) -> str:
     m, e, s, b = result["machine"], result["embedding"], result["shards"], result["backends"]
     lines = [f"# Scale-out paths on one machine ({result['date']})", "",
-             f"Machine: {m['cpu']}, {m['cores']} usable cores; bundle `{result['bundle']}`.", "",
+             f"Machine: {m['cpu']}, {m['cores']} usable cores, flags "
+             f"{', '.join(f for f, on in m['flags'].items() if on) or 'none of note'}; bundle `{result['bundle']}`.", "",
              f"## Embedding: single process vs local Ray Data ({e['images']} images, {e['repeats']} repeats, median)",
              "", "| path | images/s | runs (s) |", "| --- | --- | --- |",
              f"| single process | {e['single_images_per_s']} | {e['single_s']} |",

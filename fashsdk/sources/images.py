@@ -117,6 +117,38 @@ class ImageLocator:
                         yield item_id, handle.read()
 
 
+    def extents(self, ids: Iterable[str]) -> list[tuple[str, str, int, int]]:
+        """(id, file, byte offset, size; -1 = the whole file) of the given ids that have an image: what a
+        worker on another process or machine needs to read one image alone (``read_extent``)."""
+        by_source: dict[Path, list[tuple[str, str]]] = {}
+        for item_id in ids:
+            if item_id in self.places:
+                source, name = self.places[item_id]
+                by_source.setdefault(source, []).append((item_id, name))
+        out: list[tuple[str, str, int, int]] = []
+        for source, items in by_source.items():
+            if source.is_dir():
+                out += [(item_id, str(source / name), 0, -1) for item_id, name in items]
+                continue
+            with tarfile.open(source, "r:") as tar:
+                members = {m.name: m for m in tar.getmembers() if m.isfile()}
+            out += [(item_id, str(source), members[name].offset_data, members[name].size) for item_id, name in items]
+        return out
+
+
+def read_extent(path: str, offset: int, size: int) -> bytes:
+    """The bytes of one image from ``ImageLocator.extents``."""
+    with open(path, "rb") as f:
+        if size < 0:
+            return f.read()
+        f.seek(offset)
+        data = f.read(size)
+    if len(data) != size:
+        raise CatalogError(f"{path} ended {size - len(data)} bytes early at offset {offset}: the shard changed or "
+                           "is truncated; re-create it")
+    return data
+
+
 def _tar_names(path: Path) -> list[str]:
     with tarfile.open(path, "r:") as tar:
         return [m.name for m in tar.getmembers() if m.isfile()]
