@@ -6,7 +6,10 @@ DERIVED outfits (python -m export outfits), for the baselines an outfit model mu
   squared distance to the outfit's items (the papers' D(O, x) with identity projections and
   equal weights), an outfit the mean over its pairs;
 - label oracle: the derivation rule itself applied to the labels (how many of the outfit's
-  items a candidate may be worn with): the ceiling on derived outfits, not a model.
+  items a candidate may be worn with): the ceiling on derived outfits, not a model;
+- with a bundle that carries an outfit head (python -m export outfit-head): the learned model,
+  and ``Retriever.complete`` served over an index of every embedded item: its latency and its
+  top-50 against a brute-force ranking by the head's own distance.
 
 The embeddings come from the Parquet shards of ``fashsdk embed`` with the same bundle.
 
@@ -27,9 +30,12 @@ from typing import Any, Callable
 import numpy as np
 
 from export.outfit_rules import OutfitRules
+from fashsdk import Retriever
 from fashsdk.bundle import Bundle
+from fashsdk.errors import QueryError
 from fashsdk.files import atomic_write_bytes, atomic_write_json
 from fashsdk.system import machine
+from fashsdk.tasks.outfit_head import OutfitHead
 from fashsdk.tasks.shards import read_shards
 
 Score = Callable[[list[str], str], float]  # (outfit item ids, candidate id) -> higher is a better fit
@@ -65,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--outfits", type=Path, required=True, help="folder of python -m export outfits")
     p.add_argument("--labels", type=Path, required=True, help="the labels CSV the outfits were derived from")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--served-queries", type=int, default=1000,
+                   help="with an outfit head: outfits completed through Retriever.complete (timed, checked exact)")
     p.add_argument("--json", type=Path, required=True)
     args = p.parse_args(argv)
     bundle = Bundle.load(args.bundle)
@@ -82,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"{len(missing)} outfit items have no embedding in {args.embeddings} (first: {missing[:3]}); "
                 "embed the split the outfits came from")
     rng = np.random.default_rng(args.seed)
+    head = OutfitHead.from_bundle(bundle) if bundle.outfit else None
     methods: dict[str, Score] = {
         "random": lambda outfit, candidate: float(rng.random()),
         "embedding distance (no outfit head)": lambda outfit, candidate: -float(np.mean(
@@ -89,15 +98,67 @@ def main(argv: list[str] | None = None) -> int:
         "label oracle (the derivation rule)": lambda outfit, candidate: float(sum(
             rules.compatible(rows[candidate], rows[o]) for o in outfit)),
     }
+    if head is not None:
+        column = json.loads((args.outfits / "rules.json").read_text())["category_column"]
+
+        def learned(outfit: list[str], candidate: str) -> float:
+            sources = np.array([head.categories.index(rows[o][column]) for o in outfit])
+            target = head.categories.index(rows[candidate][column])
+            return -float(head.distance(np.stack([vectors[o] for o in outfit]), sources, target,
+                                        vectors[candidate][None])[0])
+
+        methods["outfit head (learned psi, kappa)"] = learned
     result: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "bundle": str(args.bundle),
                               "outfits": str(args.outfits), "derived": True, "questions": len(questions),
                               "compatibility_outfits": len(pairs),
                               "methods": {name: evaluate(questions, pairs, fn, rng) for name, fn in methods.items()}}
+    if head is not None and args.served_queries:
+        result["served"] = served(args, head, questions)
     atomic_write_json(args.json, result)
     md = markdown(result)
     atomic_write_bytes(args.json.with_suffix(".md"), md.encode())
     print(md)
     return 0
+
+
+def served(args: argparse.Namespace, head: OutfitHead, questions: list[dict[str, Any]]) -> dict[str, Any]:
+    """``Retriever.complete`` over an index of every embedded item: k=10 latency, and its top-50
+    against a brute-force ranking by the head's own outfit distance over the target category
+    (equal when the served items' brute-force distances are the 50 smallest, in order; items
+    at exactly tied distances, such as duplicate photos, may come in either order)."""
+    retriever = Retriever(args.bundle, threads=1)
+    retriever.index_shards(args.embeddings)
+    index = retriever.index
+    assert index is not None
+    ids = index.ids
+    vectors, labels, predicted = index.get_many(ids)
+    categories = head.categories_of(np.where(labels >= 0, labels, predicted))
+    position = {item: n for n, item in enumerate(ids)}
+    asked = [q for q in questions if q["negatives"] == "random"][:args.served_queries]
+    times, same_ids, exact, refused = [], 0, 0, 0
+    for q in asked:
+        try:
+            retriever.complete(q["question"], q["category"], k=10)
+        except QueryError:  # an item whose indexed value maps to no outfit category
+            refused += 1
+            continue
+        start = time.perf_counter()
+        retriever.complete(q["question"], q["category"], k=10)
+        times.append(time.perf_counter() - start)
+        got = [r.id for r in retriever.complete(q["question"], q["category"], k=50)]
+        outfit_vectors, outfit_labels, outfit_predicted = index.get_many(q["question"])
+        sources = head.categories_of(np.where(outfit_labels >= 0, outfit_labels, outfit_predicted))
+        target = head.category_index(q["category"])
+        rows = [r for r in np.flatnonzero(categories == target) if ids[r] not in set(q["question"])]
+        distance = head.distance(outfit_vectors, sources, target, vectors[rows])
+        best = np.argsort(distance, kind="stable")[:50]
+        same_ids += got == [ids[rows[i]] for i in best]
+        of_got = head.distance(outfit_vectors, sources, target, vectors[[position[g] for g in got]])
+        exact += len(got) == len(best) and bool(np.allclose(of_got, distance[best], rtol=1e-6, atol=1e-9))
+    ms = 1000 * np.asarray(times)
+    return {"catalog_items": len(ids), "queries": len(times), "refused": refused, "latency_k": 10,
+            "p50_ms": round(float(np.median(ms)), 3), "p99_ms": round(float(np.percentile(ms, 99)), 3),
+            "top50_exact": exact, "top50_identical_ids": same_ids}
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -110,6 +171,14 @@ def markdown(result: dict[str, Any]) -> str:
              "| method | " + " | ".join(kinds) + " |", "| --- |" + " --- |" * len(kinds)]
     lines += [f"| {name} | " + " | ".join(str(m.get(k, "")) for k in kinds) + " |"
               for name, m in result["methods"].items()]
+    if "served" in result:
+        sv = result["served"]
+        lines += ["", f"`Retriever.complete` over {sv['catalog_items']} indexed items, {sv['queries']} outfits, one at a "
+                  f"time on {result['machine']['cpu']}: k={sv['latency_k']} p50 {sv['p50_ms']} ms, p99 {sv['p99_ms']} ms. "
+                  f"Top-50 equal to a brute-force ranking by the head's outfit distance for {sv['top50_exact']} of "
+                  f"{sv['queries']} (the same ids in the same order for {sv['top50_identical_ids']}; the rest differ only "
+                  f"in the order of exactly tied items, e.g. duplicate photos); {sv['refused']} outfits refused because "
+                  "an item's indexed value maps to no outfit category."]
     return "\n".join(lines) + "\n"
 
 

@@ -1,5 +1,5 @@
-"""python -m export {train,onnx,demo,outfits}: train a model, export a bundle of a model family, run the whole
-demo, or derive outfits from catalog labels."""
+"""python -m export {train,onnx,demo,outfits,outfit-head}: train a model, export a bundle of a model family, run
+the whole demo, derive outfits from catalog labels, or train the outfit head."""
 from __future__ import annotations
 
 import argparse
@@ -69,9 +69,22 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("outfits", help="derive outfits (train/test, fill-in-the-blank, compatibility) from labels")
     add_outfit_arguments(p)
 
+    from .outfit_head_train import add_arguments as add_head_arguments
+
+    p = sub.add_parser("outfit-head", help="train the outfit head on a bundle's embeddings; write a bundle with it")
+    add_head_arguments(p)
+
     args = parser.parse_args(argv)
     if args.command == "outfits":
         return _outfits(parser, args)
+    if args.command == "outfit-head":
+        from .outfit_head_train import run as run_head
+
+        try:
+            return run_head(args)
+        except (ValueError, OSError) as exc:
+            print(f"export outfit-head: error: {exc}", file=sys.stderr)
+            return 2
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     from . import pipeline

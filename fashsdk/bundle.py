@@ -85,6 +85,17 @@ class Bundle:
         if name is None:
             raise BundleError(f"bundle {str(self.directory)!r} ({self.family_name}) lacks its {role!r} file; "
                               "re-export the bundle")
+        return self.array(name, role)
+
+    @property
+    def outfit(self) -> dict[str, Any] | None:
+        """The outfit head's description (``python -m export outfit-head``), or None."""
+        return self.manifest.get("outfit")
+
+    def array(self, name: str, role: str) -> np.ndarray:
+        """A .npy file the manifest pins, as a numeric array: checksum verified, no pickle, finite."""
+        if name not in self.manifest["files"]:
+            raise BundleError(f"bundle {str(self.directory)!r} has no checksum for its {role!r} file {name!r}")
         path = self.path_of(name)
         array = load_npy(path, f"bundle {role}", BundleError)
         if array.dtype.kind == "f" and not np.isfinite(array).all():
@@ -190,7 +201,8 @@ class Bundle:
         self.engines = [e for e in self.engines if not (e.backend == entry.backend and e.precision == entry.precision)]
         self.engines.append(entry)
         self.manifest["engines"] = [e.to_json() for e in self.engines]
-        kept = {e.file for e in self.engines} | set(self.family_files.values()) | {MODEL}  # model.onnx: the reference
+        kept = ({e.file for e in self.engines} | set(self.family_files.values()) | {MODEL}  # model.onnx: the reference
+                | set((self.outfit or {}).get("files", {}).values()))
         dropped = previous - kept
         for name in dropped:
             self.manifest["files"].pop(name, None)

@@ -167,6 +167,32 @@ def cmd_similar(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_complete(args: argparse.Namespace) -> int:
+    retriever = Retriever(args.bundle, args.index, threads=args.threads)
+    where = _parse_where(args.where or [])
+    start = time.perf_counter()
+    results = retriever.complete(args.items, args.category, k=args.k, where=where or None)
+    _results(" + ".join(args.items), {"category": args.category, "where": where}, results,
+             1000 * (time.perf_counter() - start))
+    if args.sheet:
+        if not args.images:
+            raise QueryError("--sheet needs --images (a folder or tar shards) to draw the outfit and its completions")
+        from .eval.contact_sheet import render_sheet
+
+        found = dict(iter_images(args.images, list(args.items) + [r.id for r in results]))
+        index = retriever.index
+        assert index is not None
+        labels = {i: retriever.schema.decode(index.get(i)[1]) for i in args.items if i in index}
+        outfit = [(found.get(i, b""), i, 0.0, labels.get(i, {})) for i in args.items[1:]]
+        rows = [{"query": found.get(args.items[0], b""), "query_labels": labels.get(args.items[0], {}),
+                 "change": {}, "results": outfit},
+                {"query": b"", "query_labels": {}, "change": {},
+                 "results": [(found.get(r.id, b""), r.id, r.score, r.attributes) for r in results]}]
+        render_sheet(rows, args.sheet, title=f"outfit {' + '.join(args.items)} -> best {args.category}")
+        print(f"contact sheet written to {args.sheet}", file=sys.stderr)
+    return 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     retriever = Retriever(args.bundle, args.index, threads=args.threads)
     predictions = retriever.predict_many(args.items, top=args.top)
@@ -290,6 +316,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--exact", action="store_true", help="exact search instead of the attribute's graph")
     p.set_defaults(func=cmd_similar)
+
+    p = sub.add_parser("complete", parents=[common], help="the items of a category that best complete an outfit",
+                       description="Needs a bundle with an outfit head (python -m export outfit-head).")
+    p.add_argument("--index", required=True, type=index_location, help="index folder or milvus:// address")
+    p.add_argument("--items", required=True, nargs="+", help="the outfit: indexed ids or image paths")
+    p.add_argument("--category", required=True, help="the wanted outfit category, e.g. Shoes")
+    p.add_argument("--where", action="append", metavar="ATTR=V1[,V2]", help="keep only items with these values")
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--sheet", type=Path, help="write a PNG: the outfit, then its completions")
+    p.add_argument("--images", nargs="+", help="image folders or tar shards, for --sheet")
+    p.set_defaults(func=cmd_complete)
 
     p = sub.add_parser("predict", parents=[common], help="each attribute's most likely values for images or ids")
     p.add_argument("items", nargs="+", help="image paths, or ids of an --index")

@@ -25,6 +25,8 @@ from .limits import Limits
 from .schema import Change, Where
 from .sources.preprocess import ImageInput
 from .tasks import Prediction, SearchResult, predict, query_vector, search, search_batch, similar
+from .tasks.complete import CompletionTable, complete
+from .tasks.outfit_head import OutfitHead
 from .tasks.ingest import IngestReport, Labels, add_items, index_catalog, label_codes
 from .tasks.predict import SINGLE
 from .tasks.shards import ShardRun, embed_shards, index_from_shards
@@ -69,6 +71,8 @@ class Retriever:
         self._encoder: Encoder | None = None
         self._encoder_lock = threading.Lock()
         self.index: IndexBackend | None = None
+        self._outfit_head: OutfitHead | None = None  # read from the bundle on the first complete()
+        self._completion = CompletionTable()
         if index is not None:
             self.index = self._open_index(index, trusted_keys)
             self._check_index(self.index)
@@ -260,6 +264,17 @@ class Retriever:
             self.limits.check(change=change)
         return search_batch(self._require_index(), self.family, self.schema, self.encode, queries, changes, k,
                             where, exact, include_query)
+
+    def complete(self, items: Sequence[object], category: str, k: int = 10, *,
+                 where: Where | None = None) -> list[SearchResult]:
+        """The items of ``category`` that best complete the outfit ``items`` (ids or images), ranked by
+        the bundle's outfit head (``python -m export outfit-head``); a score is minus the model's
+        outfit distance."""
+        self.limits.check(k=k, where=where)
+        if self._outfit_head is None:
+            self._outfit_head = OutfitHead.from_bundle(self.bundle)
+        return complete(self._require_index(), self._outfit_head, self._completion, self.schema, self.encode,
+                        items, category, k, where)
 
     def similar(self, query: object, attribute: str, k: int = 10, *, where: Where | None = None,
                 exact: bool = False, include_query: bool = False) -> list[SearchResult]:

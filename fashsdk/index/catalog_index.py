@@ -76,6 +76,7 @@ class CatalogIndex:
         self.partitions = Partitions(dim, self.threads)
         self.subspaces = Subspaces(self.layout or [], self.threads)
         self.lock = ReadWriteLock()
+        self.version = 0  # counts writes: caches derived from the items (outfit completion) compare it
 
     @property
     def ef_search(self) -> int | None:
@@ -219,6 +220,7 @@ class CatalogIndex:
                 raise QueryError(f"{len(present)} ids are already indexed (first: {present[:3]}); "
                                  "remove them first or use update()")
             writes.add_locked(self, keys, vectors, codes_arr, predicted_arr, confidence)
+            self.version += 1
             policy.maintain(self)
 
     def remove(self, ids: Iterable[object]) -> None:
@@ -227,6 +229,7 @@ class CatalogIndex:
         with self.lock.write():
             self._require_present(keys, "removed")
             writes.remove_locked(self, keys)
+            self.version += 1
             policy.maintain(self)
 
     def update(self, ids: Sequence[object], vectors: np.ndarray, codes: np.ndarray | None = None,
@@ -249,6 +252,7 @@ class CatalogIndex:
                 self._require_present(keys, "updated: add them first")
             writes.remove_locked(self, [k for k in keys if k in self.table])
             writes.add_locked(self, keys, vectors, codes_arr, predicted_arr, confidence)
+            self.version += 1
             policy.maintain(self)
 
     def set_labels(self, ids: Sequence[object], codes: np.ndarray) -> None:
@@ -265,6 +269,7 @@ class CatalogIndex:
             self.table.set_codes(slots, codes_arr)
             if self.partitions.graphs:
                 self.partitions.add(slots, self.table.current_codes(slots), self.store.rows(slots))
+            self.version += 1
 
     def optimize(self) -> bool:
         """Renumber the graph so neighbours sit together in memory; call after bulk adds.

@@ -1,0 +1,99 @@
+"""Outfit completion (the papers' ADDE-O): the items of a target category that best complete an
+outfit, ranked exactly by the outfit head's distance through one inner product per candidate
+(outfit_head.py). The candidates' gallery features are computed once per index state and
+grouped by outfit category, so a query scans only its target category's rows."""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import QueryError
+from ..index import Hits, IndexBackend
+from ..schema import AttributeSchema, Where
+from .outfit_head import OutfitHead, check_sources
+from .search import Encode, SearchResult, resolve, to_results
+
+MAX_ITEMS = 16  # outfit items per query
+
+
+@dataclass
+class _Group:
+    ids: list[str]
+    features: np.ndarray  # (n, A p + A) float64: the ranking must match the model's distance to the last bit
+    current: np.ndarray  # (n, A) value codes: the stored label, else the prediction
+
+
+class CompletionTable:
+    """Gallery features of every indexed item, by outfit category; rebuilt when the index changes
+    (an index without a ``version`` counter is read again on every call)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._key: tuple[int, int] | None = None
+        self._groups: dict[int, _Group] = {}
+
+    def groups(self, index: IndexBackend, head: OutfitHead) -> dict[int, _Group]:
+        version = getattr(index, "version", None)
+        key = (id(index), version) if version is not None else None
+        with self._lock:
+            if key is None or key != self._key:
+                self._groups, self._key = self._build(index, head), key
+            return self._groups
+
+    @staticmethod
+    def _build(index: IndexBackend, head: OutfitHead) -> dict[int, _Group]:
+        ids = index.ids
+        if not ids:
+            raise QueryError("the index is empty: add catalog items before completing outfits")
+        vectors, labels, predicted = index.get_many(ids)
+        current = np.where(labels >= 0, labels, predicted)
+        categories = head.categories_of(current)
+        features = head.gallery_features(vectors).astype(np.float64)
+        out = {}
+        for c in range(len(head.categories)):
+            rows = np.flatnonzero(categories == c)
+            out[c] = _Group([ids[r] for r in rows], features[rows], current[rows])
+        return out
+
+
+def complete(index: IndexBackend, head: OutfitHead, table: CompletionTable, schema: AttributeSchema, encode: Encode,
+             items: Sequence[object], category: str, k: int, where: Where | None) -> list[SearchResult]:
+    """Top-k items of ``category`` for the outfit ``items`` (ids or images), best first; a
+    result's score is minus the model's outfit distance D(O, x)."""
+    if isinstance(items, (str, bytes)) or not isinstance(items, Sequence) or not 1 <= len(items) <= MAX_ITEMS:
+        raise QueryError(f"items must be a list of 1 to {MAX_ITEMS} outfit items (ids or images), got {items!r:.80}")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise QueryError(f"k must be a positive integer, got {k!r}")
+    target = head.category_index(category)
+    filters = schema.parse_where(where)
+    resolved = [resolve(item, index, schema, encode) for item in items]
+    current = np.array([r.current for r in resolved], np.int64)
+    sources = head.categories_of(current)
+    attribute = schema.attributes[head.attribute]
+    check_sources([r.id for r in resolved], sources, head.categories, attribute.name,
+                  current[:, head.attribute].tolist(), attribute.values)
+    u, constant = head.query(np.stack([r.vector for r in resolved]), sources, target)
+    group = table.groups(index, head)[target]
+    rows = np.arange(len(group.ids))
+    for a, allowed in filters.items():
+        rows = rows[np.isin(group.current[rows, a], list(allowed))]
+    if not len(rows):
+        return []
+    distance = (group.features if len(rows) == len(group.ids) else group.features[rows]) @ u.astype(np.float64) + constant
+    outfit_ids = {r.id for r in resolved if r.id is not None}
+    order = _top(distance, min(k + len(outfit_ids), len(rows)))  # the outfit's own items are dropped below
+    found = [(group.ids[rows[i]], float(-distance[i])) for i in order if group.ids[rows[i]] not in outfit_ids][:k]
+    stored = index.hits_of([i for i, _ in found])  # labels, predictions and their probabilities as indexed now
+    hits = Hits([i for i, _ in found], np.array([d for _, d in found], np.float32),
+                np.concatenate([h.labels for h in stored]), np.concatenate([h.predicted for h in stored]),
+                np.concatenate([h.confidence for h in stored]))
+    return to_results(schema, hits)
+
+
+def _top(distance: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the k smallest distances, smallest first (ties by position)."""
+    part = np.argpartition(distance, k - 1)[:k]
+    return part[np.lexsort((part, distance[part]))]
