@@ -112,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
                               "outfits": str(args.outfits), "derived": True, "questions": len(questions),
                               "compatibility_outfits": len(pairs),
                               "methods": {name: evaluate(questions, pairs, fn, rng) for name, fn in methods.items()}}
+    if head is not None:
+        result["category_pair_weights"] = pair_weights(head, json.loads((args.outfits / "test.json").read_text()),
+                                                       bundle.schema.names, args.json.with_suffix(".png"))
     if head is not None and args.served_queries:
         result["served"] = served(args, head, questions)
     atomic_write_json(args.json, result)
@@ -119,6 +122,40 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_bytes(args.json.with_suffix(".md"), md.encode())
     print(md)
     return 0
+
+
+def pair_weights(head: OutfitHead, outfits: list[dict[str, Any]], names: list[str], png: Path) -> list[dict[str, Any]]:
+    """kappa's attention over the attribute subspaces for the 12 commonest (item, wanted) category
+    pairs of the test outfits, and a PNG of every pair's weights, one panel per attribute."""
+    counts: dict[tuple[str, str], int] = {}
+    for outfit in outfits:
+        for a, b in ((x["category"], y["category"]) for x in outfit["items"] for y in outfit["items"] if x is not y):
+            if a in head.categories and b in head.categories:
+                counts[(a, b)] = counts.get((a, b), 0) + 1
+    rows = []
+    for (source, target), n in sorted(counts.items(), key=lambda kv: -kv[1])[:12]:
+        w = head.weights(np.array([head.categories.index(source)]), head.categories.index(target))[0]
+        rows.append({"item": source, "wanted": target, "outfits": n, **{a: round(float(x), 3) for a, x in zip(names, w)}})
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    c = len(head.categories)
+    grid = np.stack([head.weights(np.arange(c), t) for t in range(c)], axis=1)  # (source, target, attribute)
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4.4))
+    for a, ax in enumerate(np.atleast_1d(axes)):
+        ax.imshow(grid[:, :, a], vmin=0, vmax=1, cmap="viridis")
+        ax.set_title(f"weight of {names[a]}")
+        ax.set_xticks(range(c), head.categories, rotation=90, fontsize=6)
+        ax.set_yticks(range(c), head.categories, fontsize=6)
+        ax.set_xlabel("wanted category")
+        ax.set_ylabel("outfit item's category")
+    fig.suptitle("kappa: attention over attribute subspaces per category pair (trained on derived outfits)")
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return rows
 
 
 def served(args: argparse.Namespace, head: OutfitHead, questions: list[dict[str, Any]]) -> dict[str, Any]:
@@ -171,6 +208,14 @@ def markdown(result: dict[str, Any]) -> str:
              "| method | " + " | ".join(kinds) + " |", "| --- |" + " --- |" * len(kinds)]
     lines += [f"| {name} | " + " | ".join(str(m.get(k, "")) for k in kinds) + " |"
               for name, m in result["methods"].items()]
+    if result.get("category_pair_weights"):
+        pairs = result["category_pair_weights"]
+        names = [k for k in pairs[0] if k not in ("item", "wanted", "outfits")]
+        lines += ["", "Learned attention over the attribute subspaces, commonest category pairs of the test outfits "
+                  "(all pairs: the PNG beside this file):", "",
+                  "| outfit item | wanted | outfits | " + " | ".join(names) + " |", "| --- " * (3 + len(names)) + "|"]
+        lines += [f"| {r['item']} | {r['wanted']} | {r['outfits']} | " + " | ".join(str(r[n]) for n in names) + " |"
+                  for r in pairs]
     if "served" in result:
         sv = result["served"]
         lines += ["", f"`Retriever.complete` over {sv['catalog_items']} indexed items, {sv['queries']} outfits, one at a "

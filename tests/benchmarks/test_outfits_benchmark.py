@@ -46,3 +46,30 @@ def test_baselines_are_scored_on_derived_outfits(tmp_path: Path, real_bundle_dir
     with pytest.raises(SystemExit):
         main(args[:3] + [str(other)] + args[4:])
     assert "have no embedding" in capsys.readouterr().err
+
+
+def test_a_bundle_with_an_outfit_head_is_scored_served_and_drawn(tmp_path: Path, real_bundle_dir: Path) -> None:
+    import numpy as np
+
+    from export.outfit_bundle import write_head_bundle
+    from fashsdk.bundle import Bundle
+
+    images, labels = real_subset(tmp_path, 400, shard=2)
+    Retriever(real_bundle_dir, threads=1).embed_shards(labels, [images], tmp_path / "shards")
+    write_outfits(labels, tmp_path / "outfits", OutfitRules.from_json(RULES), 60, 30, seed=1)
+    categories = ["Accessories", "Apparel", "Footwear"]
+    layout = list(Bundle.load(real_bundle_dir).layout.values())
+    rng = np.random.default_rng(0)
+    arrays = {f"psi_{a}": rng.normal(size=(4, e - s)) for a, (s, e) in enumerate(layout)}
+    arrays.update({"kappa_w1": rng.normal(size=(6, 5)), "kappa_b1": rng.normal(size=5),
+                   "kappa_w2": rng.normal(size=(5, len(layout))), "kappa_b2": rng.normal(size=len(layout))})
+    write_head_bundle(real_bundle_dir, tmp_path / "head", arrays, {"categories": categories,
+                      "category_attribute": "masterCategory", "value_category": {c: c for c in categories}})
+    out = tmp_path / "with-head.json"
+    assert main(["--bundle", str(tmp_path / "head"), "--embeddings", str(tmp_path / "shards"), "--outfits",
+                 str(tmp_path / "outfits"), "--labels", str(labels), "--served-queries", "15", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert "outfit head (learned psi, kappa)" in result["methods"]
+    served = result["served"]
+    assert served["queries"] + served["refused"] >= 1 and served["top50_exact"] == served["queries"]
+    assert result["category_pair_weights"] and out.with_suffix(".png").stat().st_size > 5000
