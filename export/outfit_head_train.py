@@ -101,7 +101,9 @@ def run(args: argparse.Namespace) -> int:
     if args.category_attribute not in names:
         raise ValueError(f"--category-attribute {args.category_attribute!r} is not an attribute of the bundle "
                          f"({', '.join(names)})")
-    rules = OutfitRules.from_json(json.loads((args.outfits / "rules.json").read_text()))
+    derived = args.outfits / "rules.json"  # absent for outfits a user brings: then --category-column names it
+    column = (OutfitRules.from_json(json.loads(derived.read_text())).category_column if derived.is_file()
+              else args.category_column)
     with open(args.labels, newline="", encoding="utf-8") as f:
         rows = {r["id"]: r for r in csv.DictReader(f)}
     outfits_json = json.loads((args.outfits / "train.json").read_text())
@@ -109,23 +111,23 @@ def run(args: argparse.Namespace) -> int:
     ids, vectors = [], []
     for shard_ids, embedded, *_ in read_shards(args.embeddings, bundle.schema, bundle.embedding_sha256(), bundle.dim):
         keep = [n for n, i in enumerate(shard_ids) if i in rows and rows[i].get(args.split_column) == "train"
-                and rows[i].get(rules.category_column) in categories]
+                and rows[i].get(column) in categories]
         ids += [shard_ids[n] for n in keep]
         vectors.append(embedded[keep])
     row_of = {i: n for n, i in enumerate(ids)}
-    item_category = np.array([categories.index(rows[i][rules.category_column]) for i in ids], np.int64)
+    item_category = np.array([categories.index(rows[i][column]) for i in ids], np.int64)
     outfits = [[row_of[i["item_id"]] for i in o["items"] if i["item_id"] in row_of] for o in outfits_json]
     outfits = [o for o in outfits if len(o) >= 2]
     if not outfits:
         raise ValueError(f"none of the outfits in {args.outfits / 'train.json'} has two items with embeddings in "
                          f"{args.embeddings}; embed the train split with this bundle first")
-    value_category = _value_category(rows, args.category_attribute, rules.category_column, categories, args.split_column)
+    value_category = _value_category(rows, args.category_attribute, column, categories, args.split_column)
     print(f"outfit head: {len(outfits)} train outfits over {len(ids)} items, categories {categories}", flush=True)
     spans = [tuple(bundle.layout[n]) for n in names]
     model = train(np.concatenate(vectors).astype(np.float32), item_category, outfits, spans,  # type: ignore[arg-type]
                   len(categories), args.projection_dim, args.steps, args.batch, args.margin, args.seed)
     meta = {"categories": categories, "category_attribute": args.category_attribute, "value_category": value_category,
-            "margin": args.margin, "trained_on": str(args.outfits), "derived_outfits": True,
+            "margin": args.margin, "trained_on": str(args.outfits), "derived_outfits": derived.is_file(),
             "train_outfits": len(outfits), "seconds": round(time.perf_counter() - start, 1)}
     if args.out.exists() and args.overwrite:
         shutil.rmtree(args.out)
@@ -150,6 +152,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--embeddings", type=Path, required=True, help="Parquet shards of fashsdk embed with that bundle")
     p.add_argument("--outfits", type=Path, required=True, help="folder of python -m export outfits (or your own)")
     p.add_argument("--labels", type=Path, required=True, help="labels CSV (categories and the split)")
+    p.add_argument("--category-column", default="subCategory",
+                   help="labels CSV column of the outfit categories, for outfits without rules.json (your own)")
     p.add_argument("--category-attribute", default="articleType",
                    help="the bundle attribute whose value tells an item's outfit category at query time")
     p.add_argument("--out", type=Path, required=True, help="new bundle folder: the bundle plus the outfit head")

@@ -13,6 +13,8 @@ import multiprocessing
 import os
 import shutil
 import tempfile
+import threading
+import time
 import weakref
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any, Sequence
@@ -23,11 +25,22 @@ from ..errors import ImageError
 from .preprocess import ImageInput, PreprocessSpec, decode_resized, normalize_into
 
 _STATE: dict[str, Any] = {}  # per worker process: its views of the buffers and the spec
+PARENT_POLL_S = 0.5  # how often a worker checks that the process that started it is alive
 
 
 def _init_worker(paths: Sequence[str], shape: tuple[int, int, int, int], spec: dict[str, Any]) -> None:
     _STATE["buffers"] = [np.memmap(p, np.float32, "r+", shape=shape) for p in paths]
     _STATE["spec"] = PreprocessSpec.from_json(spec)
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(), os.path.dirname(paths[0])), daemon=True).start()
+
+
+def _exit_with_parent(parent: int, directory: str) -> None:
+    """A worker whose parent was killed (SIGKILL runs no cleanup) removes the shared buffers and
+    exits, instead of waiting forever on a queue nobody writes to and pinning /dev/shm."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_S)
+    shutil.rmtree(directory, ignore_errors=True)
+    os._exit(0)
 
 
 def _decode_rows(slot: int, start: int, items: Sequence[tuple[str, ImageInput]],

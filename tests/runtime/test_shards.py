@@ -140,11 +140,17 @@ def test_a_run_killed_mid_shard_resumes_to_the_same_shards(real_bundle_dir: Path
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
         if (out / MANIFEST).exists() and json.loads((out / MANIFEST).read_text())["shards"]:
+            workers = _children_of(process.pid)  # the decode processes, before their parent dies
             os.kill(process.pid, signal.SIGKILL)
             break
         time.sleep(0.005)
     process.wait(30)
     assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed mid-shard"
+    assert workers, "the run had no decode workers to check"
+    deadline = time.monotonic() + 10  # the decode workers notice their parent is gone and exit
+    while time.monotonic() < deadline and any(_alive(w) for w in workers):
+        time.sleep(0.1)
+    assert not [w for w in workers if _alive(w)], "decode workers outlived the killed run"
     recorded = json.loads((out / MANIFEST).read_text())["shards"]
     assert 1 <= len(recorded) < 4 and all((out / name).is_file() for name in recorded)
     done = subprocess.run(command + ["--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -158,3 +164,28 @@ def test_a_run_killed_mid_shard_resumes_to_the_same_shards(real_bundle_dir: Path
     assert resumed.index_shards(out) == straight.index_shards(clean) == 960
     for item in (rows[0][0], rows[500][0], rows[-1][0]):
         assert float(resumed.index.get(item)[0] @ straight.index.get(item)[0]) > 0.9999
+
+
+
+def _children_of(pid: int) -> list[int]:
+    """Live processes whose parent is ``pid`` (from /proc: Linux)."""
+    import os
+
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if stat.rsplit(")", 1)[1].split()[1] == str(pid):
+                found.append(int(entry))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

@@ -72,3 +72,8 @@ def test_command_writes_a_bundle_that_complete_serves(tmp_path: Path, real_bundl
     bad = subprocess.run(base + ["--category-attribute", "colour", "--out", str(tmp_path / "c")], cwd=ROOT,
                          capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and "is not an attribute of the bundle" in bad.stderr
+    (tmp_path / "outfits" / "rules.json").unlink()  # outfits a user brings: no derivation rule beside them
+    own = subprocess.run(base + ["--category-attribute", "masterCategory", "--category-column", "masterCategory",
+                                 "--out", str(tmp_path / "d")], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert own.returncode == 0, own.stderr[-2000:]
+    assert json.loads(own.stdout.strip().splitlines()[-1])["derived_outfits"] is False
