@@ -16,6 +16,7 @@ import json
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -95,45 +96,58 @@ def head_arrays(model: OutfitModel) -> dict[str, np.ndarray]:
 
 
 def run(args: argparse.Namespace) -> int:
-    start = time.perf_counter()
     bundle = Bundle.load(args.bundle)
-    names = bundle.schema.names
-    if args.category_attribute not in names:
-        raise ValueError(f"--category-attribute {args.category_attribute!r} is not an attribute of the bundle "
-                         f"({', '.join(names)})")
     derived = args.outfits / "rules.json"  # absent for outfits a user brings: then --category-column names it
     column = (OutfitRules.from_json(json.loads(derived.read_text())).category_column if derived.is_file()
               else args.category_column)
     with open(args.labels, newline="", encoding="utf-8") as f:
         rows = {r["id"]: r for r in csv.DictReader(f)}
-    outfits_json = json.loads((args.outfits / "train.json").read_text())
-    categories = sorted({i["category"] for o in outfits_json for i in o["items"]})
     ids, vectors = [], []
     for shard_ids, embedded, *_ in read_shards(args.embeddings, bundle.schema, bundle.embedding_sha256(), bundle.dim):
-        keep = [n for n, i in enumerate(shard_ids) if i in rows and rows[i].get(args.split_column) == "train"
-                and rows[i].get(column) in categories]
-        ids += [shard_ids[n] for n in keep]
-        vectors.append(embedded[keep])
+        ids += shard_ids
+        vectors.append(embedded)
+    if args.out.exists() and args.overwrite:
+        shutil.rmtree(args.out)
+    meta = fit_head_bundle(args.bundle, args.out, ids, np.concatenate(vectors), rows,
+                           json.loads((args.outfits / "train.json").read_text()), column, args.category_attribute,
+                           args, derived=derived.is_file(), source=str(args.outfits))
+    print(json.dumps({"bundle": str(args.out), **{k: v for k, v in meta.items() if k != "value_category"}}))
+    return 0
+
+
+def fit_head_bundle(bundle_dir: Path, out: Path, ids: list[str], vectors: np.ndarray, rows: dict[str, dict[str, str]],
+                    outfits_json: list[dict[str, Any]], column: str, category_attribute: str, options: Any, *,
+                    derived: bool, source: str) -> dict[str, Any]:
+    """Train the head on the train-split items among ``ids`` (their embeddings ``vectors``; categories
+    from the labels' ``column``) and write ``bundle_dir`` plus the head to ``out``; returns its description.
+    ``options`` carries projection_dim, steps, batch, margin, seed and split_column."""
+    start = time.perf_counter()
+    bundle = Bundle.load(bundle_dir)
+    names = bundle.schema.names
+    if category_attribute not in names:
+        raise ValueError(f"--category-attribute {category_attribute!r} is not an attribute of the bundle "
+                         f"({', '.join(names)})")
+    categories = sorted({i["category"] for o in outfits_json for i in o["items"]})
+    keep = [n for n, i in enumerate(ids) if i in rows and rows[i].get(options.split_column) == "train"
+            and rows[i].get(column) in categories]
+    ids = [ids[n] for n in keep]
     row_of = {i: n for n, i in enumerate(ids)}
     item_category = np.array([categories.index(rows[i][column]) for i in ids], np.int64)
     outfits = [[row_of[i["item_id"]] for i in o["items"] if i["item_id"] in row_of] for o in outfits_json]
     outfits = [o for o in outfits if len(o) >= 2]
     if not outfits:
-        raise ValueError(f"none of the outfits in {args.outfits / 'train.json'} has two items with embeddings in "
-                         f"{args.embeddings}; embed the train split with this bundle first")
-    value_category = _value_category(rows, args.category_attribute, column, categories, args.split_column)
+        raise ValueError(f"none of the outfits of {source} has two train items with embeddings; embed the train "
+                         "split with this bundle first")
+    value_category = _value_category(rows, category_attribute, column, categories, options.split_column)
     print(f"outfit head: {len(outfits)} train outfits over {len(ids)} items, categories {categories}", flush=True)
     spans = [tuple(bundle.layout[n]) for n in names]
-    model = train(np.concatenate(vectors).astype(np.float32), item_category, outfits, spans,  # type: ignore[arg-type]
-                  len(categories), args.projection_dim, args.steps, args.batch, args.margin, args.seed)
-    meta = {"categories": categories, "category_attribute": args.category_attribute, "value_category": value_category,
-            "margin": args.margin, "trained_on": str(args.outfits), "derived_outfits": derived.is_file(),
+    model = train(np.asarray(vectors, np.float32)[keep], item_category, outfits, spans,  # type: ignore[arg-type]
+                  len(categories), options.projection_dim, options.steps, options.batch, options.margin, options.seed)
+    meta = {"categories": categories, "category_attribute": category_attribute, "value_category": value_category,
+            "margin": options.margin, "trained_on": source, "derived_outfits": derived,
             "train_outfits": len(outfits), "seconds": round(time.perf_counter() - start, 1)}
-    if args.out.exists() and args.overwrite:
-        shutil.rmtree(args.out)
-    write_head_bundle(args.bundle, args.out, head_arrays(model), meta)
-    print(json.dumps({"bundle": str(args.out), **{k: v for k, v in meta.items() if k != "value_category"}}))
-    return 0
+    write_head_bundle(bundle_dir, out, head_arrays(model), meta)
+    return meta
 
 
 def _value_category(rows: dict[str, dict[str, str]], attribute: str, column: str, categories: list[str],

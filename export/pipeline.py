@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -83,6 +85,39 @@ def cmd_onnx(args: argparse.Namespace) -> int:
                                   args.family, arrays)
     print(json.dumps({"bundle": str(args.out), "family": args.family, "parity": parity.to_json()}))
     return 0
+
+
+def _outfit_head(args: argparse.Namespace, out: Path, parts: list[Any]) -> dict[str, Any] | None:
+    """Outfits derived from the labels (OUT/outfits) and an outfit head over the demo bundle
+    (OUT/bundle-outfit), trained on the train split's embeddings; skipped, with the reason, for a
+    catalog whose labels lack what the default outfit rule needs."""
+    from types import SimpleNamespace
+
+    from .outfit_head_train import fit_head_bundle
+    from .outfit_rules import OutfitRules
+    from .outfits import write_outfits
+
+    print("== outfits: derive them from the labels and train the outfit head (bundle-outfit)", flush=True)
+    labels = Path(data_paths(args)[0])
+    try:
+        rules = OutfitRules()
+        summary = write_outfits(labels, out / "outfits", rules, 20000, 2000, args.seed, args.split_column)
+        with open(labels, newline="", encoding="utf-8") as f:
+            rows = {r["id"]: r for r in csv.DictReader(f)}
+        ids = [i for part in parts for i in part.catalog.ids]
+        vectors = Retriever(out / "bundle").encode(list(np.concatenate([part.pixels for part in parts]))).embedding
+        steps = min(1500, max(50, summary["train_outfits"] // 4))  # a small catalog's few outfits: fewer steps
+        options = SimpleNamespace(projection_dim=32, steps=steps, batch=256, margin=0.3, seed=args.seed,
+                                  split_column=args.split_column)
+        shutil.rmtree(out / "bundle-outfit", ignore_errors=True)
+        meta = fit_head_bundle(out / "bundle", out / "bundle-outfit", ids, vectors, rows,
+                               json.loads((out / "outfits" / "train.json").read_text()), rules.category_column,
+                               "articleType", options, derived=True, source=str(out / "outfits"))
+    except (ValueError, KeyError, OSError) as exc:
+        print(f"   outfit head skipped: {exc}", flush=True)
+        return None
+    return {"bundle": str(out / "bundle-outfit"), "outfits": summary, "categories": meta["categories"],
+            "seconds": meta["seconds"]}
 
 
 def _examples(retriever: Retriever, encoded: dict[str, bytes], path: Path, seed: int = 1) -> list[dict[str, Any]]:
@@ -172,6 +207,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     search_ms = {"p50": 1000 * float(np.median(lat)), "p99": 1000 * float(np.percentile(lat, 99))}
     print(f"   search by id with one change, k=30: p50 {search_ms['p50']:.3f} ms, p99 {search_ms['p99']:.3f} ms")
 
+    t = time.perf_counter()
+    outfit = _outfit_head(args, out, [train, val])
+    timings["outfit_head_s"] = time.perf_counter() - t
     examples = _examples(retriever, encoded, out / "examples.png")
     photo = catalog.split("train").ids[0]  # a catalog photo that is not in the index, for the quickstart
     (out / "photo.jpg").write_bytes(load_images(images, [photo])[photo])
@@ -184,10 +222,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "top_k": quality["top_k"], "top_k_hnsw": quality["top_k_hnsw"], "quality_report": str(out / "quality.md"),
         "queries": quality["queries"], "valid_queries": quality["valid_queries"],
         "encode_ms_per_image": round(encode_ms, 3), "search_ms_per_query": search_ms,
-        "gallery_items": len(test), "examples": examples, "total_s": round(total, 1),
+        "gallery_items": len(test), "examples": examples, "total_s": round(total, 1), "outfit_head": outfit,
     }
     atomic_write_json(out / "report.json", report)
     print(f"== done in {total / 60:.1f} min: Top-10 {top[10]:.3f}, Top-30 {top[30]:.3f}; "
           f"wrote {out}/bundle, {out}/bundle-chunk-replace, {out}/index, {out}/report.json, {out}/examples.png, "
-          f"{out}/photo.jpg", flush=True)
+          f"{out}/photo.jpg" + (f", {out}/bundle-outfit" if outfit else ""), flush=True)
     return 0
