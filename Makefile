@@ -1,4 +1,4 @@
-# make demo [OUT=runs/demo]   train on myntra-small, export, index, evaluate, draw examples
+# make demo [OUT=runs/demo]   train on myntra-small, export, index, evaluate, draw examples, outfit head
 # make quality [QOUT=runs/quality]  the longer-trained bundle (under 60 min of training on 2 cores) and its report
 # make test                   the test suite (what CI runs)
 PYTHON ?= python3

@@ -19,7 +19,6 @@ The embeddings come from the Parquet shards of ``fashsdk embed`` with the same b
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import time
@@ -30,6 +29,7 @@ from typing import Any, Callable
 import numpy as np
 
 from export.outfit_rules import OutfitRules
+from export.outfits import read_rows
 from fashsdk import Retriever
 from fashsdk.bundle import Bundle
 from fashsdk.errors import QueryError
@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--outfits", type=Path, required=True, help="folder of python -m export outfits")
     p.add_argument("--labels", type=Path, required=True, help="the labels CSV the outfits were derived from")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--id-column", default="id")
     p.add_argument("--served-queries", type=int, default=1000,
                    help="with an outfit head: outfits completed through Retriever.complete (timed, checked exact)")
     p.add_argument("--json", type=Path, required=True)
@@ -82,8 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     questions = json.loads((args.outfits / "fill_in_blank_test.json").read_text())
     pairs = json.loads((args.outfits / "compatibility_test.json").read_text())
     rules = OutfitRules.from_json(json.loads((args.outfits / "rules.json").read_text()))
-    with open(args.labels, newline="", encoding="utf-8") as f:
-        rows = {r["id"]: r for r in csv.DictReader(f)}
+    rows = {r["id"]: r for r in read_rows(args.labels, args.id_column)}
     wanted = {i for q in questions for i in q["question"] + q["answers"]} | {i for pr in pairs for i in pr["items"]}
     missing = sorted(wanted - set(vectors))
     if missing:

@@ -11,7 +11,6 @@ hidden -> softmax over the attributes) learn, in minutes on 2 cores from precomp
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import shutil
 import time
@@ -27,6 +26,7 @@ from fashsdk.tasks.shards import read_shards
 
 from .outfit_bundle import write_head_bundle
 from .outfit_rules import OutfitRules
+from .outfits import read_rows
 
 
 class OutfitModel(nn.Module):
@@ -100,8 +100,7 @@ def run(args: argparse.Namespace) -> int:
     derived = args.outfits / "rules.json"  # absent for outfits a user brings: then --category-column names it
     column = (OutfitRules.from_json(json.loads(derived.read_text())).category_column if derived.is_file()
               else args.category_column)
-    with open(args.labels, newline="", encoding="utf-8") as f:
-        rows = {r["id"]: r for r in csv.DictReader(f)}
+    rows = {r["id"]: r for r in read_rows(args.labels, args.id_column)}
     ids, vectors = [], []
     for shard_ids, embedded, *_ in read_shards(args.embeddings, bundle.schema, bundle.embedding_sha256(), bundle.dim):
         ids += shard_ids
@@ -177,4 +176,5 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--margin", type=float, default=0.3)
     p.add_argument("--split-column", default="split")
+    p.add_argument("--id-column", default="id")
     p.add_argument("--seed", type=int, default=0)

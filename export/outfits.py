@@ -144,12 +144,20 @@ def compatibility(catalog: Catalog, outfits: list[dict[str, Any]], rng: random.R
     return out
 
 
-def write_outfits(labels: Path, out: Path, rules: OutfitRules, train_count: int, test_count: int, seed: int,
-                  split_column: str = "split") -> dict[str, Any]:
+def read_rows(labels: Path, id_column: str = "id") -> list[dict[str, str]]:
+    """The labels CSV's rows, each with its id under "id" whatever the id column is called."""
     with open(labels, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
+    if rows and id_column not in rows[0]:
+        raise ValueError(f"{labels} has no id column {id_column!r} (pass --id-column)")
+    return [row | {"id": row[id_column]} for row in rows]
+
+
+def write_outfits(labels: Path, out: Path, rules: OutfitRules, train_count: int, test_count: int, seed: int,
+                  split_column: str = "split", id_column: str = "id") -> dict[str, Any]:
+    rows = read_rows(labels, id_column)
     if not rows or split_column not in rows[0] or rules.category_column not in rows[0]:
-        raise ValueError(f"{labels} needs an id column, a {split_column!r} column and a {rules.category_column!r} "
+        raise ValueError(f"{labels} needs a {split_column!r} column and a {rules.category_column!r} "
                          "column (set category_column in --rules)")
     rng = random.Random(seed)
     summary: dict[str, Any] = {"derived": True, "labels": str(labels), "seed": seed}
@@ -176,4 +184,5 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-outfits", type=int, default=20000)
     p.add_argument("--test-outfits", type=int, default=2000)
     p.add_argument("--split-column", default="split")
+    p.add_argument("--id-column", default="id")
     p.add_argument("--seed", type=int, default=0)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import shutil
 import subprocess
@@ -95,15 +94,14 @@ def _outfit_head(args: argparse.Namespace, out: Path, parts: list[Any]) -> dict[
 
     from .outfit_head_train import fit_head_bundle
     from .outfit_rules import OutfitRules
-    from .outfits import write_outfits
+    from .outfits import read_rows, write_outfits
 
     print("== outfits: derive them from the labels and train the outfit head (bundle-outfit)", flush=True)
     labels = Path(data_paths(args)[0])
     try:
         rules = OutfitRules()
-        summary = write_outfits(labels, out / "outfits", rules, 20000, 2000, args.seed, args.split_column)
-        with open(labels, newline="", encoding="utf-8") as f:
-            rows = {r["id"]: r for r in csv.DictReader(f)}
+        summary = write_outfits(labels, out / "outfits", rules, 20000, 2000, args.seed, args.split_column, args.id_column)
+        rows = {r["id"]: r for r in read_rows(labels, args.id_column)}
         ids = [i for part in parts for i in part.catalog.ids]
         vectors = Retriever(out / "bundle").encode(list(np.concatenate([part.pixels for part in parts]))).embedding
         steps = min(1500, max(50, summary["train_outfits"] // 4))  # a small catalog's few outfits: fewer steps

@@ -77,3 +77,22 @@ def test_command_writes_a_bundle_that_complete_serves(tmp_path: Path, real_bundl
                                  "--out", str(tmp_path / "d")], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert own.returncode == 0, own.stderr[-2000:]
     assert json.loads(own.stdout.strip().splitlines()[-1])["derived_outfits"] is False
+
+
+def test_the_demo_skips_the_outfit_head_with_the_reason(tmp_path: Path, real_bundle_dir: Path, capsys) -> None:
+    """A catalog the default outfit rule does not fit (too few items of its categories; no articleType
+    attribute in the bundle) gets no outfit bundle, and the demo says why instead of failing."""
+    import shutil
+    from types import SimpleNamespace
+
+    from export.pipeline import _outfit_head
+
+    shutil.copytree(real_bundle_dir, tmp_path / "bundle")
+    images, labels = real_subset(tmp_path, 120, shard=1)
+    ids = [p.stem for p in sorted(images.iterdir())]
+    parts = [SimpleNamespace(catalog=SimpleNamespace(ids=ids), pixels=np.zeros((len(ids), 40, 32, 3), np.uint8))]
+    args = SimpleNamespace(labels=labels, images=[str(images)], data=None, seed=0, split_column="split", id_column="id")
+    assert _outfit_head(args, tmp_path, parts) is None
+    said = capsys.readouterr().out
+    assert "outfit head skipped" in said and ("articleType" in said or "pass --rules" in said)
+    assert not (tmp_path / "bundle-outfit").exists()

@@ -107,3 +107,13 @@ def test_cli_writes_the_files_and_names_a_missing_catalog(tmp_path: Path) -> Non
     bad = subprocess.run([sys.executable, "-m", "export", "outfits", "--data", str(tmp_path / "nowhere"), "--out",
                           str(tmp_path / "x")], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "no labels CSV" in bad.stderr
+
+
+def test_an_id_column_of_another_name_gives_the_same_outfits(derived: Path, tmp_path: Path) -> None:
+    text = (require_data() / "styles.csv").read_text()
+    renamed = tmp_path / "shop.csv"
+    renamed.write_text("sku" + text[len("id"):])
+    write_outfits(renamed, tmp_path / "o", OutfitRules(), 300, 120, seed=3, id_column="sku")
+    assert load(tmp_path / "o", "test.json") == load(derived, "test.json")
+    with pytest.raises(ValueError, match="no id column 'code'"):
+        write_outfits(renamed, tmp_path / "x", OutfitRules(), 10, 10, seed=3, id_column="code")
