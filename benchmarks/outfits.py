@@ -186,7 +186,8 @@ def served(args: argparse.Namespace, head: OutfitHead, questions: list[dict[str,
         outfit_vectors, outfit_labels, outfit_predicted = index.get_many(q["question"])
         sources = head.categories_of(np.where(outfit_labels >= 0, outfit_labels, outfit_predicted))
         target = head.category_index(q["category"])
-        rows = [r for r in np.flatnonzero(categories == target) if ids[r] not in set(q["question"])]
+        outfit = set(q["question"])
+        rows = [r for r in np.flatnonzero(categories == target) if ids[r] not in outfit]
         distance = head.distance(outfit_vectors, sources, target, vectors[rows])
         best = np.argsort(distance, kind="stable")[:50]
         same_ids += got == [ids[rows[i]] for i in best]

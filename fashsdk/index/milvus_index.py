@@ -72,12 +72,20 @@ class MilvusIndex:
         self.collection = target.collection
         self.attribute_collections = [f"{self.collection}__attr{a}" for a in range(len(self.layout or []))]
 
+    @property
+    def collections(self) -> list[str]:
+        """Every item collection: the attribute ones first (written first), the main one last."""
+        return [*self.attribute_collections, self.collection]
+
+    @staticmethod
+    def meta_collection(collection: str) -> str:
+        return f"{collection}__meta"
+
     # ---- opening ---------------------------------------------------------------------
     @classmethod
     def connect(cls, address: str | MilvusTarget, *, dim: int, num_attributes: int,
-                layout: Sequence[tuple[int, int]] | None = None, info: dict[str, Any] | None = None,
-                create: bool = True) -> "MilvusIndex":
-        """Open the catalog at ``address``; with ``create``, make empty collections when there are none."""
+                layout: Sequence[tuple[int, int]] | None = None, info: dict[str, Any] | None = None) -> "MilvusIndex":
+        """Open the catalog at ``address``, or make empty collections for one when there are none."""
         target = address if isinstance(address, MilvusTarget) else parse_target(address)
         try:
             from pymilvus import MilvusClient
@@ -92,19 +100,17 @@ class MilvusIndex:
             hint = ("; Milvus Lite opens a file from one process at a time: close the other user (a server, a "
                     "notebook) or move to a Milvus server") if target.is_lite else ""
             raise QueryError(f"cannot reach Milvus at {target.describe()}: {exc}{hint}") from None
-        meta = f"{target.collection}__meta"
-        if client.has_collection(meta):
+        if client.has_collection(cls.meta_collection(target.collection)):
             return cls._opened(client, target, dim, num_attributes)
-        if not create:
-            raise QueryError(f"no fashsdk catalog at {target.describe()}; index one there first")
         index = cls(client, target, dim, num_attributes, layout, info or {})
         index._create()
         return index
 
     @classmethod
     def _opened(cls, client: Any, target: MilvusTarget, dim: int, num_attributes: int) -> "MilvusIndex":
-        client.load_collection(f"{target.collection}__meta")  # a reopened collection starts released
-        rows = client.get(f"{target.collection}__meta", ids=[META_KEY], output_fields=["text"])
+        meta_name = cls.meta_collection(target.collection)
+        client.load_collection(meta_name)  # a reopened collection starts released
+        rows = client.get(meta_name, ids=[META_KEY], output_fields=["text"])
         try:
             meta = json.loads(rows[0]["text"])
         except (IndexError, KeyError, ValueError) as exc:
@@ -118,7 +124,7 @@ class MilvusIndex:
                                  f"{meta['num_attributes']} attributes, the bundle makes {dim}-d with "
                                  f"{num_attributes}: use another collection (?collection=NAME) or rebuild it")
         index = cls(client, target, dim, num_attributes, meta["layout"], meta["info"])
-        for name in [index.collection, *index.attribute_collections]:
+        for name in index.collections:
             client.load_collection(name)
         return index
 
@@ -131,13 +137,12 @@ class MilvusIndex:
         meta.add_field("unused", DataType.FLOAT_VECTOR, dim=2)  # Milvus wants a vector field in every collection
         params = self.client.prepare_index_params()
         params.add_index("unused", index_type="FLAT", metric_type="L2")
-        spans = [(0, self.dim)] + list(self.layout or [])
-        for name, (start, stop) in zip([self.collection] + self.attribute_collections, spans):
+        for name, (start, stop) in zip(self.collections, [*(self.layout or []), (0, self.dim)]):
             self._create_items(name, stop - start)
         description = {"format": FORMAT, "dim": self.dim, "num_attributes": self.num_attributes,
                        "layout": self.layout, "info": self.info}
-        self.client.create_collection(f"{self.collection}__meta", schema=meta, index_params=params)
-        self.client.insert(f"{self.collection}__meta", [{"key": META_KEY, "text": json.dumps(description),
+        self.client.create_collection(self.meta_collection(self.collection), schema=meta, index_params=params)
+        self.client.insert(self.meta_collection(self.collection), [{"key": META_KEY, "text": json.dumps(description),
                                                          "unused": [0.0, 0.0]}])
 
     def _create_items(self, name: str, width: int) -> None:
@@ -183,14 +188,19 @@ class MilvusIndex:
         iterator.close()
         return found
 
-    def _rows(self, keys: list[str], fields: list[str], collection: str | None = None) -> list[dict[str, Any]]:
-        """Rows of these ids in their order; an id not stored is a QueryError."""
+    def _fetch(self, keys: list[str], fields: list[str]) -> dict[str, dict[str, Any]]:
+        """The stored rows of these ids (those that are stored), by id."""
         found: dict[str, dict[str, Any]] = {}
         pks = [item_key(k) for k in keys]
         for start in range(0, len(pks), WRITE_BATCH):
-            for row in self.client.get(collection or self.collection, ids=pks[start:start + WRITE_BATCH],
+            for row in self.client.get(self.collection, ids=pks[start:start + WRITE_BATCH],
                                        output_fields=["item_id", *fields]):
                 found[row["item_id"]] = row
+        return found
+
+    def _rows(self, keys: list[str], fields: list[str]) -> list[dict[str, Any]]:
+        """Rows of these ids in their order; an id not stored is a QueryError."""
+        found = self._fetch(keys, fields)
         missing = [k for k in keys if k not in found]
         if missing:
             raise QueryError(f"{len(missing)} ids are not in the index (first: {missing[:3]}); add them first or "
@@ -218,11 +228,15 @@ class MilvusIndex:
         rows = self._rows(id_list(ids), self._code_fields())
         return [self._hits([row], [1.0]) for row in rows]
 
-    def _hits(self, rows: list[dict[str, Any]], scores: list[float]) -> Hits:
+    def _confidence(self, rows: list[dict[str, Any]]) -> np.ndarray:
+        """The stored probabilities, NaN where none was recorded (stored as -1: Milvus takes no NaN)."""
         confidence = self._codes(rows, "confidence", np.float32)
+        return np.where(confidence < 0, np.nan, confidence)
+
+    def _hits(self, rows: list[dict[str, Any]], scores: list[float]) -> Hits:
         return Hits([row["item_id"] for row in rows], np.asarray(scores, np.float32),
                     self._codes(rows, "label", np.int16), self._codes(rows, "predicted", np.int16),
-                    np.where(confidence < 0, np.nan, confidence))
+                    self._confidence(rows))
 
     def hits(self, queries: np.ndarray, k: int, *, exact: bool = False, exclude: Sequence[str | None] | None = None,
              where: Filter | None = None, attribute: int | None = None) -> list[Hits]:
@@ -264,7 +278,7 @@ class MilvusIndex:
         """Add new items; an id already stored (or repeated in ``ids``) is an error and nothing is written."""
         keys = id_list(ids)
         rows, unit = self._checked_rows(keys, vectors, codes, predicted, confidence)
-        present = self._present(keys)
+        present = list(self._fetch(keys, []))
         if present:
             raise QueryError(f"{len(present)} ids are already indexed (first: {present[:3]}); "
                              "remove them first or use update()")
@@ -288,7 +302,7 @@ class MilvusIndex:
         keys = list(dict.fromkeys(id_list(ids)))
         self._rows(keys, [])
         pks = [item_key(k) for k in keys]
-        for name in [self.collection] + self.attribute_collections:
+        for name in reversed(self.collections):  # the main collection first: no result without its subspace rows
             for start in range(0, len(pks), WRITE_BATCH):
                 self.client.delete(name, ids=pks[start:start + WRITE_BATCH])
         self._seal(len(pks))
@@ -301,17 +315,7 @@ class MilvusIndex:
             raise QueryError("an id appears more than once in this call")
         rows = self._rows(keys, ["vector", *self._code_fields()])
         vectors = np.array([row["vector"] for row in rows], np.float32).reshape(len(rows), self.dim)
-        confidence = self._codes(rows, "confidence", np.float32)
-        self.upsert(keys, vectors, new, self._codes(rows, "predicted", np.int16),
-                    np.where(confidence < 0, np.nan, confidence))
-
-    def _present(self, keys: list[str]) -> list[str]:
-        pks = [item_key(k) for k in keys]
-        found: list[str] = []
-        for start in range(0, len(pks), WRITE_BATCH):
-            found += [row["item_id"] for row in self.client.get(self.collection, ids=pks[start:start + WRITE_BATCH],
-                                                                output_fields=["item_id"])]
-        return found
+        self.upsert(keys, vectors, new, self._codes(rows, "predicted", np.int16), self._confidence(rows))
 
     def _checked_rows(self, keys: list[str], vectors: np.ndarray, codes: np.ndarray | None,
                       predicted: np.ndarray | None, confidence: np.ndarray | None
@@ -319,9 +323,8 @@ class MilvusIndex:
         """The scalar fields of each row (unknown confidence stored as -1) and the checked vectors."""
         vectors, labels, guessed = check_items(self, keys, vectors, codes, predicted)
         probability = checked_confidence(confidence, len(keys), self.num_attributes)
-        if probability is None:
-            probability = np.full((len(keys), self.num_attributes), -1.0, np.float32)
-        probability = np.where(np.isnan(probability), -1.0, probability)
+        probability = (np.full((len(keys), self.num_attributes), -1.0, np.float32) if probability is None
+                       else np.nan_to_num(probability, nan=-1.0))
         current = np.where(labels >= 0, labels, guessed)
         rows = []
         for i, key in enumerate(keys):
@@ -334,8 +337,8 @@ class MilvusIndex:
 
     def _write(self, rows: list[dict[str, Any]], vectors: np.ndarray, call: Any) -> None:
         """Rows with their vectors into every attribute collection (its chunk), then the main one."""
-        targets = [(name, chunks(vectors, span)) for name, span in zip(self.attribute_collections, self.layout or [])]
-        for name, part in targets + [(self.collection, vectors)]:
+        parts = [chunks(vectors, span) for span in self.layout or []] + [vectors]
+        for name, part in zip(self.collections, parts):
             for start in range(0, len(rows), WRITE_BATCH):
                 batch = [row | {"vector": part[start + i].tolist()} for i, row in enumerate(rows[start:start + WRITE_BATCH])]
                 call(name, batch)
@@ -351,7 +354,7 @@ class MilvusIndex:
         returns the Milvus Lite file, or None for a server."""
         if directory is not None:
             raise QueryError(f"this index lives in Milvus ({self.target.describe()}); save it without a directory")
-        for name in [self.collection] + self.attribute_collections:
+        for name in self.collections:
             self.client.flush(name)
         return Path(self.target.uri) if self.target.is_lite else None
 
@@ -364,9 +367,3 @@ class MilvusIndex:
             except ImportError:  # an older milvus-lite: the file is freed when this process exits
                 return
             server_manager_instance.release_server(self.target.uri)
-
-    def drop(self) -> None:
-        """Delete the catalog's collections from Milvus (all items and the description)."""
-        for name in [self.collection, *self.attribute_collections, f"{self.collection}__meta"]:
-            if self.client.has_collection(name):
-                self.client.drop_collection(name)

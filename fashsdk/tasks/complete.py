@@ -13,7 +13,7 @@ import numpy as np
 from ..errors import QueryError
 from ..index import Hits, IndexBackend
 from ..schema import AttributeSchema, Where
-from .outfit_head import OutfitHead, check_sources
+from .outfit_head import OutfitHead
 from .search import Encode, SearchResult, resolve, to_results
 
 MAX_ITEMS = 16  # outfit items per query
@@ -51,7 +51,7 @@ class CompletionTable:
         vectors, labels, predicted = index.get_many(ids)
         current = np.where(labels >= 0, labels, predicted)
         categories = head.categories_of(current)
-        features = head.gallery_features(vectors).astype(np.float64)
+        features = head.gallery_features(vectors)
         out = {}
         for c in range(len(head.categories)):
             rows = np.flatnonzero(categories == c)
@@ -72,9 +72,7 @@ def complete(index: IndexBackend, head: OutfitHead, table: CompletionTable, sche
     resolved = [resolve(item, index, schema, encode) for item in items]
     current = np.array([r.current for r in resolved], np.int64)
     sources = head.categories_of(current)
-    attribute = schema.attributes[head.attribute]
-    check_sources([r.id for r in resolved], sources, head.categories, attribute.name,
-                  current[:, head.attribute].tolist(), attribute.values)
+    _check_sources(head, schema, [r.id for r in resolved], current, sources)
     u, constant = head.query(np.stack([r.vector for r in resolved]), sources, target)
     group = table.groups(index, head)[target]
     rows = np.arange(len(group.ids))
@@ -82,10 +80,12 @@ def complete(index: IndexBackend, head: OutfitHead, table: CompletionTable, sche
         rows = rows[np.isin(group.current[rows, a], list(allowed))]
     if not len(rows):
         return []
-    distance = (group.features if len(rows) == len(group.ids) else group.features[rows]) @ u.astype(np.float64) + constant
+    distance = (group.features if len(rows) == len(group.ids) else group.features[rows]) @ u + constant
     outfit_ids = {r.id for r in resolved if r.id is not None}
     order = _top(distance, min(k + len(outfit_ids), len(rows)))  # the outfit's own items are dropped below
     found = [(group.ids[rows[i]], float(-distance[i])) for i in order if group.ids[rows[i]] not in outfit_ids][:k]
+    if not found:  # the category holds only the outfit's own items
+        return []
     stored = index.hits_of([i for i, _ in found])  # labels, predictions and their probabilities as indexed now
     hits = Hits([i for i, _ in found], np.array([d for _, d in found], np.float32),
                 np.concatenate([h.labels for h in stored]), np.concatenate([h.predicted for h in stored]),
@@ -97,3 +97,15 @@ def _top(distance: np.ndarray, k: int) -> np.ndarray:
     """Positions of the k smallest distances, smallest first (ties by position)."""
     part = np.argpartition(distance, k - 1)[:k]
     return part[np.lexsort((part, distance[part]))]
+
+
+def _check_sources(head: OutfitHead, schema: AttributeSchema, item_ids: list[str | None], current: np.ndarray,
+                   sources: np.ndarray) -> None:
+    """Every outfit item must belong to an outfit category, else the attention has no row for it."""
+    attribute = schema.attributes[head.attribute]
+    for item, source, value in zip(item_ids, sources.tolist(), current[:, head.attribute].tolist()):
+        if source < 0:
+            what = f"item {item!r}" if item is not None else "an uploaded image"
+            shown = attribute.values[value] if 0 <= value < len(attribute.values) else "unknown"
+            raise QueryError(f"{what} has {attribute.name} {shown!r}, which belongs to no outfit category "
+                             f"({', '.join(head.categories)}); leave it out of the outfit")

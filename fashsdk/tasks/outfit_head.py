@@ -20,7 +20,7 @@ uses these same formulas on torch tensors.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -95,47 +95,34 @@ class OutfitHead:
         hidden = np.maximum(x @ self.kappa["kappa_w1"] + self.kappa["kappa_b1"], 0.0)
         logits = hidden @ self.kappa["kappa_w2"] + self.kappa["kappa_b2"]
         logits = np.exp(logits - logits.max(axis=1, keepdims=True))
-        return logits / logits.sum(axis=1, keepdims=True)
+        return (logits / logits.sum(axis=1, keepdims=True)).astype(np.float64)
 
     def project(self, vectors: np.ndarray) -> list[np.ndarray]:
-        """Per attribute (n, p): psi_a applied to each vector's chunk."""
-        return [np.ascontiguousarray(vectors[:, s:e], np.float32) @ m.T for (s, e), m in zip(self.spans, self.psi)]
+        """Per attribute (n, p) float64: psi_a applied to each vector's chunk (a float32 product; the
+        sums after it are float64, so the served ranking matches the definition's to rounding)."""
+        return [(np.ascontiguousarray(vectors[:, s:e], np.float32) @ m.T).astype(np.float64)
+                for (s, e), m in zip(self.spans, self.psi)]
 
     def gallery_features(self, vectors: np.ndarray) -> np.ndarray:
         """(n, A p + A) features g: projections, then their squared norms."""
-        parts = [p.astype(np.float64) for p in self.project(vectors)]
+        parts = self.project(vectors)
         return np.concatenate(parts + [np.einsum("ij,ij->i", q, q)[:, None] for q in parts], axis=1)
 
     def query(self, vectors: np.ndarray, sources: np.ndarray, target: int) -> tuple[np.ndarray, float]:
         """The outfit's (u, constant): D(O, x) = g(x) . u + constant for every candidate x."""
-        w = self.weights(sources, target).astype(np.float64)
-        parts = [p.astype(np.float64) for p in self.project(vectors)]
+        w = self.weights(sources, target)
+        parts = self.project(vectors)
         big_w = w.mean(axis=0)
         pulls = [-2.0 * (w[:, a:a + 1] * p).mean(axis=0) for a, p in enumerate(parts)]
         constant = float(np.mean(sum(w[:, a] * np.einsum("ij,ij->i", p, p) for a, p in enumerate(parts))))
-        return np.concatenate(pulls + [big_w]).astype(np.float64), constant
+        return np.concatenate(pulls + [big_w]), constant
 
     def distance(self, vectors: np.ndarray, sources: np.ndarray, target: int, candidates: np.ndarray) -> np.ndarray:
         """D(O, x) for each candidate, straight from the definition (the reference for the reduction)."""
-        w = self.weights(sources, target).astype(np.float64)
-        outfit = [p.astype(np.float64) for p in self.project(vectors)]
-        items = [q.astype(np.float64) for q in self.project(candidates)]
+        w = self.weights(sources, target)
+        outfit, items = self.project(vectors), self.project(candidates)
         total = np.zeros(len(candidates), np.float64)
         for a, (p, q) in enumerate(zip(outfit, items)):
             gaps = ((p[:, None, :] - q[None, :, :]) ** 2).sum(axis=2)  # (outfit items, candidates)
             total += (w[:, a:a + 1] * gaps).mean(axis=0)
         return total
-
-    def describe(self) -> dict[str, Any]:
-        return {"categories": self.categories, "projection_dim": int(self.psi[0].shape[0])}
-
-
-def check_sources(item_ids: Sequence[str | None], sources: np.ndarray, names: list[str], attribute: str,
-                  values: Sequence[int], value_names: Sequence[str]) -> None:
-    """Every outfit item must belong to an outfit category, else the attention has no row for it."""
-    for item, source, value in zip(item_ids, sources.tolist(), values):
-        if source < 0:
-            what = f"item {item!r}" if item is not None else "an uploaded image"
-            shown = value_names[value] if 0 <= value < len(value_names) else "unknown"
-            raise QueryError(f"{what} has {attribute} {shown!r}, which belongs to no outfit category "
-                             f"({', '.join(names)}); leave it out of the outfit")

@@ -92,7 +92,7 @@ def test_the_demo_skips_the_outfit_head_with_the_reason(tmp_path: Path, real_bun
     ids = [p.stem for p in sorted(images.iterdir())]
     parts = [SimpleNamespace(catalog=SimpleNamespace(ids=ids), pixels=np.zeros((len(ids), 40, 32, 3), np.uint8))]
     args = SimpleNamespace(labels=labels, images=[str(images)], data=None, seed=0, split_column="split", id_column="id")
-    assert _outfit_head(args, tmp_path, parts) is None
+    assert _outfit_head(args, tmp_path, Retriever(tmp_path / "bundle", threads=1), parts) is None
     said = capsys.readouterr().out
     assert "outfit head skipped" in said and ("articleType" in said or "pass --rules" in said)
     assert not (tmp_path / "bundle-outfit").exists()
