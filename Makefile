@@ -1,15 +1,17 @@
 # make demo [OUT=runs/demo]   train on myntra-small, export, index, evaluate, draw examples, outfit head
 # make quality [QOUT=runs/quality]  the longer-trained bundle (under 60 min of training on 2 cores) and its report
+# make demo-datrnet [DOUT=runs/datrnet]  the demo with DAtRNet (same training budget; served as chunk_replace)
 # make test                   the test suite (what CI runs)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 OUT ?= runs/demo
 QOUT ?= runs/quality
+DOUT ?= runs/datrnet
 DATA ?= ../shared/data/myntra-small
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo quality test venv clean
+.PHONY: demo demo-datrnet quality test venv clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +25,9 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m export demo --data $(DATA) --out $(OUT)
+
+demo-datrnet: $(STAMP)
+	$(PY) -m export demo --family datrnet --data $(DATA) --out $(DOUT)
 
 # the pretrained backbone fine-tuned from block 11 at 160x128 (three cached variants per image),
 # 50 minutes of stage 1 and 4 of stage 2: under 60 minutes of training on 2 cores

@@ -51,6 +51,9 @@ LARGE_SIZE = (480, 640)  # width x height: the catalog's 3:4 portrait photos at 
 TARGETS = {"model_s_per_1000": 0.6, "e2e_large_s_per_1000": 1.9, "e2e_speedup_vs_eager": 5.0}
 
 
+OTHER_CONFIGS = ("compact", "datrnet")  # trained bundles measured beside the demo's, each from --NAME-bundle
+
+
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -215,7 +218,7 @@ def demo_config(bundle_dir: Path, labels: Path, images: Sequence[str], cache: Pa
     """A trained bundle's configuration ("demo": the default backbone, "compact": the from-scratch
     one); its checkpoint for torch when it sits beside the bundle."""
 
-    from export.models import ADDE, ModelConfig
+    from export.models import ModelConfig, build_model
 
     source = Bundle.load(bundle_dir)
     bundle = source
@@ -235,9 +238,9 @@ def demo_config(bundle_dir: Path, labels: Path, images: Sequence[str], cache: Pa
         model, _, _, _ = load_checkpoint(checkpoint)
         torch_note = f"trained weights from {checkpoint}"
         if model.config.to_json() != config.to_json():
-            model, torch_note = ADDE(config).eval(), "random weights (checkpoint did not match the bundle)"
+            model, torch_note = build_model(config).eval(), "random weights (checkpoint did not match the bundle)"
     else:
-        model, torch_note = ADDE(config).eval(), "random weights of the bundle's architecture (no checkpoint)"
+        model, torch_note = build_model(config).eval(), "random weights of the bundle's architecture (no checkpoint)"
     return Config(name, bundle, model, torch_note, note, {"source_bundle": str(bundle_dir)})
 
 
@@ -656,9 +659,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--labels", type=Path, help="labels CSV (default DATA/styles.csv)")
     p.add_argument("--images-from", nargs="+", help="image folder or tar shards (default DATA)")
     p.add_argument("--bundle", type=Path, help="demo configuration bundle (default runs/demo/bundle, else runs/smoke/bundle)")
-    p.add_argument("--configs", nargs="+", default=["paper", "demo"], choices=["paper", "demo", "compact"])
+    p.add_argument("--configs", nargs="+", default=["paper", "demo"], choices=["paper", "demo", *OTHER_CONFIGS])
     p.add_argument("--compact-bundle", type=Path, help="a bundle of the from-scratch compact backbone, measured as "
                                                        "the 'compact' configuration")
+    p.add_argument("--datrnet-bundle", type=Path, help="a DAtRNet bundle (python -m export demo --family datrnet), "
+                                                       "measured as the 'datrnet' configuration")
     p.add_argument("--paths", nargs="+", default=["torch_eager_fp32", "torch_bf16_cl", "ort_fp32", "ort_int8"])
     p.add_argument("--images", type=int, default=1000, help="catalog images for end to end (default 1000)")
     p.add_argument("--model-images", type=int, default=256, help="images for model-only timing (default 256)")
@@ -706,11 +711,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in args.configs:
             if name == "paper":
                 config = paper_config(labels, images, CACHE, args.calibration_images, args.rebuild)
-            elif name == "compact":
-                if args.compact_bundle is None:
-                    log("no --compact-bundle: compact config skipped")
+            elif name in OTHER_CONFIGS:
+                other = getattr(args, f"{name}_bundle")
+                if other is None:
+                    log(f"no --{name}-bundle: {name} config skipped")
                     continue
-                config = demo_config(args.compact_bundle, labels, images, CACHE, args.calibration_images, "compact")
+                config = demo_config(other, labels, images, CACHE, args.calibration_images, name)
             else:
                 if demo_bundle is None:
                     log("no demo bundle (runs/demo/bundle, runs/smoke/bundle or --bundle): demo config skipped")
@@ -721,7 +727,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             result["configs"].append(extra)
             result["gpu_" + name] = _gpu_rows(config.bundle, image_set)
             atomic_write_json(args.json, result)  # partial results survive a later failure
-            if name in ("demo", "compact") and args.quality:
+            if name in ("demo", *OTHER_CONFIGS) and args.quality:
                 log("[demo] Top-30 on the whole test split, fp32 and int8 ...")
                 backends = [b for b in ("onnxruntime-cpu-fp32", "onnxruntime-cpu-int8")
                             if b.split("-")[-1] in {e.precision for e in config.bundle.engines}]

@@ -67,9 +67,21 @@ def mean_swap(retriever: Retriever, train: Catalog, images: list[str], per_value
 
 
 def row_names(retrievers: list[Retriever]) -> list[str]:
-    """A row per bundle, named by its family (and its folder where families repeat)."""
-    families = [r.family.name for r in retrievers]
-    return [f if families.count(f) == 1 else f"{f} ({r.bundle.directory.name})" for f, r in zip(families, retrievers)]
+    """A row per bundle, named by its model (ADDE's bundles by their family; other architectures by
+    name and ablation block), with its folder where names repeat."""
+    labels = [model_label(r) for r in retrievers]
+    names = [f if labels.count(f) == 1 else f"{f} ({r.bundle.directory.parent.name}/{r.bundle.directory.name})"
+             for f, r in zip(labels, retrievers)]
+    return [n if names.count(n) == 1 else f"{n} #{i + 1}" for i, n in enumerate(names)]
+
+
+def model_label(retriever: Retriever) -> str:
+    model = retriever.bundle.manifest.get("model", {})
+    architecture = model.get("architecture", "adde")
+    if architecture == "adde":
+        return retriever.family.name
+    block = model.get("config", {}).get("block", "ase")
+    return architecture if block == "ase" else f"{architecture}-{block}"
 
 
 def markdown(report: dict[str, Any]) -> str:

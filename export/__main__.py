@@ -12,18 +12,39 @@ import torch
 from .catalog_args import add_catalog_args
 
 
-def _add_train_args(parser: argparse.ArgumentParser) -> None:
+# what --family datrnet changes in the defaults: the paper's per-attribute triplets (no combination
+# triplet, no stage 2: its queries swap in value means), the ASE networks' base width and trunk split
+DATRNET_DEFAULTS = {"lite_split": 3, "width": 16, "w_attr_triplet": 1.0, "w_label_triplet": 0.0, "stage2_epochs": 0,
+                    "trunk_variants": 2}
+
+
+def _family_of(argv: list[str] | None) -> str:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--family", default="adde")
+    return pre.parse_known_args(argv)[0].family
+
+
+def _add_train_args(parser: argparse.ArgumentParser, family: str = "adde") -> None:
     from .backbones import BACKBONES
+    from .datrnet import BLOCKS
     from .train import TrainConfig
 
+    parser.add_argument("--family", default="adde", choices=["adde", "datrnet"],
+                        help="the model to train: adde (served as adde or chunk_replace) or datrnet (DAtRNet, "
+                             "served as chunk_replace); datrnet changes the defaults of --lite-split, --width, "
+                             "the triplet weights and --stage2-epochs")
+    parser.add_argument("--block", default="ase", choices=list(BLOCKS),
+                        help="datrnet: ase (the paper's), msf (multi-scale only) or residual (the ablations)")
     parser.add_argument("--backbone", default="efficientnet-lite0", choices=list(BACKBONES),
                         help="efficientnet-lite0 is ImageNet-pretrained; the others start from random weights")
     parser.add_argument("--chunk-norm", action=argparse.BooleanOptionalAction, default=True,
                         help="normalise each attribute chunk (every attribute 1/A of the norm) instead of the whole vector")
     parser.add_argument("--lite-split", type=int, default=11,
-                        help="efficientnet-lite0: blocks before this one stay frozen (0-16, default 11)")
+                        help="efficientnet-lite0: blocks before this one stay frozen (0-16, default 11); datrnet: "
+                             "the frozen trunk whose activations feed the attribute networks (1-6, default 3)")
     parser.add_argument("--dim", type=int, default=64, help="embedding dimensions per attribute (paper: 340)")
-    parser.add_argument("--width", type=int, default=24, help="compact backbone base width")
+    parser.add_argument("--width", type=int, default=24,
+                        help="compact backbone base width; datrnet: the stem's channels (ASE modules 2x, 4x, 8x)")
     parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None,
                         help="input height and width (default 80 64 for compact, 128 96 for efficientnet-lite0, "
                              "224 224 otherwise)")
@@ -36,22 +57,26 @@ def _add_train_args(parser: argparse.ArgumentParser) -> None:
             continue
         kind = float if f.type in ("float", "float | None") else int
         parser.add_argument(flag, type=kind, default=f.default, help=f"default {f.default}")
+    if family == "datrnet":
+        parser.set_defaults(**DATRNET_DEFAULTS)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m export", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    family = _family_of(argv if argv is not None else sys.argv[1:])
 
     p = sub.add_parser("train", help="train ADDE and save a checkpoint (state dict + JSON config)")
     add_catalog_args(p)
-    _add_train_args(p)
+    _add_train_args(p, family)
     p.add_argument("--out", type=Path, required=True, help="checkpoint directory")
 
     p = sub.add_parser("onnx", help="export a checkpoint to a bundle (ONNX + the family's files + manifest)")
     add_catalog_args(p)
     p.add_argument("--checkpoint", type=Path, required=True)
-    p.add_argument("--family", default="adde", choices=["adde", "chunk_replace"],
-                   help="how queries change: adde (memory block) or chunk_replace (mean value chunks)")
+    p.add_argument("--family", default=None, choices=["adde", "chunk_replace"],
+                   help="how queries change: adde (memory block) or chunk_replace (mean value chunks); default: "
+                        "adde for an ADDE checkpoint, chunk_replace for DAtRNet")
     p.add_argument("--reference-per-value", type=int, default=100,
                    help="chunk_replace: training images per value averaged into its representation")
     p.add_argument("--out", type=Path, required=True, help="bundle directory")
@@ -59,11 +84,13 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("demo", help="train, export, index the test split, evaluate, draw examples")
     add_catalog_args(p)
-    _add_train_args(p)
+    _add_train_args(p, family)
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
     # about 17 minutes on 2 cores with set-up: 9.3 minutes of stage 1 (trunk caching included), 30 s of stage 2,
     # 2.5 minutes for the outfit head
     p.set_defaults(lite_split=12, trunk_variants=2, stage1_time_budget_s=560, stage2_time_budget_s=30)
+    if family == "datrnet":  # the same stage-1 budget, DAtRNet's trunk and losses
+        p.set_defaults(**DATRNET_DEFAULTS)
 
     from .outfits import add_arguments as add_outfit_arguments
 

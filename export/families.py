@@ -2,7 +2,8 @@
 
 - ``adde``: the memory block (the checkpoint's own ``memory``) as ``prototypes``;
 - ``chunk_replace``: a value table of mean chunks over reference training images (up to
-  ``per_value`` per value, a fixed seed), the way DAtRNet builds its value representations.
+  ``per_value`` per value, a fixed seed), the way DAtRNet builds its value representations
+  (the family of every DAtRNet checkpoint; an ADDE checkpoint can be served either way).
 """
 from __future__ import annotations
 
@@ -28,11 +29,19 @@ def family_files(family: str, model: ADDE, schema: AttributeSchema, spec: Prepro
     """role -> array for ``family``'s bundle files."""
     if family not in FAMILIES or family not in EXPORTABLE:
         raise SystemExit(f"--family {family!r}: export knows {list(EXPORTABLE)}")
+    if family == "adde" and model.config.architecture != "adde":
+        raise SystemExit(f"--family adde needs ADDE's trained memory block; a {model.config.architecture} checkpoint "
+                         f"is served as chunk_replace (leave --family out)")
     if family == "adde":
         return {"prototypes": model.memory.detach().cpu().numpy().astype(np.float32)}
     rows = reference_rows(train.codes, schema.sizes, per_value, seed)
     reference = train.subset(rows)
     return {"value_table": value_table(model, schema, spec, reference.codes, decode_catalog(reference, images, spec).pixels)}
+
+
+def served_family(architecture: str) -> str:
+    """The bundle family a checkpoint of ``architecture`` is exported as by default."""
+    return "adde" if architecture == "adde" else "chunk_replace"
 
 
 def value_table(model: ADDE, schema: AttributeSchema, spec: PreprocessSpec, codes: np.ndarray,

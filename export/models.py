@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -10,9 +10,14 @@ from torch import nn
 
 from .backbones import make_backbone
 
+if TYPE_CHECKING:
+    from fashsdk.families.base import Family
+    from fashsdk.schema import AttributeSchema
+
 
 @dataclass
 class ModelConfig:
+    architecture: str = "adde"  # adde | datrnet (export/datrnet.py)
     backbone: str = "compact"
     attribute_sizes: list[int] = field(default_factory=list)
     dim: int = 64  # d, per attribute
@@ -22,6 +27,7 @@ class ModelConfig:
     lite_split: int = 11  # efficientnet-lite0: blocks before this one are frozen (and cached in training)
     pretrained: bool = True  # efficientnet-lite0: ImageNet weights (False: random, for tests)
     chunk_norm: bool = True  # each attribute chunk unit-length, scaled by 1/sqrt(A) (False: the paper's one norm)
+    block: str = "ase"  # datrnet: ase | msf (no axial attention) | residual (the paper's ablations)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -38,13 +44,30 @@ class ADDE(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.backbone = make_backbone(config)
-        feat, d, sizes = self.backbone.out_features, config.dim, config.attribute_sizes
-        self.learners = nn.ModuleList(
-            nn.Sequential(nn.Linear(feat, d), nn.ReLU(inplace=True), nn.Linear(d, d)) for _ in sizes)
+        self.backbone = self._make_backbone(config)
+        d, sizes = config.dim, config.attribute_sizes
+        self.learners = self._make_learners(config)
         self.heads = nn.ModuleList(nn.Linear(d, n) for n in sizes)
         self.memory = nn.Parameter(torch.zeros(d * len(sizes), sum(sizes)))
         self.register_buffer("offblock_mask", self._offblock_mask(sizes, d), persistent=False)
+
+    def _make_backbone(self, config: ModelConfig) -> nn.Module:
+        return make_backbone(config)
+
+    def _make_learners(self, config: ModelConfig) -> nn.ModuleList:
+        """One learner per attribute, each reading the whole backbone feature."""
+        feat, d = self.backbone.out_features, config.dim
+        return nn.ModuleList(nn.Sequential(nn.Linear(feat, d), nn.ReLU(inplace=True), nn.Linear(d, d))
+                             for _ in config.attribute_sizes)
+
+    def attribute_chunks(self, features: torch.Tensor) -> list[torch.Tensor]:
+        return [learner(features) for learner in self.learners]
+
+    def query_family(self, schema: "AttributeSchema") -> "Family":
+        """The runtime arithmetic that changes this model's queries (validation uses it)."""
+        from fashsdk.families.adde import Adde
+
+        return Adde(schema, self.memory.detach().numpy())
 
     @staticmethod
     def _offblock_mask(sizes: Sequence[int], d: int) -> torch.Tensor:
@@ -57,7 +80,7 @@ class ADDE(nn.Module):
 
     def head_outputs(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """Backbone features -> (normalised embedding, logits, raw chunks)."""
-        chunks = [learner(features) for learner in self.learners]
+        chunks = self.attribute_chunks(features)
         logits = torch.cat([head(c) for head, c in zip(self.heads, chunks)], dim=1)
         if self.config.chunk_norm:  # every attribute gets 1/A of the squared norm: none can drown the others
             parts = [F.normalize(c, dim=1) for c in chunks]
@@ -69,3 +92,14 @@ class ADDE(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         embedding, logits, _ = self.head_outputs(self.backbone(images))
         return embedding, logits
+
+
+def build_model(config: ModelConfig) -> ADDE:
+    """The model of ``config.architecture``."""
+    if config.architecture == "adde":
+        return ADDE(config)
+    if config.architecture == "datrnet":
+        from .datrnet import DAtRNet
+
+        return DAtRNet(config)
+    raise ValueError(f"unknown architecture {config.architecture!r}; choose adde or datrnet")

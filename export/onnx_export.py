@@ -102,7 +102,7 @@ def build_bundle(model: ADDE, schema: AttributeSchema, spec: PreprocessSpec, dir
         parity = check_parity(model, onnx_path, parity_pixels, spec)
         d = cfg.dim
         layout = {name: (i * d, (i + 1) * d) for i, name in enumerate(schema.names)}
-        info = {"architecture": "adde", "backbone": cfg.backbone, "dim_per_attribute": d,
+        info = {"architecture": cfg.architecture, "backbone": cfg.backbone, "dim_per_attribute": d,
                 "config": cfg.to_json(), "input_name": INPUT_NAME, "outputs": ["embedding", "logits"],
                 "opset": OPSET, "torch_version": torch.__version__, "parity": parity.to_json(), **(extra or {})}
         bundle = write_bundle(directory, onnx_path, schema, spec, layout, info, family, family_arrays)

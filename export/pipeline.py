@@ -27,7 +27,7 @@ from fashsdk.system import machine
 from .backbones import LITE_MEAN, LITE_STD
 from .catalog_args import data_paths, load_catalog_from_args
 from .data import decode_catalog, split_validation
-from .families import family_files
+from .families import family_files, served_family, value_table
 from .models import ModelConfig
 from .onnx_export import build_bundle, derive_bundle
 from .train import TrainConfig, load_checkpoint, save_checkpoint, train_adde
@@ -45,6 +45,9 @@ def _spec_for(args: argparse.Namespace) -> PreprocessSpec:
 
 
 def _train(args: argparse.Namespace, catalog, images) -> tuple[Any, Any, Any, PreprocessSpec, TrainConfig, dict[str, float]]:
+    if args.family == "datrnet" and args.backbone != "efficientnet-lite0":
+        raise SystemExit(f"--family datrnet reads a frozen EfficientNet-Lite0 trunk; --backbone {args.backbone} "
+                         f"cannot feed it: leave --backbone at efficientnet-lite0")
     spec = _spec_for(args)
     timings: dict[str, float] = {}
     t = time.perf_counter()
@@ -53,9 +56,9 @@ def _train(args: argparse.Namespace, catalog, images) -> tuple[Any, Any, Any, Pr
     timings["decode_train_s"] = time.perf_counter() - t
     train_rows, val_rows = split_validation(train_catalog, seed=args.seed)
     config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
-    model_config = ModelConfig(backbone=args.backbone, attribute_sizes=catalog.schema.sizes, dim=args.dim,
-                               width=args.width, height_px=spec.height, width_px=spec.width,
-                               lite_split=args.lite_split, chunk_norm=args.chunk_norm)
+    model_config = ModelConfig(architecture=args.family, backbone=args.backbone, attribute_sizes=catalog.schema.sizes,
+                               dim=args.dim, width=args.width, height_px=spec.height, width_px=spec.width,
+                               lite_split=args.lite_split, chunk_norm=args.chunk_norm, block=args.block)
     t = time.perf_counter()
     result = train_adde(catalog.schema, spec, decoded.subset(train_rows), decoded.subset(val_rows), model_config, config)
     timings["train_s"] = time.perf_counter() - t
@@ -79,10 +82,11 @@ def cmd_onnx(args: argparse.Namespace) -> int:
     train = catalog.split("train")
     sample = train.subset(np.arange(min(args.parity_images, len(train))))
     pixels = decode_catalog(sample, images, spec).pixels
-    arrays = family_files(args.family, model, schema, spec, train, images, args.reference_per_value)
+    family = args.family or served_family(model.config.architecture)
+    arrays = family_files(family, model, schema, spec, train, images, args.reference_per_value)
     bundle, parity = build_bundle(model, schema, spec, args.out, pixels, {"training": config.get("best", {})},
-                                  args.family, arrays)
-    print(json.dumps({"bundle": str(args.out), "family": args.family, "parity": parity.to_json()}))
+                                  family, arrays)
+    print(json.dumps({"bundle": str(args.out), "family": family, "parity": parity.to_json()}))
     return 0
 
 
@@ -152,14 +156,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     result, train, val, spec, config, timings = _train(args, catalog, images)
     save_checkpoint(out / "checkpoint", result, catalog.schema, spec, config)
 
-    print("== export to ONNX and build the bundles (adde, and chunk_replace over the same model)", flush=True)
-    t = time.perf_counter()
-    bundle, parity = build_bundle(result.model, catalog.schema, spec, out / "bundle", val.pixels[:64],
-                                  {"training": result.best})
     rows = reference_rows(train.catalog.codes, catalog.schema.sizes, config.proto_per_value, config.seed)
-    reference = Retriever(bundle).encode(list(train.pixels[rows])).embedding  # ONNX Runtime: the served numbers
-    table, _ = value_means(reference, train.catalog.codes[rows], catalog.schema, list(bundle.layout.values()))
-    derive_bundle(out / "bundle", out / "bundle-chunk-replace", "chunk_replace", {"value_table": table})
+    bundles = [out / "bundle"]
+    t = time.perf_counter()
+    if args.family == "datrnet":
+        print("== export to ONNX and build the bundle (chunk_replace: each value's mean chunk)", flush=True)
+        table = value_table(result.model, catalog.schema, spec, train.catalog.codes[rows], train.pixels[rows])
+        bundle, parity = build_bundle(result.model, catalog.schema, spec, out / "bundle", val.pixels[:64],
+                                      {"training": result.best}, "chunk_replace", {"value_table": table})
+    else:
+        print("== export to ONNX and build the bundles (adde, and chunk_replace over the same model)", flush=True)
+        bundle, parity = build_bundle(result.model, catalog.schema, spec, out / "bundle", val.pixels[:64],
+                                      {"training": result.best})
+        reference = Retriever(bundle).encode(list(train.pixels[rows])).embedding  # ONNX Runtime: the served numbers
+        table, _ = value_means(reference, train.catalog.codes[rows], catalog.schema, list(bundle.layout.values()))
+        derive_bundle(out / "bundle", out / "bundle-chunk-replace", "chunk_replace", {"value_table": table})
+        bundles.append(out / "bundle-chunk-replace")
     timings["export_s"] = time.perf_counter() - t
     print(f"   parity on 64 real images: max |diff| {parity.max_abs_diff:.1e}, min cosine {parity.min_cosine:.7f}")
 
@@ -183,14 +195,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     print("== evaluate: the papers' protocol with baselines (python -m benchmarks.quality)", flush=True)
     t = time.perf_counter()
-    command = [sys.executable, "-m", "benchmarks.quality", "--bundle", str(out.resolve() / "bundle"),
-               "--bundle", str(out.resolve() / "bundle-chunk-replace"), "--index", str(out.resolve() / "index"),
+    command = [sys.executable, "-m", "benchmarks.quality", *[a for b in bundles for a in ("--bundle", str(b.resolve()))],
+               "--index", str(out.resolve() / "index"),
                "--json", str(out.resolve() / "quality.json"), "--labels", str(Path(data_paths(args)[0]).resolve()),
                "--images", *[str(Path(i).resolve()) for i in images], "--seed", str(args.seed)]
     subprocess.run(command, cwd=REPO_ROOT, check=True)
     quality = json.loads((out / "quality.json").read_text())
     timings["evaluate_s"] = time.perf_counter() - t
-    top = {int(k): v for k, v in quality["top_k"]["adde"].items()}
+    top = {int(k): v for k, v in quality["top_k"][quality["rows"][0]].items()}
 
     rng = np.random.default_rng(0)
     ids = retriever.index.ids  # type: ignore[union-attr]
@@ -225,6 +237,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     }
     atomic_write_json(out / "report.json", report)
     print(f"== done in {total / 60:.1f} min: Top-10 {top[10]:.3f}, Top-30 {top[30]:.3f}; "
-          f"wrote {out}/bundle, {out}/bundle-chunk-replace, {out}/index, {out}/report.json, {out}/examples.png, "
+          f"wrote {', '.join(map(str, bundles))}, {out}/index, {out}/report.json, {out}/examples.png, "
           f"{out}/photo.jpg" + (f", {out}/bundle-outfit" if outfit else ""), flush=True)
     return 0

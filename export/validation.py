@@ -11,7 +11,6 @@ import torch
 from fashsdk.eval.guard import GuardReport, accuracies, check
 from fashsdk.eval.methods import Gallery, attribute_based_topk
 from fashsdk.eval.protocol import exact_topk, hit_rates
-from fashsdk.families import adde
 from fashsdk.schema import AttributeSchema
 
 from .models import ADDE
@@ -40,11 +39,11 @@ def init_memory(model: ADDE, features: torch.Tensor, codes: np.ndarray, per_valu
 @torch.no_grad()
 def manipulation_top_k(model: ADDE, schema: AttributeSchema, features: torch.Tensor, codes: np.ndarray, queries: Any,
                        ks: tuple[int, ...] = (10, 30)) -> dict[int, float]:
-    """Top-k of the memory-block manipulation with ``features``' items as the gallery
-    (the runtime's own family arithmetic, fashsdk.families.adde)."""
+    """Top-k of the model's manipulation with ``features``' items as the gallery (the runtime's
+    own family arithmetic: ADDE's memory block, or DAtRNet's value means replacing chunks)."""
     model.eval()
     emb = model.head_outputs(features)[0].numpy()
-    family = adde.Adde(schema, model.memory.detach().numpy())
+    family = model.query_family(schema)
     q = family.change_batch(emb[queries.rows], codes[queries.rows], queries.attrs, queries.values)
     return hit_rates(exact_topk(q, emb, max(ks)), codes, queries.targets, ks)
 
@@ -66,8 +65,9 @@ def guard(model: ADDE, schema: AttributeSchema, features: torch.Tensor, codes: n
     emb, logits, _ = model.head_outputs(features)
     emb_np = emb.numpy()
     predicted = schema.predicted_codes(logits.numpy())[0]
-    top30 = {"adde": manipulation_top_k(model, schema, features, codes, queries, (30,))[30]}
+    name = model.config.architecture
+    top30 = {name: manipulation_top_k(model, schema, features, codes, queries, (30,))[30]}
     top30["no_manipulation"] = hit_rates(exact_topk(emb_np[queries.rows], emb_np, 30), codes, queries.targets, (30,))[30]
     gallery = Gallery([str(i) for i in range(len(codes))], emb_np, codes, predicted)
     top30["attribute_based"] = hit_rates(attribute_based_topk(gallery, queries, 30), codes, queries.targets, (30,))[30]
-    return check(schema, predicted, codes, train_codes, top30, "adde", still_improving, steps)
+    return check(schema, predicted, codes, train_codes, top30, name, still_improving, steps)

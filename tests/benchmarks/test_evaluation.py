@@ -82,3 +82,27 @@ def test_baselines_on_a_toy_gallery() -> None:
     report = evaluate_methods({"mean_swap": gallery}, {"mean_swap": family}, schema, qs, ks=(1, 2))
     assert list(report["top_k"]) == ["mean_swap", "attribute_based", "no_manipulation"]
     assert report["top_k"]["attribute_based"][1] == pytest.approx(hit_rates(top[:, :1], CODES, qs.targets, (1,))[1])
+
+
+def test_quality_rows_are_named_by_model_and_never_collide() -> None:
+    """Bundles of one model kind in folders of one name get distinct rows (a collision would let
+    one bundle's figures overwrite another's)."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from benchmarks.quality import row_names
+
+    def fake(path: str, family: str, architecture: str | None, block: str = "ase") -> SimpleNamespace:
+        model = {} if architecture is None else {"architecture": architecture, "config": {"block": block}}
+        return SimpleNamespace(bundle=SimpleNamespace(manifest={"model": model}, directory=Path(path)),
+                               family=SimpleNamespace(name=family))
+
+    rows = row_names([fake("runs/demo/bundle", "adde", None), fake("runs/demo/bundle-cr", "chunk_replace", "adde"),
+                      fake("runs/datrnet/bundle", "chunk_replace", "datrnet"),
+                      fake("runs/datrnet-split5/bundle", "chunk_replace", "datrnet"),
+                      fake("runs/datrnet-msf/bundle", "chunk_replace", "datrnet", "msf"),
+                      fake("a/x/bundle", "adde", "adde"), fake("b/x/bundle", "adde", "adde")])
+    assert rows[:5] == ["adde (demo/bundle)", "chunk_replace", "datrnet (datrnet/bundle)",
+                        "datrnet (datrnet-split5/bundle)", "datrnet-msf"]
+    assert rows[5:] == ["adde (x/bundle) #6", "adde (x/bundle) #7"]
+    assert len(set(rows)) == len(rows)
