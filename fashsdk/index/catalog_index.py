@@ -131,9 +131,11 @@ class CatalogIndex:
         keys = id_list(ids)
         with self.lock.read():
             table = self.table
-            slots = [table.slot_of(k) for k in keys]
-            return [Hits([k], np.ones(1, np.float32), table.codes[[s]], table.predicted[[s]], table.confidence[[s]])
-                    for k, s in zip(keys, slots)]
+            slots = np.array([table.slot_of(k) for k in keys], np.int64)
+            codes, predicted, confidence = table.codes[slots], table.predicted[slots], table.confidence[slots]
+        one = np.ones(1, np.float32)
+        return [Hits([k], one.copy(), codes[n:n + 1], predicted[n:n + 1], confidence[n:n + 1])
+                for n, k in enumerate(keys)]
 
     def vectors_and_codes(self) -> tuple[list[str], np.ndarray, np.ndarray]:
         """Snapshot of all live items: ids, vectors (n, D) float32, label codes (n, A)."""

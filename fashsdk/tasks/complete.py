@@ -17,6 +17,7 @@ from .outfit_head import OutfitHead
 from .search import Encode, SearchResult, resolve, to_results
 
 MAX_ITEMS = 16  # outfit items per query
+FLOAT32_UNIT = 2.0 ** -24  # float32's unit roundoff
 
 
 @dataclass
@@ -24,6 +25,31 @@ class _Group:
     ids: list[str]
     features: np.ndarray  # (n, A p + A) float64: the ranking must match the model's distance to the last bit
     current: np.ndarray  # (n, A) value codes: the stored label, else the prediction
+    stored: Hits  # every row's labels, predictions and their probabilities, for the results
+    scan: np.ndarray  # the features in float32: half the bytes for the scan over the whole category
+    largest_norm: float  # the largest |g|: the float32 scan's rounding bound
+
+    @classmethod
+    def of(cls, ids: list[str], features: np.ndarray, current: np.ndarray, stored: Hits) -> "_Group":
+        norm = float(np.linalg.norm(features, axis=1).max()) if len(features) else 0.0
+        return cls(ids, features, current, stored, features.astype(np.float32), norm)
+
+    def distances(self, rows: np.ndarray, u: np.ndarray, constant: float, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(positions into ``rows``, exact float64 distances) of the k nearest, nearest first.
+
+        A float32 scan finds every row that can be among the k nearest: with the features and the
+        query rounded once each and d accumulation roundings, its error is below (d + 2) * 2^-24 *
+        |g| |u| (doubled here for safety, with the group's largest |g|), so a row whose float32
+        distance exceeds the k-th float32 distance by more than twice that bound cannot be in the
+        top k. Those few rows are then ranked in float64, exactly as the model's distance."""
+        scan = self.scan if len(rows) == len(self.ids) else self.scan[rows]
+        approx = scan @ u.astype(np.float32)
+        bound = 2.0 * (len(u) + 2) * FLOAT32_UNIT * float(np.linalg.norm(u)) * self.largest_norm
+        kth = np.partition(approx, k - 1)[k - 1] if k < len(approx) else approx.max()
+        keep = np.flatnonzero(approx <= kth + 2.0 * bound)
+        exact = self.features[rows[keep]] @ u + constant
+        order = _top(exact, min(k, len(keep)))
+        return keep[order], exact[order]
 
 
 class CompletionTable:
@@ -49,13 +75,16 @@ class CompletionTable:
         if not ids:
             raise QueryError("the index is empty: add catalog items before completing outfits")
         vectors, labels, predicted = index.get_many(ids)
+        confidence = np.concatenate([h.confidence for h in index.hits_of(ids)])
         current = np.where(labels >= 0, labels, predicted)
         categories = head.categories_of(current)
         features = head.gallery_features(vectors)
         out = {}
         for c in range(len(head.categories)):
             rows = np.flatnonzero(categories == c)
-            out[c] = _Group([ids[r] for r in rows], features[rows], current[rows])
+            members = [ids[r] for r in rows]
+            stored = Hits(members, np.ones(len(rows), np.float32), labels[rows], predicted[rows], confidence[rows])
+            out[c] = _Group.of(members, features[rows], current[rows], stored)
         return out
 
 
@@ -80,16 +109,17 @@ def complete(index: IndexBackend, head: OutfitHead, table: CompletionTable, sche
         rows = rows[np.isin(group.current[rows, a], list(allowed))]
     if not len(rows):
         return []
-    distance = (group.features if len(rows) == len(group.ids) else group.features[rows]) @ u + constant
     outfit_ids = {r.id for r in resolved if r.id is not None}
-    order = _top(distance, min(k + len(outfit_ids), len(rows)))  # the outfit's own items are dropped below
-    found = [(group.ids[rows[i]], float(-distance[i])) for i in order if group.ids[rows[i]] not in outfit_ids][:k]
+    # the outfit's own items are dropped below
+    order, distance = group.distances(rows, u, constant, min(k + len(outfit_ids), len(rows)))
+    found = [(int(rows[i]), float(-d)) for i, d in zip(order.tolist(), distance.tolist())
+             if group.ids[rows[i]] not in outfit_ids][:k]
     if not found:  # the category holds only the outfit's own items
         return []
-    stored = index.hits_of([i for i, _ in found])  # labels, predictions and their probabilities as indexed now
-    hits = Hits([i for i, _ in found], np.array([d for _, d in found], np.float32),
-                np.concatenate([h.labels for h in stored]), np.concatenate([h.predicted for h in stored]),
-                np.concatenate([h.confidence for h in stored]))
+    at = np.array([r for r, _ in found], np.int64)
+    stored = group.stored  # labels, predictions and their probabilities as indexed when the table was built
+    hits = Hits([group.ids[r] for r, _ in found], np.array([d for _, d in found], np.float32), stored.labels[at],
+                stored.predicted[at], stored.confidence[at])
     return to_results(schema, hits)
 
 

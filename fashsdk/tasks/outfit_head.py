@@ -19,7 +19,7 @@ uses these same formulas on torch tensors.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -40,6 +40,7 @@ class OutfitHead:
     spans: list[tuple[int, int]]  # each attribute's chunk of the embedding
     psi: list[np.ndarray]  # per attribute (p, d_a)
     kappa: dict[str, np.ndarray]
+    _pair_weights: np.ndarray | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def from_bundle(cls, bundle: "Bundle") -> "OutfitHead":
@@ -87,15 +88,27 @@ class OutfitHead:
         return np.where(known, self.value_category[np.clip(column, 0, len(self.value_category) - 1)], -1)
 
     def weights(self, sources: np.ndarray, target: int) -> np.ndarray:
-        """(n, A) attention over the attribute subspaces for source categories -> the target category."""
+        """(n, A) attention over the attribute subspaces for source categories -> the target category
+        (kappa has one input per category pair, so every pair's weights are computed once)."""
+        sources = np.asarray(sources, np.int64)
         c = len(self.categories)
-        x = np.zeros((len(sources), 2 * c), np.float32)
-        x[np.arange(len(sources)), sources] = 1.0
-        x[:, c + target] = 1.0
+        if len(sources) and (sources.min() < 0 or sources.max() >= c) or not 0 <= target < c:
+            raise ValueError(f"outfit categories must be 0..{c - 1}; got sources {sources.tolist()}, target {target}")
+        if self._pair_weights is None:
+            self._pair_weights = self._all_pair_weights()
+        return self._pair_weights[sources, target]
+
+    def _all_pair_weights(self) -> np.ndarray:
+        """(C, C, A): softmax(kappa(onehot(source) ++ onehot(target))) for every pair."""
+        c = len(self.categories)
+        source, target = np.meshgrid(np.arange(c), np.arange(c), indexing="ij")
+        x = np.zeros((c * c, 2 * c), np.float32)
+        x[np.arange(c * c), source.ravel()] = 1.0
+        x[np.arange(c * c), c + target.ravel()] = 1.0
         hidden = np.maximum(x @ self.kappa["kappa_w1"] + self.kappa["kappa_b1"], 0.0)
         logits = hidden @ self.kappa["kappa_w2"] + self.kappa["kappa_b2"]
         logits = np.exp(logits - logits.max(axis=1, keepdims=True))
-        return (logits / logits.sum(axis=1, keepdims=True)).astype(np.float64)
+        return (logits / logits.sum(axis=1, keepdims=True)).astype(np.float64).reshape(c, c, -1)
 
     def project(self, vectors: np.ndarray) -> list[np.ndarray]:
         """Per attribute (n, p) float64: psi_a applied to each vector's chunk (a float32 product; the
@@ -112,9 +125,10 @@ class OutfitHead:
         """The outfit's (u, constant): D(O, x) = g(x) . u + constant for every candidate x."""
         w = self.weights(sources, target)
         parts = self.project(vectors)
-        big_w = w.mean(axis=0)
-        pulls = [-2.0 * (w[:, a:a + 1] * p).mean(axis=0) for a, p in enumerate(parts)]
-        constant = float(np.mean(sum(w[:, a] * np.einsum("ij,ij->i", p, p) for a, p in enumerate(parts))))
+        n = len(w)
+        big_w = w.sum(axis=0) / n
+        pulls = [(-2.0 / n) * (w[:, a] @ p) for a, p in enumerate(parts)]  # -2 mean_i w_ia p_ia
+        constant = sum(float(w[:, a] @ np.einsum("ij,ij->i", p, p)) for a, p in enumerate(parts)) / n
         return np.concatenate(pulls + [big_w]), constant
 
     def distance(self, vectors: np.ndarray, sources: np.ndarray, target: int, candidates: np.ndarray) -> np.ndarray:

@@ -137,3 +137,40 @@ def test_cli_completes_and_draws_the_outfit(head_bundle: Path, real_index_dir: P
     got = [r["id"] for r in json.loads(run.stdout)["results"]]
     assert got == [r.id for r in shop.complete(outfit, "Footwear", k=4)]
     assert (tmp_path / "sheet.png").stat().st_size > 1000
+
+
+def test_the_float32_scan_keeps_the_exact_float64_order_on_near_ties() -> None:
+    """Rows whose distances differ below float32's resolution: the scan alone cannot order them,
+    the float64 re-rank of everything within its error bound must."""
+    from fashsdk.tasks.complete import _Group
+
+    rng = np.random.default_rng(3)
+    base = rng.normal(size=(1, 20))
+    features = np.repeat(base, 3000, axis=0) + rng.normal(size=(3000, 20)) * 1e-9  # 3000 near-duplicates
+    features[:500] += rng.normal(size=(500, 20))  # and some clearly different rows
+    u = rng.normal(size=20)
+    from fashsdk.index import Hits
+
+    codes = np.zeros((3000, 1), np.int64)
+    ids = [str(i) for i in range(3000)]
+    group = _Group.of(ids, features, codes, Hits(ids, np.ones(3000, np.float32), codes, codes, np.ones((3000, 1))))
+    exact = features @ u + 0.5
+    for rows in (np.arange(3000), np.sort(rng.choice(3000, 1200, replace=False))):
+        for k in (1, 10, 50, len(rows)):
+            order, distance = group.distances(rows, u, 0.5, k)
+            want = np.lexsort((np.arange(len(rows)), exact[rows]))[:k]
+            assert order.tolist() == want.tolist()
+            np.testing.assert_allclose(distance, exact[rows][want], rtol=1e-12)
+    approx = (features.astype(np.float32) @ u.astype(np.float32))[500:]
+    assert len(np.unique(approx)) < len(np.unique(exact[500:]))  # float32 alone really does tie them
+
+
+def test_attention_weights_refuse_a_category_outside_the_head(head_bundle: Path) -> None:
+    from fashsdk.bundle import Bundle
+
+    head = OutfitHead.from_bundle(Bundle.load(head_bundle))
+    rows = head.weights(np.array([0, 2, 1]), 1)
+    assert rows.shape == (3, len(head.spans)) and np.allclose(rows.sum(axis=1), 1.0)
+    for sources, target in (([-1], 0), ([0], 3), ([len(CATEGORIES)], 0)):
+        with pytest.raises(ValueError, match="outfit categories"):
+            head.weights(np.array(sources), target)
