@@ -16,6 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("efficientnet_lite_pytorch")
 
+from manipulation import wanted_value_counts  # noqa: E402
 from realdata import real_subset  # noqa: E402
 
 from export.datrnet import ASEModule, AxialAttention, DAtRNet, ResidualBlock  # noqa: E402
@@ -157,19 +158,7 @@ def test_served_manipulation_finds_the_wanted_value_more_often_than_no_change(ex
     catalog, _ = read_catalog(exported["labels"], schema.names, schema=schema)
     labels = {i: schema.decode(c) for i, c in zip(catalog.ids, catalog.codes)}
     retriever.add(iter_images(exported["folder"], catalog.ids), labels)
-    rng = np.random.default_rng(0)
-    with_change = without = trials = 0
-    for row in rng.permutation(len(catalog))[:80]:
-        a = int(rng.integers(len(schema.attributes)))
-        current = int(catalog.codes[row, a])
-        options = [v for v in range(schema.sizes[a]) if v != current and (catalog.codes[:, a] == v).sum() >= 5]
-        if not options:
-            continue
-        value = schema.attributes[a].values[int(rng.choice(options))]
-        name = schema.names[a]
-        with_change += sum(r.attributes[name] == value for r in retriever.search(catalog.ids[row], {name: value}, k=10))
-        without += sum(r.attributes[name] == value for r in retriever.search(catalog.ids[row], k=10))
-        trials += 1
+    with_change, without, trials = wanted_value_counts(retriever, catalog.ids, catalog.codes, 80, 5)
     assert trials >= 40
     assert with_change > 1.5 * without + trials, (with_change, without, trials)
 

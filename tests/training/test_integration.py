@@ -11,8 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
+from manipulation import wanted_value_counts
 from realdata import real_subset
 
 pytestmark = pytest.mark.slow
@@ -65,22 +65,7 @@ def test_manipulation_returns_the_requested_value_more_often(trained: dict) -> N
     retriever = Retriever(trained["bundle"].directory)
     labels = {i: catalog.schema.decode(c) for i, c in zip(gallery.ids, gallery.codes)}
     retriever.add(iter_images(trained["folder"], gallery.ids), labels)
-    schema = catalog.schema
-    rng = np.random.default_rng(0)
-    with_change = without = trials = 0
-    for row in rng.permutation(len(gallery))[:60]:
-        a = int(rng.integers(len(schema.attributes)))
-        current = int(gallery.codes[row, a])
-        options = [v for v in range(schema.sizes[a]) if v != current and (gallery.codes[:, a] == v).sum() >= 3]
-        if not options:
-            continue
-        value = schema.attributes[a].values[int(rng.choice(options))]
-        name = schema.names[a]
-        changed = retriever.search(gallery.ids[row], {name: value}, k=10)
-        plain = retriever.search(gallery.ids[row], k=10)
-        with_change += sum(r.attributes[name] == value for r in changed)
-        without += sum(r.attributes[name] == value for r in plain)
-        trials += 1
+    with_change, without, trials = wanted_value_counts(retriever, gallery.ids, gallery.codes, 60, 3)
     assert trials >= 30
     assert with_change > 1.5 * without + trials, (with_change, without, trials)
 
