@@ -24,7 +24,7 @@ def _family_of(argv: list[str] | None) -> str:
     return pre.parse_known_args(argv)[0].family
 
 
-def _add_train_args(parser: argparse.ArgumentParser, family: str = "adde") -> None:
+def _add_train_args(parser: argparse.ArgumentParser) -> None:
     from .backbones import BACKBONES
     from .datrnet import BLOCKS
     from .train import TrainConfig
@@ -57,8 +57,6 @@ def _add_train_args(parser: argparse.ArgumentParser, family: str = "adde") -> No
             continue
         kind = float if f.type in ("float", "float | None") else int
         parser.add_argument(flag, type=kind, default=f.default, help=f"default {f.default}")
-    if family == "datrnet":
-        parser.set_defaults(**DATRNET_DEFAULTS)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,8 +66,10 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("train", help="train ADDE and save a checkpoint (state dict + JSON config)")
     add_catalog_args(p)
-    _add_train_args(p, family)
+    _add_train_args(p)
     p.add_argument("--out", type=Path, required=True, help="checkpoint directory")
+    if family == "datrnet":
+        p.set_defaults(**DATRNET_DEFAULTS)
 
     p = sub.add_parser("onnx", help="export a checkpoint to a bundle (ONNX + the family's files + manifest)")
     add_catalog_args(p)
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("demo", help="train, export, index the test split, evaluate, draw examples")
     add_catalog_args(p)
-    _add_train_args(p, family)
+    _add_train_args(p)
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
     # about 17 minutes on 2 cores with set-up: 9.3 minutes of stage 1 (trunk caching included), 30 s of stage 2,
     # 2.5 minutes for the outfit head

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbones import LITE_BLOCKS
+from .backbones import LITE_BLOCKS, LiteBackbone, _conv_bn
 from .models import ADDE, ModelConfig
 
 if TYPE_CHECKING:
@@ -44,8 +44,9 @@ BLOCKS = ("ase", "msf", "residual")
 MAX_SPLIT = 6  # deeper trunks leave maps too small for three ASE modules at catalog photo sizes
 
 
-def _conv(cin: int, cout: int, k: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, k, 1, k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+def _bottleneck(n: int) -> nn.Sequential:
+    """Dense(n/4) -> ReLU -> Dense(n): the two dense layers of each mask branch (Eqs. 1a-b, 2)."""
+    return nn.Sequential(nn.Linear(n, max(1, n // 4)), nn.ReLU(inplace=True), nn.Linear(max(1, n // 4), n))
 
 
 class AxialAttention(nn.Module):
@@ -54,15 +55,11 @@ class AxialAttention(nn.Module):
     def __init__(self, channels: int, height: int, width: int) -> None:
         super().__init__()
         d = channels
-        self.gmp_branch = nn.Sequential(nn.Linear(d, max(1, d // 4)), nn.ReLU(inplace=True), nn.Linear(max(1, d // 4), d))
-        self.gap_branch = nn.Sequential(nn.Linear(d, max(1, d // 4)), nn.ReLU(inplace=True), nn.Linear(max(1, d // 4), d))
+        self.gmp_branch, self.gap_branch = _bottleneck(d), _bottleneck(d)
         self.channel_mask = nn.Linear(2 * d, d)
         self.height_conv = nn.Conv2d(d, 1, 1)
         self.width_conv = nn.Conv2d(d, 1, 1)
-        self.height_mask = nn.Sequential(nn.Linear(height, max(1, height // 4)), nn.ReLU(inplace=True),
-                                         nn.Linear(max(1, height // 4), height))
-        self.width_mask = nn.Sequential(nn.Linear(width, max(1, width // 4)), nn.ReLU(inplace=True),
-                                        nn.Linear(max(1, width // 4), width))
+        self.height_mask, self.width_mask = _bottleneck(height), _bottleneck(width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, d, h, w = x.shape
@@ -80,9 +77,9 @@ class ASEModule(nn.Module):
     def __init__(self, channels: int, height: int, width: int, attention: bool = True) -> None:
         super().__init__()
         c = channels
-        self.path_small = nn.Sequential(_conv(c, c, 3), nn.MaxPool2d(3, 1, 1))
-        self.path_large = nn.Sequential(_conv(c, c, 5), nn.MaxPool2d(5, 1, 2))
-        self.merge = _conv(2 * c, 2 * c, 3)
+        self.path_small = nn.Sequential(_conv_bn(c, c, 3), nn.MaxPool2d(3, 1, 1))
+        self.path_large = nn.Sequential(_conv_bn(c, c, 5), nn.MaxPool2d(5, 1, 2))
+        self.merge = _conv_bn(2 * c, 2 * c, 3)
         self.attention = AxialAttention(2 * c, height, width) if attention else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -95,7 +92,7 @@ class ResidualBlock(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
         c = channels
-        self.body = nn.Sequential(_conv(c, 2 * c, 3), nn.Conv2d(2 * c, 2 * c, 3, 1, 1, bias=False), nn.BatchNorm2d(2 * c))
+        self.body = nn.Sequential(_conv_bn(c, 2 * c, 3), nn.Conv2d(2 * c, 2 * c, 3, 1, 1, bias=False), nn.BatchNorm2d(2 * c))
         self.shortcut = nn.Sequential(nn.Conv2d(c, 2 * c, 1, bias=False), nn.BatchNorm2d(2 * c))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -109,7 +106,7 @@ class AttributeNetwork(nn.Module):
         super().__init__()
         if block not in BLOCKS:
             raise ValueError(f"unknown DAtRNet block {block!r}; choose {', '.join(BLOCKS)}")
-        layers: list[nn.Module] = [_conv(in_channels, width, 3), nn.MaxPool2d(2, ceil_mode=True)]
+        layers: list[nn.Module] = [_conv_bn(in_channels, width, 3), nn.MaxPool2d(2, ceil_mode=True)]
         h, w, c = _half(height_px), _half(width_px), width
         for stage in range(3):
             if block == "residual":
@@ -138,7 +135,7 @@ class AttributeNetworks(nn.Module):
     def __init__(self, count: int, in_channels: int, width: int, height: int, width_px: int, block: str) -> None:
         super().__init__()
         self.nets = nn.ModuleList(AttributeNetwork(in_channels, width, height, width_px, block) for _ in range(count))
-        self.per_attribute = self.nets[0].out_features if count else 8 * width
+        self.per_attribute = 8 * width  # three stages, each doubling the stem's channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([net(x) for net in self.nets], dim=1)
@@ -152,8 +149,6 @@ class DatrnetBackbone(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        from .backbones import LiteBackbone
-
         split = config.lite_split
         if not 1 <= split <= MAX_SPLIT:
             raise ValueError(f"DAtRNet reads EfficientNet-Lite0 activations after block 1-{MAX_SPLIT} of {LITE_BLOCKS}; "
