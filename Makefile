@@ -1,6 +1,8 @@
 # make demo [OUT=runs/demo]   train on myntra-small, export, index, evaluate, draw examples, outfit head
 # make quality [QOUT=runs/quality]  the longer-trained bundle (under 60 min of training on 2 cores) and its report
 # make demo-datrnet [DOUT=runs/datrnet]  the demo with DAtRNet (same training budget; served as chunk_replace)
+# make demo-fsn [FOUT=runs/fsn]  the demo with FashionSearchNet (same training budget; served as fsn)
+# make quality-datrnet [DQOUT=runs/quality-datrnet]  DAtRNet's quality bundle (under 60 min of training on 2 cores)
 # make test                   the test suite (what CI runs)
 PYTHON ?= python3
 VENV := .venv
@@ -8,10 +10,12 @@ PY := $(VENV)/bin/python
 OUT ?= runs/demo
 QOUT ?= runs/quality
 DOUT ?= runs/datrnet
+DQOUT ?= runs/quality-datrnet
+FOUT ?= runs/fsn
 DATA ?= ../shared/data/myntra-small
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo demo-datrnet quality test venv clean
+.PHONY: demo demo-datrnet demo-fsn quality quality-datrnet test venv clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,11 +33,20 @@ demo: $(STAMP)
 demo-datrnet: $(STAMP)
 	$(PY) -m export demo --family datrnet --data $(DATA) --out $(DOUT)
 
+demo-fsn: $(STAMP)
+	$(PY) -m export demo --family fsn --data $(DATA) --out $(FOUT)
+
 # the pretrained backbone fine-tuned from block 11 at 160x128 (three cached variants per image),
 # 50 minutes of stage 1 and 4 of stage 2: under 60 minutes of training on 2 cores
 quality: $(STAMP)
 	$(PY) -m export demo --data $(DATA) --out $(QOUT) --lite-split 11 --input-size 160 128 --trunk-variants 3 \
 		--stage1-time-budget-s 3000 --stage2-time-budget-s 240 --weight-decay 0.05 --label-smoothing 0.1
+
+# DAtRNet's ASE networks on the deeper frozen trunk (blocks 0-4, stride 8), three cached variants per image,
+# 50 minutes of stage 1 (DAtRNet has no stage 2)
+quality-datrnet: $(STAMP)
+	$(PY) -m export demo --family datrnet --data $(DATA) --out $(DQOUT) --lite-split 5 --trunk-variants 3 \
+		--stage1-time-budget-s 3000
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider tests

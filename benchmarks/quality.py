@@ -68,7 +68,7 @@ def mean_swap(retriever: Retriever, train: Catalog, images: list[str], per_value
 
 def row_names(retrievers: list[Retriever]) -> list[str]:
     """A row per bundle, named by its model (ADDE's bundles by their family; other architectures by
-    name and ablation block), with its folder where names repeat."""
+    name and ablation), with its folder where names repeat."""
     labels = [model_label(r) for r in retrievers]
     names = [f if labels.count(f) == 1 else f"{f} ({r.bundle.directory.parent.name}/{r.bundle.directory.name})"
              for f, r in zip(labels, retrievers)]
@@ -80,8 +80,13 @@ def model_label(retriever: Retriever) -> str:
     architecture = model.get("architecture", "adde")
     if architecture == "adde":
         return retriever.family.name
-    block = model.get("config", {}).get("block", "ase")
-    return architecture if block == "ase" else f"{architecture}-{block}"
+    config = model.get("config", {})
+    label = architecture if config.get("block", "ase") == "ase" else f"{architecture}-{config['block']}"
+    if not config.get("fsn_localize", True):
+        label += "-no-localize"
+    if architecture == "fsn" and retriever.family.name != "fsn":  # no attribute-weighted global representation
+        label += "-no-weights"
+    return label
 
 
 def markdown(report: dict[str, Any]) -> str:

@@ -16,6 +16,9 @@ from .catalog_args import add_catalog_args
 # triplet, no stage 2: its queries swap in value means), the ASE networks' base width and trunk split
 DATRNET_DEFAULTS = {"lite_split": 3, "width": 16, "w_attr_triplet": 1.0, "w_label_triplet": 0.0, "stage2_epochs": 0,
                     "trunk_variants": 2}
+# FashionSearchNet: Lite0 fine-tuned from block 8 to its stride-16 map, classification + soft triplets
+FSN_DEFAULTS = {"lite_split": 8, "w_attr_triplet": 1.0, "w_label_triplet": 0.0, "stage2_epochs": 0, "trunk_variants": 2}
+FAMILY_DEFAULTS = {"datrnet": DATRNET_DEFAULTS, "fsn": FSN_DEFAULTS}
 
 
 def _family_of(argv: list[str] | None) -> str:
@@ -29,12 +32,14 @@ def _add_train_args(parser: argparse.ArgumentParser) -> None:
     from .datrnet import BLOCKS
     from .train import TrainConfig
 
-    parser.add_argument("--family", default="adde", choices=["adde", "datrnet"],
-                        help="the model to train: adde (served as adde or chunk_replace) or datrnet (DAtRNet, "
-                             "served as chunk_replace); datrnet changes the defaults of --lite-split, --width, "
-                             "the triplet weights and --stage2-epochs")
+    parser.add_argument("--family", default="adde", choices=["adde", "datrnet", "fsn"],
+                        help="the model to train: adde (served as adde or chunk_replace), datrnet (DAtRNet, "
+                             "served as chunk_replace) or fsn (FashionSearchNet, served as fsn); datrnet and fsn "
+                             "change the defaults of --lite-split, the triplet weights and --stage2-epochs")
     parser.add_argument("--block", default="ase", choices=list(BLOCKS),
                         help="datrnet: ase (the paper's), msf (multi-scale only) or residual (the ablations)")
+    parser.add_argument("--localize", action=argparse.BooleanOptionalAction, default=True,
+                        help="fsn: pool each attribute's box (--no-localize: the whole map, the paper's ablation)")
     parser.add_argument("--backbone", default="efficientnet-lite0", choices=list(BACKBONES),
                         help="efficientnet-lite0 is ImageNet-pretrained; the others start from random weights")
     parser.add_argument("--chunk-norm", action=argparse.BooleanOptionalAction, default=True,
@@ -68,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     add_catalog_args(p)
     _add_train_args(p)
     p.add_argument("--out", type=Path, required=True, help="checkpoint directory")
-    if family == "datrnet":
-        p.set_defaults(**DATRNET_DEFAULTS)
+    if family in FAMILY_DEFAULTS:
+        p.set_defaults(**FAMILY_DEFAULTS[family])
 
     p = sub.add_parser("onnx", help="export a checkpoint to a bundle (ONNX + the family's files + manifest)")
     add_catalog_args(p)
@@ -89,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     # about 17 minutes on 2 cores with set-up: 9.3 minutes of stage 1 (trunk caching included), 30 s of stage 2,
     # 2.5 minutes for the outfit head
     p.set_defaults(lite_split=12, trunk_variants=2, stage1_time_budget_s=560, stage2_time_budget_s=30)
-    if family == "datrnet":  # the same stage-1 budget, DAtRNet's trunk and losses
-        p.set_defaults(**DATRNET_DEFAULTS)
+    if family in FAMILY_DEFAULTS:  # the same stage-1 budget, the family's trunk and losses
+        p.set_defaults(**FAMILY_DEFAULTS[family])
 
     from .outfits import add_arguments as add_outfit_arguments
 

@@ -3,7 +3,10 @@
 - ``adde``: the memory block (the checkpoint's own ``memory``) as ``prototypes``;
 - ``chunk_replace``: a value table of mean chunks over reference training images (up to
   ``per_value`` per value, a fixed seed), the way DAtRNet builds its value representations
-  (the family of every DAtRNet checkpoint; an ADDE checkpoint can be served either way).
+  (the family of every DAtRNet checkpoint; an ADDE checkpoint can be served either way);
+- ``fsn``: that value table plus FashionSearchNet's per-changed-attribute chunk weights
+  (``attribute_weights``, the squares of its fitted lambda); an FSN checkpoint served as
+  chunk_replace is the paper's ablation without the weighted global representation.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from fashsdk.sources.preprocess import PreprocessSpec
 from .data import decode_catalog
 from .models import ADDE
 
-EXPORTABLE = ("adde", "chunk_replace")
+EXPORTABLE = ("adde", "chunk_replace", "fsn")
 
 
 def family_files(family: str, model: ADDE, schema: AttributeSchema, spec: PreprocessSpec, train: Catalog,
@@ -32,16 +35,27 @@ def family_files(family: str, model: ADDE, schema: AttributeSchema, spec: Prepro
     if family == "adde" and model.config.architecture != "adde":
         raise SystemExit(f"--family adde needs ADDE's trained memory block; a {model.config.architecture} checkpoint "
                          f"is served as chunk_replace (leave --family out)")
+    if family == "fsn" and model.config.architecture != "fsn":
+        raise SystemExit(f"--family fsn needs FashionSearchNet's fitted attribute weights; a "
+                         f"{model.config.architecture} checkpoint is served as {served_family(model.config.architecture)}")
     if family == "adde":
         return {"prototypes": model.memory.detach().cpu().numpy().astype(np.float32)}
     rows = reference_rows(train.codes, schema.sizes, per_value, seed)
     reference = train.subset(rows)
-    return {"value_table": value_table(model, schema, spec, reference.codes, decode_catalog(reference, images, spec).pixels)}
+    table = value_table(model, schema, spec, reference.codes, decode_catalog(reference, images, spec).pixels)
+    if family == "fsn":
+        return {"value_table": table, "attribute_weights": attribute_weights(model)}
+    return {"value_table": table}
+
+
+def attribute_weights(model: ADDE) -> np.ndarray:
+    """fsn's (A, A) chunk weights: the squares of the model's lambda (see fashsdk.families.fsn)."""
+    return (model.attribute_weights.detach().cpu().numpy() ** 2).astype(np.float32)
 
 
 def served_family(architecture: str) -> str:
     """The bundle family a checkpoint of ``architecture`` is exported as by default."""
-    return "adde" if architecture == "adde" else "chunk_replace"
+    return {"adde": "adde", "fsn": "fsn"}.get(architecture, "chunk_replace")
 
 
 def value_table(model: ADDE, schema: AttributeSchema, spec: PreprocessSpec, codes: np.ndarray,

@@ -1,4 +1,4 @@
-"""ADDE's losses: classification with unknowns ignored, batch-hard triplets, memory terms."""
+"""Training losses: classification with unknowns ignored, batch-hard and soft triplets, memory terms."""
 from __future__ import annotations
 
 import torch
@@ -53,3 +53,31 @@ def attribute_triplets(embedding: torch.Tensor, codes: torch.Tensor, dim: int, m
 def offblock_l1(memory: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Pushes each prototype's entries outside its attribute's block to zero."""
     return (memory.abs() * mask).sum() / memory.shape[1]
+
+
+def soft_triplet(anchors: torch.Tensor, keys: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """FashionSearchNet's soft triplet (Eqs. 3-5): mean of d+ = sigmoid(|a - p| - |a - n|) with, per
+    anchor, a random positive of the same key (not itself) and a random negative of another key.
+    Keys < 0 (unknown) take no part; anchors without a positive or a negative are skipped."""
+    known = keys >= 0
+    same = (keys[:, None] == keys[None, :]) & known[:, None] & known[None, :]
+    same &= ~torch.eye(len(keys), dtype=torch.bool, device=keys.device)
+    diff = (keys[:, None] != keys[None, :]) & known[:, None] & known[None, :]
+    usable = same.any(1) & diff.any(1)
+    if not usable.any():
+        return anchors.sum() * 0.0
+    a = usable.nonzero().squeeze(1)
+    pos = torch.multinomial(same[a].float(), 1, generator=generator).squeeze(1)
+    neg = torch.multinomial(diff[a].float(), 1, generator=generator).squeeze(1)
+    d_pos = (anchors[a] - anchors[pos]).norm(dim=1)
+    d_neg = (anchors[a] - anchors[neg]).norm(dim=1)
+    return torch.sigmoid(d_pos - d_neg).mean()
+
+
+def soft_triplets(embedding: torch.Tensor, codes: torch.Tensor, dim: int, generator: torch.Generator) -> torch.Tensor:
+    """Per-attribute soft triplets on each normalised chunk, keyed by that attribute (Eq. 5)."""
+    total = embedding.sum() * 0.0
+    for a in range(codes.shape[1]):
+        chunk = F.normalize(embedding[:, a * dim:(a + 1) * dim], dim=1)
+        total = total + soft_triplet(chunk, codes[:, a].long(), generator)
+    return total

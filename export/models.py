@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import losses
 from .backbones import make_backbone
 
 if TYPE_CHECKING:
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class ModelConfig:
-    architecture: str = "adde"  # adde | datrnet (export/datrnet.py)
+    architecture: str = "adde"  # adde | datrnet (export/datrnet.py) | fsn (export/fsn.py)
     backbone: str = "compact"
     attribute_sizes: list[int] = field(default_factory=list)
     dim: int = 64  # d, per attribute
@@ -28,6 +29,7 @@ class ModelConfig:
     pretrained: bool = True  # efficientnet-lite0: ImageNet weights (False: random, for tests)
     chunk_norm: bool = True  # each attribute chunk unit-length, scaled by 1/sqrt(A) (False: the paper's one norm)
     block: str = "ase"  # datrnet: ase | msf (no axial attention) | residual (the paper's ablations)
+    fsn_localize: bool = True  # fsn: RoI pooling inside each attribute's box (False: the whole map, the ablation)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -37,9 +39,11 @@ class ADDE(nn.Module):
     """Attribute-driven disentangled encoder with a memory block for manipulation.
 
     forward(images) -> (L2-normalised embedding (N, A*d), logits (N, J)); this is exactly
-    the exported ONNX signature. The memory block (A*d, J) is exported as prototypes.npy and
+    the exported ONNX signature (``output_names``). The memory block (A*d, J) is exported as prototypes.npy and
     applied by ``fashsdk.families.adde`` (training uses that same function).
     """
+
+    output_names: tuple[str, ...] = ("embedding", "logits")
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -82,12 +86,19 @@ class ADDE(nn.Module):
         """Backbone features -> (normalised embedding, logits, raw chunks)."""
         chunks = self.attribute_chunks(features)
         logits = torch.cat([head(c) for head, c in zip(self.heads, chunks)], dim=1)
+        return self.embedding_of(chunks), logits, chunks
+
+    def embedding_of(self, chunks: list[torch.Tensor]) -> torch.Tensor:
+        """The normalised embedding of the raw attribute chunks."""
         if self.config.chunk_norm:  # every attribute gets 1/A of the squared norm: none can drown the others
             parts = [F.normalize(c, dim=1) for c in chunks]
-            embedding = torch.cat(parts, dim=1) / len(parts) ** 0.5
-        else:
-            embedding = F.normalize(torch.cat(chunks, dim=1), dim=1)
-        return embedding, logits, chunks
+            return torch.cat(parts, dim=1) / len(parts) ** 0.5
+        return F.normalize(torch.cat(chunks, dim=1), dim=1)
+
+    def attribute_ranking_loss(self, embedding: torch.Tensor, codes: torch.Tensor, margin: float,
+                               generator: torch.Generator) -> torch.Tensor:
+        """Stage 1's per-attribute ranking term: batch-hard triplets on each chunk."""
+        return losses.attribute_triplets(embedding, codes, self.config.dim, margin)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         embedding, logits, _ = self.head_outputs(self.backbone(images))
@@ -102,4 +113,8 @@ def build_model(config: ModelConfig) -> ADDE:
         from .datrnet import DAtRNet
 
         return DAtRNet(config)
-    raise ValueError(f"unknown architecture {config.architecture!r}; choose adde or datrnet")
+    if config.architecture == "fsn":
+        from .fsn import FashionSearchNet
+
+        return FashionSearchNet(config)
+    raise ValueError(f"unknown architecture {config.architecture!r}; choose adde, datrnet or fsn")

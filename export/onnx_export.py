@@ -35,14 +35,17 @@ class Parity:
     max_abs_diff: float
     min_cosine: float
     max_logit_diff: float
+    max_box_diff: float | None = None  # FashionSearchNet's boxes, in input pixels
 
     def to_json(self) -> dict[str, Any]:
-        return {"images": self.images, "max_abs_diff": self.max_abs_diff, "min_cosine": self.min_cosine,
-                "max_logit_diff": self.max_logit_diff}
+        out = {"images": self.images, "max_abs_diff": self.max_abs_diff, "min_cosine": self.min_cosine,
+               "max_logit_diff": self.max_logit_diff}
+        return out if self.max_box_diff is None else {**out, "max_box_diff": self.max_box_diff}
 
 
 def export_onnx(model: ADDE, spec: PreprocessSpec, path: str | Path) -> Path:
-    """Write the ONNX model: images (N,3,H,W) -> embedding (N,D), logits (N,J)."""
+    """Write the ONNX model: images (N,3,H,W) -> embedding (N,D), logits (N,J) (and FashionSearchNet's
+    boxes (N,A,4)): the model's ``output_names``."""
     import onnx
 
     model = model.eval().to(memory_format=torch.contiguous_format)
@@ -52,7 +55,7 @@ def export_onnx(model: ADDE, spec: PreprocessSpec, path: str | Path) -> Path:
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(model, (example,), dynamo=True, input_names=[INPUT_NAME],
-                                    output_names=["embedding", "logits"], opset_version=OPSET,
+                                    output_names=list(model.output_names), opset_version=OPSET,
                                     dynamic_shapes={"images": {0: batch}}, verbose=False, optimize=True)
     path = Path(path)
     program.save(str(path))
@@ -71,16 +74,18 @@ def check_parity(model: ADDE, onnx_path: str | Path, pixels: np.ndarray, spec: P
 
     x = normalize(pixels, spec)
     with torch.no_grad():
-        ref_emb, ref_logits = model.eval()(torch.from_numpy(x))
+        reference = [t.numpy() for t in model.eval()(torch.from_numpy(x))]
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    emb, logits = session.run(["embedding", "logits"], {INPUT_NAME: x})
-    ref_emb, ref_logits = ref_emb.numpy(), ref_logits.numpy()
+    outputs = session.run(list(model.output_names), {INPUT_NAME: x})
+    (emb, logits), (ref_emb, ref_logits) = outputs[:2], reference[:2]
     cos = (emb * ref_emb).sum(1) / (np.linalg.norm(emb, axis=1) * np.linalg.norm(ref_emb, axis=1))
+    boxes = float(np.abs(outputs[2] - reference[2]).max()) if len(outputs) > 2 else None
     parity = Parity(len(x), float(np.abs(emb - ref_emb).max()), float(cos.min()),
-                    float(np.abs(logits - ref_logits).max()))
-    if parity.max_abs_diff > tolerance or parity.min_cosine < 1 - tolerance:
+                    float(np.abs(logits - ref_logits).max()), boxes)
+    if parity.max_abs_diff > tolerance or parity.min_cosine < 1 - tolerance or (boxes or 0.0) > tolerance:
         raise ParityError(f"ONNX/PyTorch parity failed on {len(x)} real images: max |diff| "
-                          f"{parity.max_abs_diff:.2e}, min cosine {parity.min_cosine:.6f} (tolerance {tolerance})")
+                          f"{parity.max_abs_diff:.2e}, min cosine {parity.min_cosine:.6f}, boxes "
+                          f"{'-' if boxes is None else f'{boxes:.2e}'} (tolerance {tolerance})")
     return parity
 
 
@@ -103,7 +108,7 @@ def build_bundle(model: ADDE, schema: AttributeSchema, spec: PreprocessSpec, dir
         d = cfg.dim
         layout = {name: (i * d, (i + 1) * d) for i, name in enumerate(schema.names)}
         info = {"architecture": cfg.architecture, "backbone": cfg.backbone, "dim_per_attribute": d,
-                "config": cfg.to_json(), "input_name": INPUT_NAME, "outputs": ["embedding", "logits"],
+                "config": cfg.to_json(), "input_name": INPUT_NAME, "outputs": list(model.output_names),
                 "opset": OPSET, "torch_version": torch.__version__, "parity": parity.to_json(), **(extra or {})}
         bundle = write_bundle(directory, onnx_path, schema, spec, layout, info, family, family_arrays)
     return bundle, parity

@@ -27,7 +27,7 @@ from fashsdk.system import machine
 from .backbones import LITE_MEAN, LITE_STD
 from .catalog_args import data_paths, load_catalog_from_args
 from .data import decode_catalog, split_validation
-from .families import family_files, served_family, value_table
+from .families import attribute_weights, family_files, served_family, value_table
 from .models import ModelConfig
 from .onnx_export import build_bundle, derive_bundle
 from .train import TrainConfig, load_checkpoint, save_checkpoint, train_adde
@@ -45,8 +45,8 @@ def _spec_for(args: argparse.Namespace) -> PreprocessSpec:
 
 
 def _train(args: argparse.Namespace, catalog, images) -> tuple[Any, Any, Any, PreprocessSpec, TrainConfig, dict[str, float]]:
-    if args.family == "datrnet" and args.backbone != "efficientnet-lite0":
-        raise SystemExit(f"--family datrnet reads a frozen EfficientNet-Lite0 trunk; --backbone {args.backbone} "
+    if args.family in ("datrnet", "fsn") and args.backbone != "efficientnet-lite0":
+        raise SystemExit(f"--family {args.family} reads a frozen EfficientNet-Lite0 trunk; --backbone {args.backbone} "
                          f"cannot feed it: leave --backbone at efficientnet-lite0")
     spec = _spec_for(args)
     timings: dict[str, float] = {}
@@ -58,7 +58,8 @@ def _train(args: argparse.Namespace, catalog, images) -> tuple[Any, Any, Any, Pr
     config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
     model_config = ModelConfig(architecture=args.family, backbone=args.backbone, attribute_sizes=catalog.schema.sizes,
                                dim=args.dim, width=args.width, height_px=spec.height, width_px=spec.width,
-                               lite_split=args.lite_split, chunk_norm=args.chunk_norm, block=args.block)
+                               lite_split=args.lite_split, chunk_norm=args.chunk_norm, block=args.block,
+                               fsn_localize=args.localize)
     t = time.perf_counter()
     result = train_adde(catalog.schema, spec, decoded.subset(train_rows), decoded.subset(val_rows), model_config, config)
     timings["train_s"] = time.perf_counter() - t
@@ -159,11 +160,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     rows = reference_rows(train.catalog.codes, catalog.schema.sizes, config.proto_per_value, config.seed)
     bundles = [out / "bundle"]
     t = time.perf_counter()
-    if args.family == "datrnet":
-        print("== export to ONNX and build the bundle (chunk_replace: each value's mean chunk)", flush=True)
+    family = served_family(args.family)
+    if family != "adde":
+        print(f"== export to ONNX and build the bundle ({family}: each value's mean chunk)", flush=True)
         table = value_table(result.model, catalog.schema, spec, train.catalog.codes[rows], train.pixels[rows])
+        arrays = {"value_table": table}
+        if family == "fsn":
+            arrays["attribute_weights"] = attribute_weights(result.model)
         bundle, parity = build_bundle(result.model, catalog.schema, spec, out / "bundle", val.pixels[:64],
-                                      {"training": result.best}, "chunk_replace", {"value_table": table})
+                                      {"training": result.best}, family, arrays)
+        if family == "fsn":  # the same model without the weighted global representation (the ablation)
+            derive_bundle(out / "bundle", out / "bundle-chunk-replace", "chunk_replace", {"value_table": table})
+            bundles.append(out / "bundle-chunk-replace")
     else:
         print("== export to ONNX and build the bundles (adde, and chunk_replace over the same model)", flush=True)
         bundle, parity = build_bundle(result.model, catalog.schema, spec, out / "bundle", val.pixels[:64],

@@ -1,7 +1,8 @@
 """Training: stage 1 (attribute learning), memory initialisation, stage 2 (manipulation).
 
-One loop for both architectures (export/models.py): ADDE runs all three; DAtRNet's memory is
-only the value means (its chunk_replace table), so it has no stage 2 (``stage2_epochs=0``).
+One loop for every architecture (export/models.py): ADDE runs all three; DAtRNet's and
+FashionSearchNet's memory is only the value means (their chunk_replace table), so they have no
+stage 2 (``stage2_epochs=0``); FashionSearchNet then fits its attribute weights (fsn_weights.py).
 
 Training length is a number of optimisation steps or a wall-clock budget, whichever ends
 first, with early stopping on the validation split: not epoch counts tuned to one catalog.
@@ -130,6 +131,13 @@ def train_adde(schema: AttributeSchema, spec: PreprocessSpec, train: ImageSet, v
     score = validate()
     _log(f"  memory initialised by averaging: val Top-30 {score:.3f}")
     result.history.append({"stage": "memory_init", "val_top30": score})
+    if model.config.architecture == "fsn":  # lambda of Eq. 6 by the global ranking loss (Eq. 7)
+        from .fsn_weights import fit_attribute_weights
+
+        uniform, fitted = fit_attribute_weights(model, schema, train_src.features(model, proto_rows),
+                                                train_codes[proto_rows], validate, _log, seed=config.seed)
+        score = max(uniform, fitted)
+        result.history.append({"stage": "attribute_weights", "val_top30_uniform": uniform, "val_top30_fitted": fitted})
     best_state, best_score = copy.deepcopy(model.state_dict()), score
     if config.stage2_epochs > 0:
         best_state, best_score = stage2(model, schema, train_feats, train_codes, validate, config, result,
@@ -179,8 +187,7 @@ def _stage1(model: ADDE, schema: AttributeSchema, train_src: TrainingFeatures, v
         r = torch.from_numpy(rows)
         ramp = min(1.0, step / max(1, min(len(sampler), plan["steps"] // 10)))  # batch-hard triplets ramp in
         loss = (config.w_cls * losses.classification(logits, codes_t[r], sizes, config.label_smoothing)
-                + ramp * config.w_attr_triplet * losses.attribute_triplets(emb, codes_t[r], model.config.dim,
-                                                                           config.margin)
+                + ramp * config.w_attr_triplet * model.attribute_ranking_loss(emb, codes_t[r], config.margin, gen)
                 + ramp * config.w_label_triplet * losses.batch_hard_triplet(emb, emb, combo[r], combo[r],
                                                                              config.margin, True))
         opt.zero_grad(set_to_none=True)

@@ -17,6 +17,7 @@ from .progress import progress_bar
 from .retriever import Retriever
 from .sources.images import iter_images
 from .sources.labels import read_value_map
+from .tasks.boxes import attribute_boxes, has_boxes
 from .tasks.ingest import REPORT_NAME
 
 log = logging.getLogger("fashsdk")
@@ -153,6 +154,10 @@ def cmd_search(args: argparse.Namespace) -> int:
         query_labels = retriever.schema.decode(index.get(args.query)[1]) if args.query in index else {}
         row = {"query": found.get(args.query, args.query), "query_labels": query_labels, "change": change,
                "results": [(found.get(r.id, b""), r.id, r.score, r.attributes) for r in results]}
+        if has_boxes(retriever.bundle):  # FashionSearchNet: where it looked for each attribute
+            from .eval.contact_sheet import boxed_thumb
+
+            row["query_thumb"] = boxed_thumb(*attribute_boxes(retriever.bundle, row["query"]))
         render_sheet([row], args.sheet)
         print(f"contact sheet written to {args.sheet}", file=sys.stderr)
     return 0

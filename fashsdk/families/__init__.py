@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 FAMILIES = {
     "adde": ".adde:Adde",
     "chunk_replace": ".chunk_replace:ChunkReplace",
+    "fsn": ".fsn:FashionSearchNetFamily",
 }
 
 

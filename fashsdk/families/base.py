@@ -7,7 +7,8 @@ attribute chunks sit side by side, plus logits; what differs is how a change suc
 
 - ``adde``: add the memory block's residual M (onehot(new) - onehot(old)) (ADDE-M);
 - ``chunk_replace``: replace the changed attributes' chunks by a stored representation of
-  the wanted value (DAtRNet, FashionSearchNet);
+  the wanted value (DAtRNet);
+- ``fsn``: chunk_replace, then the chunks weighted for the changed attribute (FashionSearchNet);
 - ``generator``: a second ONNX graph maps (feature, wanted-value code) to a new feature (FLAM).
 
 Each family has a one-query form (the SDK's hot path, a handful of numpy calls) and a

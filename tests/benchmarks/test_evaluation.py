@@ -92,8 +92,10 @@ def test_quality_rows_are_named_by_model_and_never_collide() -> None:
 
     from benchmarks.quality import row_names
 
-    def fake(path: str, family: str, architecture: str | None, block: str = "ase") -> SimpleNamespace:
-        model = {} if architecture is None else {"architecture": architecture, "config": {"block": block}}
+    def fake(path: str, family: str, architecture: str | None, block: str = "ase",
+             localize: bool = True) -> SimpleNamespace:
+        config = {"block": block, "fsn_localize": localize}
+        model = {} if architecture is None else {"architecture": architecture, "config": config}
         return SimpleNamespace(bundle=SimpleNamespace(manifest={"model": model}, directory=Path(path)),
                                family=SimpleNamespace(name=family))
 
@@ -101,8 +103,11 @@ def test_quality_rows_are_named_by_model_and_never_collide() -> None:
                       fake("runs/datrnet/bundle", "chunk_replace", "datrnet"),
                       fake("runs/datrnet-split5/bundle", "chunk_replace", "datrnet"),
                       fake("runs/datrnet-msf/bundle", "chunk_replace", "datrnet", "msf"),
-                      fake("a/x/bundle", "adde", "adde"), fake("b/x/bundle", "adde", "adde")])
+                      fake("a/x/bundle", "adde", "adde"), fake("b/x/bundle", "adde", "adde"),
+                      fake("runs/fsn/bundle", "fsn", "fsn"), fake("runs/fsn/bundle-cr", "chunk_replace", "fsn"),
+                      fake("runs/fsn-global/bundle", "fsn", "fsn", localize=False)])
     assert rows[:5] == ["adde (demo/bundle)", "chunk_replace", "datrnet (datrnet/bundle)",
                         "datrnet (datrnet-split5/bundle)", "datrnet-msf"]
-    assert rows[5:] == ["adde (x/bundle) #6", "adde (x/bundle) #7"]
+    assert rows[5:7] == ["adde (x/bundle) #6", "adde (x/bundle) #7"]
+    assert rows[7:] == ["fsn", "fsn-no-weights", "fsn-no-localize"]
     assert len(set(rows)) == len(rows)

@@ -130,3 +130,19 @@ def test_cli_similar_and_where(real_bundle_dir: Path, real_index_dir: Path, real
     done = subprocess.run(base + ["search", *common, "--where", "colour"], capture_output=True, text=True, cwd=ROOT,
                           timeout=120)
     assert done.returncode == 2 and "attribute=value" in done.stderr
+
+
+def test_boxes_are_refused_for_a_bundle_whose_model_does_not_localise() -> None:
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    import pytest
+
+    from fashsdk.errors import QueryError
+    from fashsdk.tasks.boxes import attribute_boxes, has_boxes
+
+    bundle = SimpleNamespace(manifest={"model": {"architecture": "adde", "outputs": ["embedding", "logits"]}},
+                             directory=Path("runs/demo/bundle"))
+    assert not has_boxes(bundle)
+    with pytest.raises(QueryError, match="no boxes output.*--family fsn"):
+        attribute_boxes(bundle, b"not read")
