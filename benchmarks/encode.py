@@ -51,7 +51,7 @@ LARGE_SIZE = (480, 640)  # width x height: the catalog's 3:4 portrait photos at 
 TARGETS = {"model_s_per_1000": 0.6, "e2e_large_s_per_1000": 1.9, "e2e_speedup_vs_eager": 5.0}
 
 
-OTHER_CONFIGS = ("compact", "datrnet")  # trained bundles measured beside the demo's, each from --NAME-bundle
+OTHER_CONFIGS = ("compact", "datrnet", "fsn")  # trained bundles measured beside the demo's, each from --NAME-bundle
 
 
 def log(message: str) -> None:
@@ -114,7 +114,7 @@ class TorchBackend:
             x = x.contiguous(memory_format=torch.channels_last)
         autocast = torch.autocast("cpu", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
         with torch.inference_mode(), autocast:
-            emb, logits = self.model(x)
+            emb, logits = self.model(x)[:2]  # FashionSearchNet adds its boxes
         return ModelOutputs(emb.float().numpy(), logits.float().numpy())
 
     def close(self) -> None:
@@ -664,6 +664,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                                                        "the 'compact' configuration")
     p.add_argument("--datrnet-bundle", type=Path, help="a DAtRNet bundle (python -m export demo --family datrnet), "
                                                        "measured as the 'datrnet' configuration")
+    p.add_argument("--fsn-bundle", type=Path, help="a FashionSearchNet bundle (python -m export demo --family fsn), "
+                                                   "measured as the 'fsn' configuration")
     p.add_argument("--paths", nargs="+", default=["torch_eager_fp32", "torch_bf16_cl", "ort_fp32", "ort_int8"])
     p.add_argument("--images", type=int, default=1000, help="catalog images for end to end (default 1000)")
     p.add_argument("--model-images", type=int, default=256, help="images for model-only timing (default 256)")

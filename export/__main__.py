@@ -46,7 +46,8 @@ def _add_train_args(parser: argparse.ArgumentParser) -> None:
                         help="normalise each attribute chunk (every attribute 1/A of the norm) instead of the whole vector")
     parser.add_argument("--lite-split", type=int, default=11,
                         help="efficientnet-lite0: blocks before this one stay frozen (0-16, default 11); datrnet: "
-                             "the frozen trunk whose activations feed the attribute networks (1-6, default 3)")
+                             "the frozen trunk whose activations feed the attribute networks (1-6, default 3); "
+                             "fsn: blocks from this one to block 10 are fine-tuned (1-11, default 8)")
     parser.add_argument("--dim", type=int, default=64, help="embedding dimensions per attribute (paper: 340)")
     parser.add_argument("--width", type=int, default=24,
                         help="compact backbone base width; datrnet: the stem's channels (ASE modules 2x, 4x, 8x)")

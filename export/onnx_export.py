@@ -114,11 +114,11 @@ def build_bundle(model: ADDE, schema: AttributeSchema, spec: PreprocessSpec, dir
     return bundle, parity
 
 
-def derive_bundle(source: str | Path, directory: str | Path, family: str,
-                  family_arrays: dict[str, np.ndarray]) -> Bundle:
+def derive_bundle(source: str | Path, directory: str | Path, family: str, family_arrays: dict[str, np.ndarray],
+                  family_models: dict[str, Path] | None = None) -> Bundle:
     """A bundle of another family over the same exported model (same embedding space, so
     the two share an index): the model file is copied, not exported again."""
     base = Bundle.load(source)
     info = {**base.manifest["model"], "derived_from": base.sha256()}
     return write_bundle(directory, base.path_of("model.onnx"), base.schema, base.preprocess, base.layout, info,
-                        family, family_arrays)
+                        family, family_arrays, family_models)

@@ -277,10 +277,12 @@ def write_bundle(
     model_info: Mapping[str, Any],
     family: str,
     family_arrays: Mapping[str, np.ndarray],
+    family_models: Mapping[str, str | Path] | None = None,
 ) -> Bundle:
     """Write a bundle: files first, the manifest (with their checksums) last and atomically.
 
-    ``family_arrays`` maps each of the family's file roles to its array, saved as ROLE.npy.
+    ``family_arrays`` maps each of the family's file roles to its array, saved as ROLE.npy;
+    ``family_models`` each of its ONNX graphs (e.g. FLAM's manipulator), copied as ROLE.onnx.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -290,6 +292,10 @@ def write_bundle(
     family_files = {role: f"{role}.npy" for role in family_arrays}
     for role, array in family_arrays.items():
         atomic_save_npy(directory / family_files[role], np.asarray(array, dtype=np.float32))
+    for role, source in (family_models or {}).items():
+        family_files[role] = f"{role}.onnx"
+        if Path(source).resolve() != (directory / family_files[role]).resolve():
+            atomic_copy(source, directory / family_files[role])
     dim = sum(int(stop) - int(start) for start, stop in layout.values())
     manifest = {
         "format": FORMAT,

@@ -20,6 +20,7 @@ FAMILIES = {
     "adde": ".adde:Adde",
     "chunk_replace": ".chunk_replace:ChunkReplace",
     "fsn": ".fsn:FashionSearchNetFamily",
+    "generator": ".generator:Generator",
 }
 
 
