@@ -16,8 +16,9 @@ from .catalog_args import add_catalog_args
 # triplet, no stage 2: its queries swap in value means), the ASE networks' base width and trunk split
 DATRNET_DEFAULTS = {"lite_split": 3, "width": 16, "w_attr_triplet": 1.0, "w_label_triplet": 0.0, "stage2_epochs": 0,
                     "trunk_variants": 2}
-# FashionSearchNet: Lite0 fine-tuned from block 8 to its stride-16 map, classification + soft triplets
-FSN_DEFAULTS = {"lite_split": 8, "w_attr_triplet": 1.0, "w_label_triplet": 0.0, "stage2_epochs": 0, "trunk_variants": 2}
+# FashionSearchNet: frozen Lite0 to its stride-16 map (blocks 0-10), conv6/conv7 and the rest trained;
+# classification + soft triplets
+FSN_DEFAULTS = {"lite_split": 11, "w_attr_triplet": 1.0, "w_label_triplet": 0.0, "stage2_epochs": 0, "trunk_variants": 2}
 FAMILY_DEFAULTS = {"datrnet": DATRNET_DEFAULTS, "fsn": FSN_DEFAULTS}
 
 
@@ -47,7 +48,7 @@ def _add_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lite-split", type=int, default=11,
                         help="efficientnet-lite0: blocks before this one stay frozen (0-16, default 11); datrnet: "
                              "the frozen trunk whose activations feed the attribute networks (1-6, default 3); "
-                             "fsn: blocks from this one to block 10 are fine-tuned (1-11, default 8)")
+                             "fsn: blocks from this one to block 10 are fine-tuned (1-11; default 11: none, conv6/conv7 on)")
     parser.add_argument("--dim", type=int, default=64, help="embedding dimensions per attribute (paper: 340)")
     parser.add_argument("--width", type=int, default=24,
                         help="compact backbone base width; datrnet: the stem's channels (ASE modules 2x, 4x, 8x)")

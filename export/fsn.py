@@ -61,7 +61,7 @@ class FsnBackbone(nn.Module):
         super().__init__()
         if not 1 <= config.lite_split <= MAP_BLOCKS:
             raise ValueError(f"FashionSearchNet fine-tunes Lite0 blocks from --lite-split up to block {MAP_BLOCKS - 1}; "
-                             f"got --lite-split {config.lite_split}: use 1-{MAP_BLOCKS} (default 8)")
+                             f"got --lite-split {config.lite_split}: use 1-{MAP_BLOCKS} (default {MAP_BLOCKS})")
         lite = LiteBackbone(config.lite_split, config.pretrained)
         blocks = list(lite.top.children())[:MAP_BLOCKS - config.lite_split]
         self.trunk = lite.trunk.eval()

@@ -185,7 +185,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def test_training_fits_the_weights_and_exports_the_fsn_family_with_parity_on_boxes(exported: dict) -> None:
     config = json.loads((exported["tmp"] / "ckpt" / "config.json").read_text())
-    assert config["model"]["architecture"] == "fsn" and config["model"]["lite_split"] == 8
+    assert config["model"]["architecture"] == "fsn" and config["model"]["lite_split"] == 11
     assert config["train"]["stage2_epochs"] == 0
     assert any(h["stage"] == "attribute_weights" for h in config["history"])
     assert "attribute weights (Eq. 7)" in exported["train_log"]
