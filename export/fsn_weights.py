@@ -7,9 +7,12 @@ d^2 = sum_b lambda_{b,a*}^2 |q_b - g_b|^2, and the soft triplet d+ = sigmoid(d(q
 minimised with p a training item carrying the target combination (the paper's rule) and n an item
 without it. The paper draws n at random; here n is drawn from the 50 nearest unweighted neighbours
 that lack the target, the items the weights must push down for Top-k to change (random negatives
-are already far and teach the weights nothing). Each column of lambda^2 is a softmax times A, so it
-averages 1: its scale does not change a ranking and cannot shrink the loss. The caller keeps the
-fitted weights only if validation Top-30 improves (``fit_attribute_weights`` returns both scores).
+are already far and teach the weights nothing). Each column of lambda^2 averages 1 (its scale does
+not change a ranking and cannot shrink the loss) and no weight falls below ``FLOOR``: unbounded,
+the fit put all the weight on articleType for every change (a small validation gallery rewards
+"same garment, any colour"), which lost 2 points of test Top-30 and 12 on colour changes
+(benchmarks/results/fsn-demo-free-weights). The caller keeps the fitted weights only if validation
+Top-30 improves (``fit_attribute_weights`` returns both scores).
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from fashsdk.schema import AttributeSchema
 from .models import ADDE
 
 NEIGHBOURS = 50
+FLOOR = 0.5  # the least weight lambda^2 a chunk keeps: every attribute still counts
 
 
 def _triplets(embedding: np.ndarray, codes: np.ndarray, manipulated: np.ndarray, targets: np.ndarray,
@@ -48,8 +52,14 @@ def chunk_squared_distances(a: np.ndarray, b: np.ndarray, layout: list[tuple[int
     return np.stack([((a[:, s:e] - b[:, s:e]) ** 2).sum(1) for s, e in layout], axis=1)
 
 
+def squared_weights(theta: torch.Tensor, floor: float = FLOOR) -> torch.Tensor:
+    """(A, A) lambda^2: per column, ``floor`` plus a softmax share of the rest, averaging 1."""
+    count = theta.shape[0]
+    return floor + count * (1 - floor) * torch.softmax(theta, dim=0)
+
+
 def fit_weights(pos: np.ndarray, neg: np.ndarray, changed: np.ndarray, count: int, steps: int = 400,
-                lr: float = 0.05, seed: int = 0) -> np.ndarray:
+                lr: float = 0.05, seed: int = 0, floor: float = FLOOR) -> np.ndarray:
     """(A, A) lambda from per-chunk squared distances to positives and negatives (N, A) and the
     changed attribute of each triplet (N,): minimises the mean soft triplet of Eq. 7."""
     torch.manual_seed(seed)
@@ -58,7 +68,7 @@ def fit_weights(pos: np.ndarray, neg: np.ndarray, changed: np.ndarray, count: in
     col = torch.from_numpy(changed.astype(np.int64))
     opt = torch.optim.Adam([theta], lr=lr)
     for _ in range(steps):
-        w = count * torch.softmax(theta, dim=0)[:, col].T  # (N, A): lambda^2 of each triplet's change
+        w = squared_weights(theta, floor)[:, col].T  # (N, A): lambda^2 of each triplet's change
         d_pos = (pos_t * w).sum(1).clamp_min(1e-12).sqrt()
         d_neg = (neg_t * w).sum(1).clamp_min(1e-12).sqrt()
         loss = torch.sigmoid(d_pos - d_neg).mean()
@@ -66,7 +76,7 @@ def fit_weights(pos: np.ndarray, neg: np.ndarray, changed: np.ndarray, count: in
         loss.backward()
         opt.step()
     with torch.no_grad():
-        return (count * torch.softmax(theta, dim=0)).sqrt().numpy()
+        return squared_weights(theta, floor).sqrt().numpy()
 
 
 @torch.no_grad()
