@@ -109,6 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("outfit-head", help="train the outfit head on a bundle's embeddings; write a bundle with it")
     add_head_arguments(p)
 
+    from .flam_command import add_arguments as add_flam_arguments
+
+    p = sub.add_parser("flam", help="FLAM: retrieval features, embedders and manipulator, the two-graph bundle, "
+                                    "the test split's index and quality report")
+    add_flam_arguments(p)
+
     args = parser.parse_args(argv)
     if args.command == "outfits":
         return _outfits(parser, args)
@@ -119,6 +125,14 @@ def main(argv: list[str] | None = None) -> int:
             return run_head(args)
         except (ValueError, OSError) as exc:
             print(f"export outfit-head: error: {exc}", file=sys.stderr)
+            return 2
+    if args.command == "flam":
+        from .flam_command import cmd_flam
+
+        try:
+            return cmd_flam(args)
+        except ValueError as exc:
+            print(f"export flam: error: {exc}", file=sys.stderr)
             return 2
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)

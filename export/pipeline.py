@@ -148,6 +148,45 @@ def _examples(retriever: Retriever, encoded: dict[str, bytes], path: Path, seed:
     return printed
 
 
+def index_test_split(out: Path, catalog: Any, images: list[str],
+                     timings: dict[str, float]) -> tuple[Retriever, dict[str, bytes], float]:
+    """OUT/bundle's index of the test split (OUT/index) through the SDK itself; (retriever, the
+    test images' bytes, ms per image end to end)."""
+    print("== index the test split with fashsdk.Retriever (ONNX Runtime + hnswlib)", flush=True)
+    test = catalog.split("test")
+    t = time.perf_counter()
+    encoded = load_images(images, test.ids)
+    timings["read_test_images_s"] = time.perf_counter() - t
+    retriever = Retriever(out / "bundle")
+    labels = {i: catalog.schema.decode(c) for i, c in zip(test.ids, test.codes)}
+    bar, update = progress_bar(len(test), "index test split")
+    t = time.perf_counter()
+    retriever.add(((i, encoded[i]) for i in test.ids), labels, progress=update)
+    bar.close()
+    encode_s = time.perf_counter() - t
+    if retriever.bundle.manifest["model"].get("attribute_subspaces", True):
+        retriever.index.prepare_similar(range(len(catalog.schema.attributes)))  # type: ignore[union-attr]
+    retriever.save_index(out / "index")
+    encode_ms = 1000 * encode_s / len(test)
+    print(f"   {len(test)} images in {encode_s:.1f} s: {encode_ms:.2f} ms per image end to end "
+          f"(JPEG bytes -> vectors in the index), backend {retriever.backend_name}")
+    return retriever, encoded, encode_ms
+
+
+def evaluate_bundles(out: Path, bundles: list[Path], args: argparse.Namespace, images: list[str],
+                     timings: dict[str, float]) -> dict[str, Any]:
+    """python -m benchmarks.quality over ``bundles`` and OUT/index; its report (OUT/quality.json)."""
+    print("== evaluate: the papers' protocol with baselines (python -m benchmarks.quality)", flush=True)
+    t = time.perf_counter()
+    command = [sys.executable, "-m", "benchmarks.quality", *[a for b in bundles for a in ("--bundle", str(b.resolve()))],
+               "--index", str(out.resolve() / "index"),
+               "--json", str(out.resolve() / "quality.json"), "--labels", str(Path(data_paths(args)[0]).resolve()),
+               "--images", *[str(Path(i).resolve()) for i in images], "--seed", str(args.seed)]
+    subprocess.run(command, cwd=REPO_ROOT, check=True)
+    timings["evaluate_s"] = time.perf_counter() - t
+    return json.loads((out / "quality.json").read_text())
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     t_all = time.perf_counter()
     out: Path = args.out
@@ -183,33 +222,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     timings["export_s"] = time.perf_counter() - t
     print(f"   parity on 64 real images: max |diff| {parity.max_abs_diff:.1e}, min cosine {parity.min_cosine:.7f}")
 
-    print("== index the test split with fashsdk.Retriever (ONNX Runtime + hnswlib)", flush=True)
-    test = catalog.split("test")
-    t = time.perf_counter()
-    encoded = load_images(images, test.ids)
-    timings["read_test_images_s"] = time.perf_counter() - t
-    retriever = Retriever(out / "bundle")
-    labels = {i: catalog.schema.decode(c) for i, c in zip(test.ids, test.codes)}
-    bar, update = progress_bar(len(test), "index test split")
-    t = time.perf_counter()
-    retriever.add(((i, encoded[i]) for i in test.ids), labels, progress=update)
-    bar.close()
-    encode_s = time.perf_counter() - t
-    retriever.index.prepare_similar(range(len(catalog.schema.attributes)))  # type: ignore[union-attr]
-    retriever.save_index(out / "index")
-    encode_ms = 1000 * encode_s / len(test)
-    print(f"   {len(test)} images in {encode_s:.1f} s: {encode_ms:.2f} ms per image end to end "
-          f"(JPEG bytes -> vectors in the index), backend {retriever.backend_name}")
-
-    print("== evaluate: the papers' protocol with baselines (python -m benchmarks.quality)", flush=True)
-    t = time.perf_counter()
-    command = [sys.executable, "-m", "benchmarks.quality", *[a for b in bundles for a in ("--bundle", str(b.resolve()))],
-               "--index", str(out.resolve() / "index"),
-               "--json", str(out.resolve() / "quality.json"), "--labels", str(Path(data_paths(args)[0]).resolve()),
-               "--images", *[str(Path(i).resolve()) for i in images], "--seed", str(args.seed)]
-    subprocess.run(command, cwd=REPO_ROOT, check=True)
-    quality = json.loads((out / "quality.json").read_text())
-    timings["evaluate_s"] = time.perf_counter() - t
+    retriever, encoded, encode_ms = index_test_split(out, catalog, images, timings)
+    quality = evaluate_bundles(out, bundles, args, images, timings)
     top = {int(k): v for k, v in quality["top_k"][quality["rows"][0]].items()}
 
     rng = np.random.default_rng(0)
@@ -241,7 +255,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "top_k": quality["top_k"], "top_k_hnsw": quality["top_k_hnsw"], "quality_report": str(out / "quality.md"),
         "queries": quality["queries"], "valid_queries": quality["valid_queries"],
         "encode_ms_per_image": round(encode_ms, 3), "search_ms_per_query": search_ms,
-        "gallery_items": len(test), "examples": examples, "total_s": round(total, 1), "outfit_head": outfit,
+        "gallery_items": len(encoded), "examples": examples, "total_s": round(total, 1), "outfit_head": outfit,
     }
     atomic_write_json(out / "report.json", report)
     print(f"== done in {total / 60:.1f} min: Top-10 {top[10]:.3f}, Top-30 {top[30]:.3f}; "

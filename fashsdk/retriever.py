@@ -281,6 +281,10 @@ class Retriever:
         """Items similar to ``query`` with respect to ``attribute`` only (e.g. the same colour,
         whatever the garment): nearest neighbours in that attribute's subspace."""
         self.limits.check(k=k, where=where)
+        if not self.bundle.manifest["model"].get("attribute_subspaces", True):
+            raise QueryError(f"this bundle's model ({self.bundle.manifest['model'].get('architecture')}) searches one "
+                             "retrieval feature without per-attribute subspaces, so similar() has nothing to compare "
+                             "on one attribute; use a bundle of the adde, chunk_replace or fsn family")
         return similar(self._require_index(), self.schema, self.encode, query, attribute, k, where, exact,
                        include_query)
 

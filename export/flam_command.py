@@ -1,0 +1,89 @@
+"""``python -m export flam``: FLAM end to end: retrieval features, both training stages, the
+two-graph bundle (OUT/bundle), the test split's index (OUT/index) and the quality report."""
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fashsdk.files import atomic_write_json
+from fashsdk.sources.preprocess import PreprocessSpec
+from fashsdk.system import machine
+
+from .backbones import LITE_MEAN, LITE_STD
+from .catalog_args import add_catalog_args, load_catalog_from_args
+from .data import decode_catalog
+from .features import TrunkFeatures
+from .flam_bundle import FlamEncoder, build_flam_bundle, fit_whitening, retrieval_network, whiten
+from .flam_train import FlamConfig, train_flam
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_catalog_args(parser)
+    parser.add_argument("--out", type=Path, default=Path("runs/flam"))
+    parser.add_argument("--dim", type=int, default=256, help="retrieval feature size after PCA whitening")
+    parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=(128, 96))
+    parser.add_argument("--cache", type=Path, default=Path("runs/cache"), help="decoded-pixel cache folder")
+    parser.add_argument("--no-evaluate", dest="evaluate", action="store_false",
+                        help="stop after the bundle (no index of the test split, no quality report)")
+    for f in fields(FlamConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type == "bool":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=f"default {f.default}")
+            continue
+        kind = float if f.type in ("float", "float | None") else int
+        parser.add_argument(flag, type=kind, default=f.default, help=f"default {f.default}")
+
+
+def features_of(network: torch.nn.Module, pixels: np.ndarray, catalog: object, spec: PreprocessSpec,
+                desc: str) -> np.ndarray:
+    """(N, 1280) pooled Lite0 features of decoded pixels (ONNX Runtime, all cores)."""
+    from .data import ImageSet
+
+    acts = TrunkFeatures.build(network, ImageSet(catalog, pixels), spec, 1, desc=desc).activations  # type: ignore[arg-type]
+    return acts[:, 0].float().numpy()
+
+
+def cmd_flam(args: argparse.Namespace) -> int:
+    from .pipeline import evaluate_bundles, index_test_split
+
+    started = time.perf_counter()
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    catalog, images = load_catalog_from_args(args)
+    spec = PreprocessSpec(height=args.input_size[0], width=args.input_size[1], mean=LITE_MEAN, std=LITE_STD)
+    train = catalog.split("train")
+    decoded = decode_catalog(train, images, spec, cache_dir=args.cache)
+    network = retrieval_network()
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    raw = features_of(network, decoded.pixels, train, spec, "retrieval features, train")
+    mean, projection = fit_whitening(raw, args.dim)
+    features = whiten(raw, mean, projection)
+    timings["features_s"] = time.perf_counter() - t
+    config = FlamConfig(**{f.name: getattr(args, f.name) for f in fields(FlamConfig)})
+    t = time.perf_counter()
+    models = train_flam(features, train.codes, catalog.schema.sizes, config)
+    timings["train_s"] = time.perf_counter() - t
+    encoder = FlamEncoder(network, mean, projection, models.embedders)
+    print("== export both graphs and build the bundle (generator family)", flush=True)
+    bundle, checks = build_flam_bundle(encoder, models.generator, catalog.schema, spec, out / "bundle",
+                                       decoded.pixels[:64], features[:64], {"flam": asdict(config)})
+    print(f"   parity: model {checks['parity']['max_abs_diff']:.1e}, manipulator {checks['manipulator_max_abs_diff']:.1e}")
+    report = {"machine": machine(), "bundle": str(out / "bundle"), "bundle_sha256": bundle.sha256(),
+              "config": asdict(config), "checks": checks, "history": models.history}
+    if args.evaluate:
+        args.seed = config.seed
+        _, _, encode_ms = index_test_split(out, catalog, images, timings)
+        quality = evaluate_bundles(out, [out / "bundle"], args, images, timings)
+        report.update({"top_k": quality["top_k"], "encode_ms_per_image": round(encode_ms, 3)})
+    report.update({"timings_s": {k: round(v, 1) for k, v in timings.items()},
+                   "total_s": round(time.perf_counter() - started, 1)})
+    atomic_write_json(out / "report.json", report)
+    print(f"== FLAM done in {report['total_s'] / 60:.1f} min: {out}/bundle" + (f", {out}/index, {out}/quality.md"
+                                                                           if args.evaluate else ""), flush=True)
+    return 0
