@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 import torch
 
-from .catalog_args import add_catalog_args
+from .catalog_args import add_catalog_args, add_config_arguments
 
 
 # what --family datrnet changes in the defaults: the paper's per-attribute triplets (no combination
@@ -18,7 +17,8 @@ DATRNET_DEFAULTS = {"lite_split": 3, "width": 16, "w_attr_triplet": 1.0, "w_labe
                     "trunk_variants": 2}
 # FashionSearchNet: frozen Lite0 to its stride-16 map (blocks 0-10), conv6/conv7 and the rest trained;
 # classification + soft triplets
-FSN_DEFAULTS = {"lite_split": 11, "w_attr_triplet": 1.0, "w_label_triplet": 0.0, "stage2_epochs": 0, "trunk_variants": 2}
+FSN_DEFAULTS = {"lite_split": 11, "w_attr_triplet": 1.0, "w_label_triplet": 0.0, "stage2_epochs": 0,
+                "trunk_variants": 2}
 FAMILY_DEFAULTS = {"datrnet": DATRNET_DEFAULTS, "fsn": FSN_DEFAULTS}
 
 
@@ -48,7 +48,8 @@ def _add_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lite-split", type=int, default=11,
                         help="efficientnet-lite0: blocks before this one stay frozen (0-16, default 11); datrnet: "
                              "the frozen trunk whose activations feed the attribute networks (1-6, default 3); "
-                             "fsn: blocks from this one to block 10 are fine-tuned (1-11; default 11: none, conv6/conv7 on)")
+                             "fsn: blocks from this one to block 10 are fine-tuned (1-11; default 11: none, "
+                             "only conv6/conv7 on)")
     parser.add_argument("--dim", type=int, default=64, help="embedding dimensions per attribute (paper: 340)")
     parser.add_argument("--width", type=int, default=24,
                         help="compact backbone base width; datrnet: the stem's channels (ASE modules 2x, 4x, 8x)")
@@ -57,13 +58,7 @@ def _add_train_args(parser: argparse.ArgumentParser) -> None:
                              "224 224 otherwise)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--cache", type=Path, default=Path("runs/cache"), help="decoded-pixel cache folder")
-    for f in fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type == "bool":
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=f"default {f.default}")
-            continue
-        kind = float if f.type in ("float", "float | None") else int
-        parser.add_argument(flag, type=kind, default=f.default, help=f"default {f.default}")
+    add_config_arguments(parser, TrainConfig)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -72,3 +72,16 @@ def _hash_splits(labels: Path, id_column: str, split_column: str) -> dict[str, s
 def _cells(labels: Path, id_column: str, attributes: list[str]) -> list[list[str]]:
     _, rows = read_rows(labels, id_column)
     return [[(row.get(a) or "") for a in attributes] for row in rows]
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, config: type) -> None:
+    """One --flag per field of a config dataclass, typed by its annotation, defaulting to its default."""
+    from dataclasses import fields
+
+    for f in fields(config):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type == "bool":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=f"default {f.default}")
+            continue
+        kind = float if f.type in ("float", "float | None") else int
+        parser.add_argument(flag, type=kind, default=f.default, help=f"default {f.default}")

@@ -73,7 +73,8 @@ class Discriminator(nn.Module):
     def __init__(self, dim: int, attributes: int, k: int = K) -> None:
         super().__init__()
         self.attributes, self.k = attributes, k
-        self.body = nn.Sequential(nn.Linear(dim, HIDDEN), nn.LeakyReLU(0.2), nn.Linear(HIDDEN, HIDDEN), nn.LeakyReLU(0.2))
+        self.body = nn.Sequential(nn.Linear(dim, HIDDEN), nn.LeakyReLU(0.2), nn.Linear(HIDDEN, HIDDEN),
+                                  nn.LeakyReLU(0.2))
         self.real = nn.Linear(HIDDEN, 1)
         self.match = nn.Linear(HIDDEN, attributes * k)
 

@@ -15,7 +15,7 @@ from fashsdk.sources.preprocess import PreprocessSpec
 from fashsdk.system import machine
 
 from .backbones import LITE_MEAN, LITE_STD
-from .catalog_args import add_catalog_args, load_catalog_from_args
+from .catalog_args import add_catalog_args, add_config_arguments, load_catalog_from_args
 from .data import decode_catalog
 from .features import TrunkFeatures
 from .flam_bundle import FlamEncoder, build_flam_bundle, fit_whitening, retrieval_network, whiten
@@ -30,13 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache", type=Path, default=Path("runs/cache"), help="decoded-pixel cache folder")
     parser.add_argument("--no-evaluate", dest="evaluate", action="store_false",
                         help="stop after the bundle (no index of the test split, no quality report)")
-    for f in fields(FlamConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type == "bool":
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=f"default {f.default}")
-            continue
-        kind = float if f.type in ("float", "float | None") else int
-        parser.add_argument(flag, type=kind, default=f.default, help=f"default {f.default}")
+    add_config_arguments(parser, FlamConfig)
 
 
 def features_of(network: torch.nn.Module, pixels: np.ndarray, catalog: object, spec: PreprocessSpec,
@@ -44,7 +38,8 @@ def features_of(network: torch.nn.Module, pixels: np.ndarray, catalog: object, s
     """(N, 1280) pooled Lite0 features of decoded pixels (ONNX Runtime, all cores)."""
     from .data import ImageSet
 
-    acts = TrunkFeatures.build(network, ImageSet(catalog, pixels), spec, 1, desc=desc).activations  # type: ignore[arg-type]
+    images = ImageSet(catalog, pixels)  # type: ignore[arg-type]
+    acts = TrunkFeatures.build(network, images, spec, 1, desc=desc).activations
     return acts[:, 0].float().numpy()
 
 
@@ -73,7 +68,8 @@ def cmd_flam(args: argparse.Namespace) -> int:
     print("== export both graphs and build the bundle (generator family)", flush=True)
     bundle, checks = build_flam_bundle(encoder, models.generator, catalog.schema, spec, out / "bundle",
                                        decoded.pixels[:64], features[:64], {"flam": asdict(config)})
-    print(f"   parity: model {checks['parity']['max_abs_diff']:.1e}, manipulator {checks['manipulator_max_abs_diff']:.1e}")
+    print(f"   parity: model {checks['parity']['max_abs_diff']:.1e}, "
+          f"manipulator {checks['manipulator_max_abs_diff']:.1e}")
     report = {"machine": machine(), "bundle": str(out / "bundle"), "bundle_sha256": bundle.sha256(),
               "config": asdict(config), "checks": checks, "history": models.history}
     if args.evaluate:

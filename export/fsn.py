@@ -60,7 +60,8 @@ class FsnBackbone(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         if not 1 <= config.lite_split <= MAP_BLOCKS:
-            raise ValueError(f"FashionSearchNet fine-tunes Lite0 blocks from --lite-split up to block {MAP_BLOCKS - 1}; "
+            raise ValueError(f"FashionSearchNet fine-tunes Lite0 blocks from --lite-split up to block "
+                             f"{MAP_BLOCKS - 1}; "
                              f"got --lite-split {config.lite_split}: use 1-{MAP_BLOCKS} (default {MAP_BLOCKS})")
         lite = LiteBackbone(config.lite_split, config.pretrained)
         blocks = list(lite.top.children())[:MAP_BLOCKS - config.lite_split]
@@ -153,7 +154,8 @@ class FashionSearchNet(ADDE):
         logits, _, chunks = self.localized(features)
         return self.embedding_of(chunks), logits, chunks
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # type: ignore[override]
+    def forward(self, images: torch.Tensor  # type: ignore[override]
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         maps = self.backbone(images)
         logits, boxes, chunks = self.localized(maps)
         scale = boxes.new_tensor([images.shape[3] / maps.shape[3], images.shape[2] / maps.shape[2]]).repeat(2)

@@ -17,8 +17,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("efficientnet_lite_pytorch")
 
 from int8_check import assert_int8_engine_serves  # noqa: E402
+from family_run import indexed, train_and_export  # noqa: E402
 from manipulation import wanted_value_counts  # noqa: E402
-from realdata import real_subset  # noqa: E402
 
 from export.datrnet import ASEModule, AxialAttention, DAtRNet, ResidualBlock  # noqa: E402
 from export.models import ModelConfig, build_model  # noqa: E402
@@ -109,22 +109,7 @@ def test_queries_swap_in_the_wanted_values_mean_chunk() -> None:
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A DAtRNet trained for 40 s on 600 real photos with the documented command, then exported."""
-    tmp = tmp_path_factory.mktemp("datrnet")
-    folder, labels = real_subset(tmp, 600)
-    common = ["--labels", str(labels), "--images", str(folder), "--attributes", "masterCategory", "gender",
-              "--min-count", "15"]
-    train = subprocess.run([sys.executable, "-m", "export", "train", "--family", "datrnet", *common,
-                            "--input-size", "64", "48", "--width", "8", "--dim", "16", "--batch-p", "8",
-                            "--batch-k", "4", "--batch-random", "16", "--val-queries", "300",
-                            "--stage1-time-budget-s", "40", "--cache", str(tmp / "cache"), "--out", str(tmp / "ckpt")],
-                           capture_output=True, text=True, cwd=ROOT, timeout=600)
-    assert train.returncode == 0, train.stdout[-2000:] + train.stderr[-2000:]
-    onnx = subprocess.run([sys.executable, "-m", "export", "onnx", "--checkpoint", str(tmp / "ckpt"), *common,
-                           "--reference-per-value", "40", "--parity-images", "32", "--out", str(tmp / "bundle")],
-                          capture_output=True, text=True, cwd=ROOT, timeout=600)
-    assert onnx.returncode == 0, onnx.stderr[-3000:]
-    return {"tmp": tmp, "folder": folder, "labels": labels, "train_log": train.stdout,
-            "onnx": json.loads(onnx.stdout.strip().splitlines()[-1])}
+    return train_and_export(tmp_path_factory.mktemp("datrnet"), "datrnet", ["--width", "8"])
 
 
 def test_training_uses_the_datrnet_defaults_and_exports_chunk_replace_with_parity(exported: dict) -> None:
@@ -150,15 +135,7 @@ def test_an_adde_family_export_of_a_datrnet_checkpoint_is_refused(exported: dict
 
 
 def test_served_manipulation_finds_the_wanted_value_more_often_than_no_change(exported: dict) -> None:
-    from fashsdk import Retriever
-    from fashsdk.sources.catalog import read_catalog
-    from fashsdk.sources.images import iter_images
-
-    retriever = Retriever(exported["tmp"] / "bundle")
-    schema = retriever.schema
-    catalog, _ = read_catalog(exported["labels"], schema.names, schema=schema)
-    labels = {i: schema.decode(c) for i, c in zip(catalog.ids, catalog.codes)}
-    retriever.add(iter_images(exported["folder"], catalog.ids), labels)
+    retriever, catalog = indexed(exported)
     with_change, without, trials = wanted_value_counts(retriever, catalog.ids, catalog.codes, 80, 5)
     assert trials >= 40
     assert with_change > 1.5 * without + trials, (with_change, without, trials)

@@ -16,8 +16,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("efficientnet_lite_pytorch")
 
+from family_run import indexed, train_and_export  # noqa: E402
 from manipulation import wanted_value_counts  # noqa: E402
-from realdata import real_subset  # noqa: E402
 
 from export.fsn import FashionSearchNet, activation_boxes, roi_align  # noqa: E402
 from export.fsn_weights import FLOOR, fit_weights  # noqa: E402
@@ -165,22 +165,7 @@ def test_searching_with_the_weighted_query_ranks_as_the_papers_weighted_distance
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A FashionSearchNet trained for 40 s on 600 real photos with the documented command, then exported."""
-    tmp = tmp_path_factory.mktemp("fsn")
-    folder, labels = real_subset(tmp, 600)
-    common = ["--labels", str(labels), "--images", str(folder), "--attributes", "masterCategory", "gender",
-              "--min-count", "15"]
-    train = subprocess.run([sys.executable, "-m", "export", "train", "--family", "fsn", *common,
-                            "--input-size", "64", "48", "--dim", "16", "--batch-p", "8",
-                            "--batch-k", "4", "--batch-random", "16", "--val-queries", "300",
-                            "--stage1-time-budget-s", "40", "--cache", str(tmp / "cache"), "--out", str(tmp / "ckpt")],
-                           capture_output=True, text=True, cwd=ROOT, timeout=600)
-    assert train.returncode == 0, train.stdout[-2000:] + train.stderr[-2000:]
-    onnx = subprocess.run([sys.executable, "-m", "export", "onnx", "--checkpoint", str(tmp / "ckpt"), *common,
-                           "--reference-per-value", "40", "--parity-images", "32", "--out", str(tmp / "bundle")],
-                          capture_output=True, text=True, cwd=ROOT, timeout=600)
-    assert onnx.returncode == 0, onnx.stderr[-3000:]
-    return {"tmp": tmp, "folder": folder, "labels": labels, "train_log": train.stdout,
-            "onnx": json.loads(onnx.stdout.strip().splitlines()[-1])}
+    return train_and_export(tmp_path_factory.mktemp("fsn"), "fsn", [])
 
 
 def test_training_fits_the_weights_and_exports_the_fsn_family_with_parity_on_boxes(exported: dict) -> None:
@@ -216,16 +201,8 @@ def test_the_exported_graph_gives_boxes_inside_each_real_photo(exported: dict) -
 
 
 def test_served_manipulation_finds_the_wanted_value_more_often_than_no_change(exported: dict) -> None:
-    from fashsdk import Retriever
-    from fashsdk.sources.catalog import read_catalog
-    from fashsdk.sources.images import iter_images
-
-    retriever = Retriever(exported["tmp"] / "bundle")
+    retriever, catalog = indexed(exported)
     assert retriever.bundle.family_name == "fsn"
-    schema = retriever.schema
-    catalog, _ = read_catalog(exported["labels"], schema.names, schema=schema)
-    labels = {i: schema.decode(c) for i, c in zip(catalog.ids, catalog.codes)}
-    retriever.add(iter_images(exported["folder"], catalog.ids), labels)
     with_change, without, trials = wanted_value_counts(retriever, catalog.ids, catalog.codes, 80, 5)
     assert trials >= 40
     assert with_change > 1.5 * without + trials, (with_change, without, trials)
