@@ -111,3 +111,22 @@ def test_quality_rows_are_named_by_model_and_never_collide() -> None:
     assert rows[5:7] == ["adde (x/bundle) #6", "adde (x/bundle) #7"]
     assert rows[7:] == ["fsn", "fsn-no-weights", "fsn-no-localize"]
     assert len(set(rows)) == len(rows)
+
+
+def test_chunk_leakage_finds_which_chunk_carries_which_attribute() -> None:
+    """Chunk 0 holds attribute 0's value (and nothing of attribute 1); chunk 1 is noise."""
+    from types import SimpleNamespace
+
+    from benchmarks.chunk_leakage import leakage
+    from fashsdk.schema import AttributeSchema
+
+    rng = np.random.default_rng(0)
+    schema = AttributeSchema.from_dict({"colour": ["a", "b", "c"], "kind": ["x", "y"]})
+    codes = np.stack([rng.integers(0, 3, 600), rng.integers(0, 2, 600)], axis=1)
+    centres = np.eye(3, 4) * 5
+    vectors = np.concatenate([centres[codes[:, 0]] + rng.normal(size=(600, 4)), rng.normal(size=(600, 4))], axis=1)
+    fake = SimpleNamespace(index=SimpleNamespace(vectors_and_codes=lambda: ([], vectors.astype(np.float32), codes)),
+                           schema=schema, bundle=SimpleNamespace(layout={"colour": (0, 4), "kind": (4, 8)}))
+    table = leakage(fake, queries=300)
+    assert table["colour"]["colour"] > 0.95
+    assert table["kind"]["colour"] < 0.5 and table["colour"]["kind"] < 0.65  # chance: 1/3 and 1/2
