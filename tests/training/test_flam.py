@@ -137,7 +137,13 @@ def test_the_bundle_serves_manipulation_and_refuses_similar_with_the_reason(flam
     plain = [r.id for r in retriever.search(some, k=5)]
     current = retriever.search(some, k=1, include_query=True)[0].attributes["gender"]
     value = next(v for v in retriever.schema.attributes[1].values if v != current)
-    changed = [r.id for r in retriever.search(some, change={"gender": value}, k=5)]
-    assert len(changed) == 5 and changed != plain
+    changed = retriever.search(some, change={"gender": value}, k=5, exact=True)
+    # the served path: the stored feature through manipulator.onnx, then the plain retrieval space
+    vector, codes, _ = retriever.index.get(some)
+    moved = retriever.bundle.family.change_one(vector, list(codes), retriever.schema.parse_change({"gender": value}))
+    assert not np.allclose(moved, vector, atol=1e-6)  # G ran and changed the feature
+    ranked = np.argsort(-(retriever.index.vectors_and_codes()[1] @ moved), kind="stable")
+    expected = [retriever.index.ids[i] for i in ranked if retriever.index.ids[i] != some][:5]
+    assert [r.id for r in changed] == expected and len(plain) == 5
     with pytest.raises(QueryError, match="per-attribute subspaces"):
         retriever.similar(some, "gender", k=5)
