@@ -37,6 +37,7 @@ class FlamConfig:
     w_match: float = 10.0
     w_cycle: float = 10.0
     w_pair: float = 0.0  # not in the paper: |x~ - x-|, the sampled x- as the target feature itself
+    w_phi_match: float = 0.0  # not in the paper: Eq. 4's target read by the frozen embedders instead of D
     online_sampling: bool = True  # False: the paper's ablation with random x-
     time_budget_s: float | None = None  # wall clock for both stages together
     seed: int = 0
@@ -163,7 +164,9 @@ def train_flam(features: np.ndarray, codes: np.ndarray, sizes: list[int], config
         match = (fake_match - wanted).norm(dim=2).mean()
         cyc = (cycle - x).norm(dim=1).mean()
         pair = (fake - x_neg).norm(dim=1).mean()
-        loss_g = config.w_adv * adv + config.w_match * match + config.w_cycle * cyc + config.w_pair * pair
+        phi_match = (embedders(fake) - wanted).norm(dim=2).mean() if config.w_phi_match else fake.sum() * 0.0
+        loss_g = config.w_adv * adv + config.w_match * match + config.w_cycle * cyc + config.w_pair * pair \
+            + config.w_phi_match * phi_match
         opt_g.zero_grad()
         loss_g.backward()
         opt_g.step()
