@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     pair_q = manipulation_queries(gallery.codes, schema.sizes, changes=2, max_queries=args.pair_queries, seed=args.seed)
     pair = evaluate_methods(galleries, families, schema, pair_q)
     cond = {row: conditional_similarity(g, schema, list(r.bundle.layout.values()), seed=args.seed)
-            for row, g, r in spaces.values() if r.bundle.manifest["model"].get("attribute_subspaces", True)}
+            for row, g, r in spaces.values() if r.bundle.attribute_subspaces}
     shape = {row: {"chunk_shares": chunk_shares(g.vectors, list(r.bundle.layout.values()), schema.names),
                    "scores": score_spread(g.vectors, seed=args.seed)} for row, g, r in spaces.values()}
     train_codes = catalog.split("train").codes

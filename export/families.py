@@ -36,13 +36,19 @@ def family_files(family: str, model: ADDE, schema: AttributeSchema, spec: Prepro
         raise SystemExit(f"--family adde needs ADDE's trained memory block; a {model.config.architecture} checkpoint "
                          f"is served as chunk_replace (leave --family out)")
     if family == "fsn" and model.config.architecture != "fsn":
-        raise SystemExit(f"--family fsn needs FashionSearchNet's fitted attribute weights; a "
-                         f"{model.config.architecture} checkpoint is served as {served_family(model.config.architecture)}")
+        architecture = model.config.architecture
+        raise SystemExit(f"--family fsn needs FashionSearchNet's fitted attribute weights; a {architecture} "
+                         f"checkpoint is served as {served_family(architecture)}")
     if family == "adde":
         return {"prototypes": model.memory.detach().cpu().numpy().astype(np.float32)}
     rows = reference_rows(train.codes, schema.sizes, per_value, seed)
     reference = train.subset(rows)
-    table = value_table(model, schema, spec, reference.codes, decode_catalog(reference, images, spec).pixels)
+    pixels = decode_catalog(reference, images, spec).pixels
+    return table_family_arrays(family, model, value_table(model, schema, spec, reference.codes, pixels))
+
+
+def table_family_arrays(family: str, model: ADDE, table: np.ndarray) -> dict[str, np.ndarray]:
+    """chunk_replace's or fsn's files from the value table (fsn adds the model's attribute weights)."""
     if family == "fsn":
         return {"value_table": table, "attribute_weights": attribute_weights(model)}
     return {"value_table": table}

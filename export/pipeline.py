@@ -27,7 +27,7 @@ from fashsdk.system import machine
 from .backbones import LITE_MEAN, LITE_STD
 from .catalog_args import data_paths, load_catalog_from_args
 from .data import decode_catalog, split_validation
-from .families import attribute_weights, family_files, served_family, value_table
+from .families import family_files, served_family, table_family_arrays, value_table
 from .models import ModelConfig
 from .onnx_export import build_bundle, derive_bundle
 from .train import TrainConfig, load_checkpoint, save_checkpoint, train_adde
@@ -164,7 +164,7 @@ def index_test_split(out: Path, catalog: Any, images: list[str],
     retriever.add(((i, encoded[i]) for i in test.ids), labels, progress=update)
     bar.close()
     encode_s = time.perf_counter() - t
-    if retriever.bundle.manifest["model"].get("attribute_subspaces", True):
+    if retriever.bundle.attribute_subspaces:
         retriever.index.prepare_similar(range(len(catalog.schema.attributes)))  # type: ignore[union-attr]
     retriever.save_index(out / "index")
     encode_ms = 1000 * encode_s / len(test)
@@ -203,11 +203,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if family != "adde":
         print(f"== export to ONNX and build the bundle ({family}: each value's mean chunk)", flush=True)
         table = value_table(result.model, catalog.schema, spec, train.catalog.codes[rows], train.pixels[rows])
-        arrays = {"value_table": table}
-        if family == "fsn":
-            arrays["attribute_weights"] = attribute_weights(result.model)
         bundle, parity = build_bundle(result.model, catalog.schema, spec, out / "bundle", val.pixels[:64],
-                                      {"training": result.best}, family, arrays)
+                                      {"training": result.best}, family,
+                                      table_family_arrays(family, result.model, table))
         if family == "fsn":  # the same model without the weighted global representation (the ablation)
             derive_bundle(out / "bundle", out / "bundle-chunk-replace", "chunk_replace", {"value_table": table})
             bundles.append(out / "bundle-chunk-replace")

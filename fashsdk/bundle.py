@@ -64,6 +64,11 @@ class Bundle:
         return int(self.manifest["embedding"]["dim"])
 
     @property
+    def attribute_subspaces(self) -> bool:
+        """Whether each attribute's layout slice is its own subspace (False for FLAM's single feature)."""
+        return bool(self.manifest["model"].get("attribute_subspaces", True))
+
+    @property
     def input_name(self) -> str:
         return str(self.manifest["model"].get("input_name", "images"))
 

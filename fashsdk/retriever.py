@@ -281,7 +281,7 @@ class Retriever:
         """Items similar to ``query`` with respect to ``attribute`` only (e.g. the same colour,
         whatever the garment): nearest neighbours in that attribute's subspace."""
         self.limits.check(k=k, where=where)
-        if not self.bundle.manifest["model"].get("attribute_subspaces", True):
+        if not self.bundle.attribute_subspaces:
             raise QueryError(f"this bundle's model ({self.bundle.manifest['model'].get('architecture')}) searches one "
                              "retrieval feature without per-attribute subspaces, so similar() has nothing to compare "
                              "on one attribute; use a bundle of the adde, chunk_replace or fsn family")

@@ -54,6 +54,15 @@ def value_means(vectors: np.ndarray, codes: np.ndarray, schema: AttributeSchema,
     return table, counts
 
 
+def checked_value_table(bundle: "Bundle") -> np.ndarray:
+    """The bundle's (J, D) float32 value table, or BundleError naming the shape it has."""
+    table = bundle.family_array(VALUE_TABLE)
+    if table.shape != (bundle.schema.total_values, bundle.dim) or table.dtype != np.float32:
+        raise BundleError(f"bundle {str(bundle.directory)!r}: {bundle.family_name} value table has shape "
+                          f"{table.shape} {table.dtype}, expected ({bundle.schema.total_values}, {bundle.dim}) float32")
+    return table
+
+
 class ChunkReplace:
     """The chunk_replace family over one value table."""
 
@@ -67,11 +76,7 @@ class ChunkReplace:
 
     @classmethod
     def from_bundle(cls, bundle: "Bundle") -> "ChunkReplace":
-        table = bundle.family_array(VALUE_TABLE)
-        if table.shape != (bundle.schema.total_values, bundle.dim) or table.dtype != np.float32:
-            raise BundleError(f"bundle {str(bundle.directory)!r}: chunk_replace value table has shape {table.shape} "
-                              f"{table.dtype}, expected ({bundle.schema.total_values}, {bundle.dim}) float32")
-        return cls(bundle.schema, list(bundle.layout.values()), table)
+        return cls(bundle.schema, list(bundle.layout.values()), checked_value_table(bundle))
 
     def change_one(self, vector: np.ndarray, current: Sequence[int], change: Mapping[int, int]) -> np.ndarray:
         out = np.array(vector, dtype=np.float32)

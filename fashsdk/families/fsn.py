@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import BundleError
 from ..schema import AttributeSchema
 from .base import NO_CHANGE, normalized
-from .chunk_replace import VALUE_TABLE, ChunkReplace
+from .chunk_replace import ChunkReplace, checked_value_table
 
 if TYPE_CHECKING:
     from ..bundle import Bundle
@@ -48,13 +48,9 @@ class FashionSearchNetFamily(ChunkReplace):
 
     @classmethod
     def from_bundle(cls, bundle: "Bundle") -> "FashionSearchNetFamily":
-        table = bundle.family_array(VALUE_TABLE)
-        weights = bundle.family_array(ATTRIBUTE_WEIGHTS)
-        if table.shape != (bundle.schema.total_values, bundle.dim) or table.dtype != np.float32:
-            raise BundleError(f"bundle {str(bundle.directory)!r}: fsn value table has shape {table.shape} "
-                              f"{table.dtype}, expected ({bundle.schema.total_values}, {bundle.dim}) float32")
+        table = checked_value_table(bundle)
         try:
-            return cls(bundle.schema, list(bundle.layout.values()), table, weights)
+            return cls(bundle.schema, list(bundle.layout.values()), table, bundle.family_array(ATTRIBUTE_WEIGHTS))
         except ValueError as exc:
             raise BundleError(f"bundle {str(bundle.directory)!r}: {exc}; export the bundle again") from None
 
