@@ -17,6 +17,7 @@ use the whole catalog (44,441 items, all splits), built once with the CLI:
     python -m benchmarks.search --json benchmarks/results/search-cpu.json --index runs/catalog-index
     python -m benchmarks.search --json OUT --index runs/catalog-index --append --sizes 1000000 \
         --layouts demo --no-sweep
+    python -m benchmarks.search --json OUT --layouts '' --generator-bundle runs/flam/bundle   # G per query only
 """
 from __future__ import annotations
 
@@ -532,6 +533,10 @@ def markdown(result: dict[str, Any]) -> str:
             lines.append(f"Generator check ({w['layout']}, {c['items']} items each, hnswlib M={c['M']}, "
                          f"recall@10 of {c['queries']} manipulated queries): {cells}.")
     lines += ["", result["synthetic"], ""]
+    if "generator" in result:
+        from benchmarks.generator_latency import markdown as generator_markdown
+
+        lines += [generator_markdown(result["generator"])]
     for s in result.get("sweeps", []):
         pts = ", ".join(f"{p['n']}: {p['exact_p50_ms']}/{p['two_stage_p50_ms']}" for p in s["points"])
         lines.append(f"Exact scan vs two-stage p50 ms ({s['layout']}, {s['dim']}-d): {pts}; exact is cheaper up to "
@@ -575,6 +580,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-real-row", action="store_true", help="skip the real-catalog-size demo row")
     parser.add_argument("--append", action="store_true",
                         help="add this run's rows to an existing --json (e.g. a separate 1M run)")
+    parser.add_argument("--generator-bundle", type=Path, default=None,
+                        help="a generator-family bundle (FLAM): time G per query (benchmarks.generator_latency)")
+    parser.add_argument("--generator-index", type=Path, default=None, help="its index (default: BUNDLE/../index)")
     args = parser.parse_args(argv)
     if args.bundle is None:
         demo = Path("runs/demo/bundle")
@@ -592,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
         result["command"] = "; ".join([previous.get("command", ""), result["command"]])
         result["earlier_wall_s"] = previous.get("wall_s", 0) + previous.get("earlier_wall_s", 0)
     t0 = time.perf_counter()
-    for layout in args.layouts.split(","):
+    for layout in [name for name in args.layouts.split(",") if name]:
         work = (demo_workload(args.bundle, args.index, args.demo_precision, args.synthetic) if layout == "demo"
                 else paper_workload(args.paper_precision))
         if not any(w["layout"] == layout for w in result["workloads"]):
@@ -612,6 +620,12 @@ def main(argv: list[str] | None = None) -> int:
         for n in layout_sizes:
             result["rows"] += run_size(work, n, args)
             _write(args.json, result, t0)
+    if args.generator_bundle is not None:
+        from benchmarks.generator_latency import generator_latency
+
+        result["generator"] = generator_latency(args.generator_bundle,
+                                                args.generator_index or args.generator_bundle.parent / "index",
+                                                args.latency_queries, args.rounds)
     _write(args.json, result, t0)
     print(markdown(result))
     return 0

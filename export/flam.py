@@ -9,9 +9,10 @@ Pieces (Sec. 3), all small MLPs over precomputed features x (N, D):
   predicts a residual, x~ = x + g(x, e, m): an unchanged feature is the easy fixed point.
 - ``Discriminator`` D(x) -> (real/fake logit, f(x) in R^(A*k)): f is the feature-matching output
   of Eq. 4, which should equal the attribute embeddings the feature carries.
-- ``ExportedManipulator`` wraps G for the bundle's ``manipulator.onnx`` (the generator family's
-  signature: feature (N, D), wanted (N, J) multi-hot -> manipulated (N, D)); the dictionary
-  turns the wanted values into the condition inside the graph.
+- ``ExportedManipulator`` wraps G in the generator family's signature (feature (N, D), wanted
+  (N, J) multi-hot -> manipulated (N, D)); the dictionary turns the wanted values into the
+  condition inside the graph. ``FoldedManipulator``, the same function with the condition folded
+  into G's first layer, is what the bundle's ``manipulator.onnx`` holds.
 
 The retrieval feature is label-free on the catalog (export/flam_train.py): ImageNet-pretrained
 EfficientNet-Lite0, sum-pooled, PCA-whitened on the catalog's own photos, so training with 10% of
@@ -109,6 +110,38 @@ class ExportedManipulator(nn.Module):
         # per attribute slot: the wanted value's dictionary vector (wanted is one-hot within each changed attribute)
         slots = torch.einsum("nj,jk,ja->nak", wanted, dictionary, self.attribute_of_value)
         return self.generator(feature, slots.flatten(1), mask)
+
+    def folded(self) -> "FoldedManipulator":
+        """The same function with the condition folded into G's first layer (what is exported)."""
+        return FoldedManipulator(self)
+
+
+class FoldedManipulator(nn.Module):
+    """G's first layer split into x @ W_x + wanted @ T: T (J, hidden) holds, per value, its dictionary
+    vector through the condition weights plus its attribute's mask weight. Exact while ``wanted`` has at
+    most one value per attribute (the runtime's only input); a query then pays one small matrix
+    product instead of the dictionary, the einsum and the concatenation (docs/flam.md has the timing)."""
+
+    def __init__(self, manipulator: ExportedManipulator) -> None:
+        super().__init__()
+        embedders, net = manipulator.embedders, manipulator.generator.net
+        first = net[0]
+        count, k = len(embedders.sizes), embedders.k
+        dim = first.in_features - count * k - count
+        with torch.no_grad():
+            dictionary = torch.cat([embedders.values(a) for a in range(count)], dim=0)  # (J, k)
+            owner = manipulator.attribute_of_value  # (J, A)
+            slots = torch.einsum("jk,ja->jak", dictionary, owner).flatten(1)  # (J, A*k)
+            w_x, w_c, w_m = first.weight[:, :dim], first.weight[:, dim:dim + count * k], first.weight[:, dim + count * k:]
+            table = slots @ w_c.T + owner @ w_m.T  # (J, hidden)
+        self.first = nn.Linear(dim, first.out_features)
+        self.first.weight.data.copy_(w_x)
+        self.first.bias.data.copy_(first.bias.detach())
+        self.register_buffer("table", table.contiguous())
+        self.rest = net[1:]
+
+    def forward(self, feature: torch.Tensor, wanted: torch.Tensor) -> torch.Tensor:
+        return feature + self.rest(self.first(feature) + wanted @ self.table)
 
 
 def triplet_cosine(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, margin: float) -> torch.Tensor:

@@ -73,3 +73,20 @@ def random_images(n: int, seed: int = 0) -> list[np.ndarray]:
         img += rng.normal(0, 12, img.shape)
         images.append(np.clip(img, 0, 255).astype(np.uint8))
     return images
+
+
+def make_shift_manipulator(path: Path, shift: np.ndarray, input_name: str = "feature") -> Path:
+    """manipulated = feature + wanted @ shift: each wanted value adds its own row."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    j, d = shift.shape
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["wanted", "shift"], ["moved"]),
+         helper.make_node("Add", [input_name, "moved"], ["manipulated"])], "manipulator",
+        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["N", d]),
+         helper.make_tensor_value_info("wanted", TensorProto.FLOAT, ["N", j])],
+        [helper.make_tensor_value_info("manipulated", TensorProto.FLOAT, ["N", d])],
+        [numpy_helper.from_array(shift.astype(np.float32), "shift")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    return path

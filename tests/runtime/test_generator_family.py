@@ -11,29 +11,12 @@ import pytest
 
 pytest.importorskip("torch")
 
-from bundles import SCHEMA, make_tiny_bundle  # noqa: E402
+from bundles import SCHEMA, make_shift_manipulator, make_tiny_bundle  # noqa: E402
 
 from fashsdk import Retriever  # noqa: E402
 from fashsdk.bundle import Bundle  # noqa: E402
 from fashsdk.errors import BundleError  # noqa: E402
 from fashsdk.families.generator import Generator  # noqa: E402
-
-
-def _manipulator(path: Path, shift: np.ndarray, input_name: str = "feature") -> Path:
-    """manipulated = feature + wanted @ shift: each wanted value adds its own row."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    j, d = shift.shape
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["wanted", "shift"], ["moved"]),
-         helper.make_node("Add", [input_name, "moved"], ["manipulated"])], "manipulator",
-        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["N", d]),
-         helper.make_tensor_value_info("wanted", TensorProto.FLOAT, ["N", j])],
-        [helper.make_tensor_value_info("manipulated", TensorProto.FLOAT, ["N", d])],
-        [numpy_helper.from_array(shift.astype(np.float32), "shift")])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +27,7 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict:
     base = make_tiny_bundle(tmp / "base")
     shift = np.random.default_rng(0).normal(size=(SCHEMA.total_values, base.dim)).astype(np.float32)
     generator = derive_bundle(tmp / "base", tmp / "generator", "generator", {},
-                              {"manipulator": _manipulator(tmp / "m.onnx", shift)})
+                              {"manipulator": make_shift_manipulator(tmp / "m.onnx", shift)})
     return {"tmp": tmp, "base": base, "generator": generator, "shift": shift}
 
 
@@ -105,9 +88,9 @@ def test_a_manipulator_with_another_signature_is_refused_with_what_differs(bundl
     from export.onnx_export import derive_bundle
 
     tmp = bundles["tmp"]
-    wrong = _manipulator(tmp / "wrong.onnx", bundles["shift"], input_name="x")
+    wrong = make_shift_manipulator(tmp / "wrong.onnx", bundles["shift"], input_name="x")
     with pytest.raises(BundleError, match="input 'feature' is missing"):
         derive_bundle(tmp / "base", tmp / "wrong", "generator", {}, {"manipulator": wrong})
-    narrow = _manipulator(tmp / "narrow.onnx", bundles["shift"][:, :8])
+    narrow = make_shift_manipulator(tmp / "narrow.onnx", bundles["shift"][:, :8])
     with pytest.raises(BundleError, match=r"input 'feature' has shape"):
         derive_bundle(tmp / "base", tmp / "narrow", "generator", {}, {"manipulator": narrow})

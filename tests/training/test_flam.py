@@ -55,6 +55,24 @@ def test_the_exported_manipulator_puts_each_wanted_values_dictionary_vector_in_i
     torch.testing.assert_close(condition[1, 1], embedders.values(1)[1])
 
 
+def test_the_folded_manipulator_computes_what_the_unfolded_one_does_for_single_and_joint_changes() -> None:
+    from export.flam import Manipulator
+
+    torch.manual_seed(0)
+    sizes = [4, 3, 2]
+    reference = ExportedManipulator(Embedders(dim=8, sizes=sizes, k=4), Manipulator(8, len(sizes), k=4)).eval()
+    folded = reference.folded().eval()
+    x = torch.randn(4, 8)
+    wanted = torch.zeros(4, sum(sizes))
+    wanted[0, 2] = 1.0                      # one change
+    wanted[1, 1], wanted[1, 5] = 1.0, 1.0   # two attributes jointly
+    wanted[2, 3], wanted[2, 4], wanted[2, 8] = 1.0, 1.0, 1.0
+    with torch.no_grad():  # row 3: no change at all
+        torch.testing.assert_close(folded(x, wanted), reference(x, wanted), atol=1e-5, rtol=1e-5)
+        moved = reference(x, wanted)
+    assert (moved[:3] - x[:3]).abs().max() > 1e-3  # not a trivially equal pair of identities
+
+
 def test_online_sampling_takes_the_nearest_item_on_the_other_attributes_with_another_value() -> None:
     # four items, two attributes, k = 2; every item changes attribute 0
     e = torch.tensor([[[1.0, 0.0], [1.0, 0.0]],
@@ -108,7 +126,8 @@ def flam_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     done = subprocess.run([sys.executable, "-m", "export", "flam", "--labels", str(labels), "--images", str(folder),
                            "--attributes", "masterCategory", "gender", "--min-count", "15", "--input-size", "64", "48",
                            "--dim", "32", "--embed-steps", "200", "--gan-steps", "300", "--batch", "64",
-                           "--label-fraction", "0.5", "--cache", str(tmp / "cache"), "--out", str(tmp / "run")],
+                           "--label-fraction", "0.5", "--feature", "labels", "--cache", str(tmp / "cache"),
+                           "--out", str(tmp / "run")],
                           capture_output=True, text=True, cwd=ROOT, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return {"tmp": tmp, "folder": folder, "labels": labels, "log": done.stdout}
@@ -125,6 +144,45 @@ def test_the_command_writes_a_two_graph_bundle_with_parity_and_a_quality_report(
     report = json.loads((run / "report.json").read_text())
     assert set(report["top_k"]) >= {"flam", "no_manipulation"}
     assert "50% " in flam_run["log"] or "(50%)" in flam_run["log"]
+    assert model["flam"]["feature"] == "labels" and "label projection step" in flam_run["log"]
+
+
+def test_the_command_runs_the_classifier_check_and_the_cycle_on_the_served_graph(flam_run: dict) -> None:
+    run = flam_run["tmp"] / "run"
+    checks = json.loads((run / "report.json").read_text())["manipulation_checks"]
+    # the independent classifier reads the current value, so the wanted (another) value rarely before G
+    assert min(checks["classifier_test_accuracy"]) > 0.5
+    assert checks["wanted_before"] < 0.35
+    assert set(checks["wanted_after_per_attribute"]) <= {"masterCategory", "gender"}
+    assert 0.0 <= checks["kept_after"] <= 1.0 and -1.0 <= checks["cycle_cosine"] <= 1.0 + 1e-6
+    assert checks["moved_cosine"] < 0.9999  # G moved the features at all
+    assert "Classifier check" in (run / "checks.md").read_text()
+
+
+def test_the_label_projection_gathers_items_that_share_values_and_reads_only_labelled_rows() -> None:
+    from export.flam_bundle import fit_label_projection, fit_whitening, whiten
+
+    rng = np.random.default_rng(0)
+    n, noise_dims = 1200, 20
+    codes = rng.integers(0, 3, (n, 1))
+    signal = np.eye(3)[codes[:, 0]] * 0.8  # the value: a weak direction among strong noise
+    x = np.concatenate([signal, rng.normal(size=(n, noise_dims))], axis=1).astype(np.float32)
+    x += 5.0  # a common offset, as pooled activations have
+    mean, pca = fit_whitening(x, 8)
+    labelled = np.arange(0, n, 2)
+    refined = fit_label_projection(x, mean, pca, codes, labelled, [3], steps=600, log=lambda m: None)
+
+    def neighbour_agreement(projection: np.ndarray) -> float:
+        z = whiten(x, mean, projection)[1::2]  # the unlabelled half
+        sims = z @ z.T
+        np.fill_diagonal(sims, -2)
+        return float(np.mean(codes[1::2, 0][sims.argmax(1)] == codes[1::2, 0]))
+
+    assert neighbour_agreement(refined) > neighbour_agreement(pca) + 0.2
+    scrambled = codes.copy()
+    scrambled[1::2] = rng.integers(0, 3, (n // 2, 1))  # unlabelled rows' codes must not matter
+    again = fit_label_projection(x, mean, pca, scrambled, labelled, [3], steps=600, log=lambda m: None)
+    np.testing.assert_allclose(again, refined, atol=1e-6)
 
 
 def test_the_bundle_serves_manipulation_and_refuses_similar_with_the_reason(flam_run: dict) -> None:
@@ -147,3 +205,21 @@ def test_the_bundle_serves_manipulation_and_refuses_similar_with_the_reason(flam
     assert [r.id for r in changed] == expected and len(plain) == 5
     with pytest.raises(QueryError, match="per-attribute subspaces"):
         retriever.similar(some, "gender", k=5)
+
+
+def test_the_runs_table_reads_each_runs_numbers_and_refuses_what_is_not_a_run(flam_run: dict, tmp_path: Path) -> None:
+    from benchmarks.flam_table import main
+
+    run = flam_run["tmp"] / "run"
+    out = tmp_path / "flam.md"
+    assert main(["--run", f"half-labels={run}", "--out", str(out)]) == 0
+    quality = json.loads((run / "quality.json").read_text())
+    row = json.loads(out.with_suffix(".json").read_text())["rows"][0]
+    assert row["flam"]["30"] == quality["top_k"]["flam"]["30"] and row["label_fraction"] == 0.5
+    assert row["feature"] == "labels" and row["checks"]["queries"] > 0
+    line = next(line for line in out.read_text().splitlines() if line.startswith("| half-labels"))
+    assert "| 50% | labels |" in line and f"{quality['top_k']['flam']['30']:.3f}" in line
+    with pytest.raises(SystemExit, match="NAME=DIR"):
+        main(["--run", str(run), "--out", str(out)])
+    with pytest.raises(SystemExit, match="report.json is missing"):
+        main(["--run", f"x={tmp_path}", "--out", str(out)])
