@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_catalog_args(parser)
     parser.add_argument("--out", type=Path, default=Path("runs/flam"))
     parser.add_argument("--dim", type=int, default=256, help="retrieval feature size after PCA whitening")
-    parser.add_argument("--feature", choices=["pca", "labels"], default="pca",
+    parser.add_argument("--feature", choices=["pca", "labels"], default="labels",
                         help="retrieval feature: PCA whitening of the pretrained trunk (label-free), or that "
                              "projection refined with the labelled rows' values (export/flam_bundle.py)")
     parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=(128, 96))

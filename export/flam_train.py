@@ -35,9 +35,9 @@ class FlamConfig:
     margin: float = 0.2
     w_adv: float = 1.0  # 0: the paper's ablation without the adversarial loss
     w_match: float = 10.0
-    w_cycle: float = 10.0
+    w_cycle: float = 1.0  # the paper's 10 kept G at the identity on catalog features (docs/flam.md)
     w_pair: float = 0.0  # not in the paper: |x~ - x-|, the sampled x- as the target feature itself
-    w_phi_match: float = 0.0  # not in the paper: Eq. 4's target read by the frozen embedders instead of D
+    w_phi_match: float = 10.0  # not in the paper: Eq. 4's target read by the frozen embedders beside D's (0: off)
     online_sampling: bool = True  # False: the paper's ablation with random x-
     time_budget_s: float | None = None  # wall clock for both stages together
     seed: int = 0
