@@ -90,3 +90,15 @@ def make_shift_manipulator(path: Path, shift: np.ndarray, input_name: str = "fea
         [numpy_helper.from_array(shift.astype(np.float32), "shift")])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
     return path
+
+
+def make_shift_generator_bundle(tmp: Path, name: str = "generator") -> tuple[Bundle, Bundle, np.ndarray]:
+    """(base bundle, its generator-family twin whose manipulator adds one random row per wanted value,
+    the rows): a generator bundle with known arithmetic."""
+    from export.onnx_export import derive_bundle
+
+    base = make_tiny_bundle(tmp / "base")
+    shift = np.random.default_rng(0).normal(size=(SCHEMA.total_values, base.dim)).astype(np.float32)
+    generator = derive_bundle(tmp / "base", tmp / name, "generator", {},
+                              {"manipulator": make_shift_manipulator(tmp / "m.onnx", shift)})
+    return base, generator, shift

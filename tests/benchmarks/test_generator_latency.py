@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from bundles import SCHEMA, make_shift_manipulator, make_tiny_bundle  # noqa: E402
+from bundles import make_shift_generator_bundle  # noqa: E402
 
 from benchmarks.search import main  # noqa: E402
 from fashsdk import Retriever  # noqa: E402
@@ -18,13 +18,8 @@ from fashsdk import Retriever  # noqa: E402
 
 @pytest.fixture(scope="module")
 def generator_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    from export.onnx_export import derive_bundle
-
     tmp = tmp_path_factory.mktemp("generator-latency")
-    base = make_tiny_bundle(tmp / "base")
-    shift = np.random.default_rng(0).normal(size=(SCHEMA.total_values, base.dim)).astype(np.float32)
-    derive_bundle(tmp / "base", tmp / "bundle", "generator", {},
-                  {"manipulator": make_shift_manipulator(tmp / "m.onnx", shift)})
+    make_shift_generator_bundle(tmp, "bundle")
     retriever = Retriever(tmp / "bundle")
     images = [np.random.default_rng(i).integers(0, 256, (50, 40, 3), dtype=np.uint8) for i in range(40)]
     labels = {str(i): {"colour": ["Red", "Blue"][i % 2], "kind": "Shirt", "sex": "Men"} for i in range(40)}

@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from bundles import SCHEMA, make_shift_manipulator, make_tiny_bundle  # noqa: E402
+from bundles import SCHEMA, make_shift_generator_bundle, make_shift_manipulator  # noqa: E402
 
 from fashsdk import Retriever  # noqa: E402
 from fashsdk.bundle import Bundle  # noqa: E402
@@ -21,13 +21,8 @@ from fashsdk.families.generator import Generator  # noqa: E402
 
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    from export.onnx_export import derive_bundle
-
     tmp = tmp_path_factory.mktemp("generator")
-    base = make_tiny_bundle(tmp / "base")
-    shift = np.random.default_rng(0).normal(size=(SCHEMA.total_values, base.dim)).astype(np.float32)
-    generator = derive_bundle(tmp / "base", tmp / "generator", "generator", {},
-                              {"manipulator": make_shift_manipulator(tmp / "m.onnx", shift)})
+    base, generator, shift = make_shift_generator_bundle(tmp)
     return {"tmp": tmp, "base": base, "generator": generator, "shift": shift}
 
 
