@@ -56,9 +56,9 @@ def generator_latency(bundle_dir: Path, index_dir: Path, queries: int = 2000, ro
 
     from benchmarks.search import interleaved_latency
 
-    calls = {"manipulator": manipulate, "search by id, one change": with_change, "search by id, no change": without_change}
-    timings = interleaved_latency({name: (None, fn) for name, fn in calls.items()}, queries, rounds,
-                                  lambda candidates: None, warmup=50)
+    calls = {"manipulator": (None, manipulate), "search by id, one change": (None, with_change),
+             "search by id, no change": (None, without_change)}
+    timings = interleaved_latency(calls, queries, rounds, lambda candidates: None, warmup=50)
     g = timings["manipulator"]["p50_ms"]
     return {"bundle": str(bundle_dir), "index": str(index_dir), "items": len(ids), "queries": queries,
             "rounds": rounds, "timings": timings, "target_ms": TARGET_MS, "within_target": g <= TARGET_MS}

@@ -14,9 +14,9 @@ Pieces (Sec. 3), all small MLPs over precomputed features x (N, D):
   condition inside the graph. ``FoldedManipulator``, the same function with the condition folded
   into G's first layer, is what the bundle's ``manipulator.onnx`` holds.
 
-The retrieval feature is label-free on the catalog (export/flam_train.py): ImageNet-pretrained
-EfficientNet-Lite0, sum-pooled, PCA-whitened on the catalog's own photos, so training with 10% of
-the labels is semi-supervised in earnest (no labelled objective shaped the feature).
+The retrieval feature (export/flam_bundle.py) is ImageNet-pretrained EfficientNet-Lite0, sum-pooled,
+PCA-whitened on the catalog's own photos and, by default, refined on the labelled rows only, so
+training with 10% of the labels leaves 90% of the photos unlabelled throughout.
 """
 from __future__ import annotations
 
@@ -132,7 +132,7 @@ class FoldedManipulator(nn.Module):
             dictionary = torch.cat([embedders.values(a) for a in range(count)], dim=0)  # (J, k)
             owner = manipulator.attribute_of_value  # (J, A)
             slots = torch.einsum("jk,ja->jak", dictionary, owner).flatten(1)  # (J, A*k)
-            w_x, w_c, w_m = first.weight[:, :dim], first.weight[:, dim:dim + count * k], first.weight[:, dim + count * k:]
+            w_x, w_c, w_m = torch.split(first.weight, [dim, count * k, count], dim=1)
             table = slots @ w_c.T + owner @ w_m.T  # (J, hidden)
         self.first = nn.Linear(dim, first.out_features)
         self.first.weight.data.copy_(w_x)

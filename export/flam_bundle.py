@@ -1,8 +1,9 @@
 """FLAM's retrieval feature and its two-graph bundle.
 
-The retrieval feature is label-free on the catalog: ImageNet-pretrained EfficientNet-Lite0 to its
-1280-channel head, sum-pooled (SPoC) and L2-normalised, then PCA-whitened to ``dim`` dimensions on
-the catalog's own training photos and normalised again. ``model.onnx`` maps images to that feature
+The retrieval feature: ImageNet-pretrained EfficientNet-Lite0 to its 1280-channel head, sum-pooled
+(SPoC) and L2-normalised, then mapped linearly to ``dim`` dimensions and normalised again. The map is
+PCA whitening fitted on the catalog's own training photos (label-free), optionally refined on the
+labelled rows (``fit_label_projection``, the command's default). ``model.onnx`` maps images to that feature
 and to logits (the embedders' scaled cosine to each value's dictionary vector, for ``predict()``
 and a query's current values); ``manipulator.onnx`` is G (export/flam.py). Both are checked
 against PyTorch on real data before the bundle is written.
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fashsdk.bundle import Bundle, write_bundle
+from fashsdk.families.base import normalized
 from fashsdk.schema import AttributeSchema
 from fashsdk.sources.preprocess import PreprocessSpec
 
@@ -35,7 +37,7 @@ def retrieval_network(pretrained: bool = True) -> nn.Sequential:
 
 def fit_whitening(features: np.ndarray, dim: int, eps: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
     """(mean (C,), projection (C, dim)): PCA whitening fitted on normalised features (no labels)."""
-    x = features / np.linalg.norm(features, axis=1, keepdims=True).clip(1e-12)
+    x = normalized(features)
     mean = x.mean(0)
     values, vectors = np.linalg.eigh(np.cov((x - mean).T))
     top = np.argsort(values)[::-1][:dim]
@@ -51,7 +53,7 @@ def fit_label_projection(features: np.ndarray, mean: np.ndarray, projection: np.
     so that items sharing values sit together; unlabelled rows never enter."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    x = features / np.linalg.norm(features, axis=1, keepdims=True).clip(1e-12)
+    x = normalized(features)
     x_lab = torch.from_numpy((x[labelled] - mean).astype(np.float32))
     y_lab = torch.from_numpy(codes[labelled].astype(np.int64))
     # the whitening's scale (1/sqrt of small eigenvalues) would make Adam's steps negligible; the feature
@@ -76,9 +78,9 @@ def fit_label_projection(features: np.ndarray, mean: np.ndarray, projection: np.
 
 
 def whiten(features: np.ndarray, mean: np.ndarray, projection: np.ndarray) -> np.ndarray:
-    x = features / np.linalg.norm(features, axis=1, keepdims=True).clip(1e-12)
+    x = normalized(features)
     z = (x - mean) @ projection
-    return (z / np.linalg.norm(z, axis=1, keepdims=True).clip(1e-12)).astype(np.float32)
+    return normalized(z).astype(np.float32)
 
 
 class FlamEncoder(nn.Module):

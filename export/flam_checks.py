@@ -56,7 +56,8 @@ def manipulation_checks(train_features: np.ndarray, train_codes: np.ndarray, bun
     family, sizes = bundle.family, bundle.schema.sizes
     _, vectors, codes = CatalogIndex.load(index_dir).vectors_and_codes()
     heads = fit_classifiers(train_features, train_codes, sizes, seed=seed)
-    test_accuracy = [float(np.mean(_predict(heads, vectors)[codes[:, a] >= 0, a] == codes[codes[:, a] >= 0, a]))
+    predicted = _predict(heads, vectors)
+    test_accuracy = [float(np.mean(predicted[codes[:, a] >= 0, a] == codes[codes[:, a] >= 0, a]))
                      for a in range(len(sizes))]
     rng = np.random.default_rng(seed)
     attrs = rng.integers(0, len(sizes), queries)

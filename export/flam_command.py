@@ -75,8 +75,9 @@ def cmd_flam(args: argparse.Namespace) -> int:
     timings["train_s"] = time.perf_counter() - t
     encoder = FlamEncoder(network, mean, projection, models.embedders)
     print("== export both graphs and build the bundle (generator family)", flush=True)
+    info = {"flam": {**asdict(config), "feature": args.feature}}
     bundle, checks = build_flam_bundle(encoder, models.generator, catalog.schema, spec, out / "bundle",
-                                       decoded.pixels[:64], features[:64], {"flam": {**asdict(config), "feature": args.feature}})
+                                       decoded.pixels[:64], features[:64], info)
     print(f"   parity: model {checks['parity']['max_abs_diff']:.1e}, "
           f"manipulator {checks['manipulator_max_abs_diff']:.1e}")
     report = {"machine": machine(), "bundle": str(out / "bundle"), "bundle_sha256": bundle.sha256(),
