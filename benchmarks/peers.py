@@ -7,7 +7,8 @@ over the bundle's prototypes; the query's own item left out of its results), one
 k=10. Each method is swept over its search-time setting, so the result is a recall-vs-latency
 curve per method rather than one point:
 
-- fashsdk ``CatalogIndex`` (its defaults; candidates per query swept),
+- fashsdk ``CatalogIndex`` (its defaults: "auto" is the candidate count its build calibrated;
+  then candidates per query swept),
 - hnswlib (M=16, ef_construction=150; ef swept),
 - faiss ``IndexHNSWFlat`` (M=16, efConstruction=150; efSearch swept), when faiss-cpu is installed,
 - usearch (connectivity 16, expansion_add 150; f32, f16 and i8 storage; expansion_search swept),
@@ -80,10 +81,12 @@ def methods(vectors: np.ndarray, ids: list[str], codes: np.ndarray, queries: np.
     built = time.perf_counter() - start
     keys = [ids[r] for r in own]
 
-    def fashsdk(candidates: int) -> Search:
-        index.ef_search = candidates
+    calibrated = index.graph.calibrated if index.graph is not None else None
+
+    def fashsdk(candidates: int | str) -> Search:
+        index.ef_search = None if isinstance(candidates, str) else candidates  # "auto": the calibrated count
         return lambda i: [int(x[1:]) for x in index.search(queries[i], K, exclude=[keys[i]])[0][0]]
-    out["fashsdk"] = (built, [32, 48, 64, 96, 128, 192], fashsdk)
+    out["fashsdk"] = (built, [f"auto ({calibrated})", 32, 48, 64, 80, 96, 128], fashsdk)
 
     import hnswlib
 

@@ -23,7 +23,7 @@ import numpy as np
 from ..errors import QueryError
 from ..system import usable_cores
 from . import policy, reads, writes
-from .graph import ProjectedGraph, candidate_count
+from .graph import ProjectedGraph
 from .inputs import checked_codes, checked_layout, checked_query
 from .items import ItemTable, id_list, normalize_id
 from .partitions import Partitions
@@ -200,7 +200,7 @@ class CatalogIndex:
                             "built_count": graph.built_count, "written_since_build": graph.drift_count,
                             "laid_out_nodes": graph.laid_out, "fit_residual": proj.fit_residual,
                             "M": graph.params.M, "ef_construction": graph.params.ef_construction,
-                            "candidates_k10": min(candidate_count(n, 11, self.dim, self.ef_search), n),
+                            "candidates_k10": policy.candidates(self, 11), "calibrated_candidates": graph.calibrated,
                             "drift_residual": graph.drift_sum / graph.drift_count if graph.drift_count else None})
             return out
 
@@ -279,11 +279,14 @@ class CatalogIndex:
         hnswlib keeps nodes in insertion order, and at a million nodes a query waits on a
         cache miss per visited node; renumbering breadth-first within attribute combinations
         (graph_layout.py) keeps answers identical and walks faster (docs/performance.md).
-        Full builds do it themselves. Blocks readers and writers while it runs; returns
-        whether the graph was renumbered.
+        Full builds do it themselves. Then measures, on probe queries, how many candidates per
+        query reach the recall target at the current size (calibration.py). Blocks readers
+        and writers while it runs; returns whether the graph was renumbered.
         """
         with self.lock.write():
-            return policy.lay_out(self)
+            moved = policy.lay_out(self)
+            policy.calibrate(self)
+            return moved
 
     def refit(self) -> None:
         """Refit the projection on the current items and rebuild the graph (or drop it if small)."""

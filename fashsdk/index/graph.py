@@ -35,10 +35,10 @@ def candidate_count(n: int, want: int, dim: int, base: int | None = None) -> int
     """How many graph candidates a query asks for (hnswlib's ef; the re-rank's input).
 
     Manipulated queries sit far from every item, so scores are flat near the top and the
-    graph must return more candidates than k; wide (projected, re-ranked) layouts need fewer
-    because each candidate is re-scored exactly. The steps by catalog size were chosen by
-    ``python -m benchmarks.search`` (docs/performance.md, "Candidate counts"). ``base`` (the
-    index's ef_search) overrides the rule; the count is at least 3 x want either way.
+    graph must return more candidates than k. ``base`` (the index's ef_search, else the count
+    its build measured: fashsdk.index.calibration) overrides the size rule, which only serves
+    graphs that were never calibrated (docs/performance.md, "Candidate counts"); the count is
+    at least 3 x want either way.
     """
     if base is None:
         wide = dim >= 1024
@@ -84,6 +84,8 @@ class ProjectedGraph:
         self.drift_count = 0
         self.built_count = 0  # live items when the graph was built
         self.laid_out = 0  # nodes when the graph was last renumbered for locality (graph_layout)
+        self.calibrated: int | None = None  # candidates per query measured to reach the recall target
+        self.calibrated_nodes = 0  # graph nodes when it was measured
 
     @classmethod
     def load(cls, projection: Projection, path: str, capacity: int, params: GraphParams) -> "ProjectedGraph":
@@ -98,6 +100,7 @@ class ProjectedGraph:
         self.beam = 16
         self.graph.set_ef(self.beam)
         self.drift_sum, self.drift_count, self.built_count, self.laid_out = 0.0, 0, 0, 0
+        self.calibrated, self.calibrated_nodes = None, 0
         return self
 
     @property

@@ -72,7 +72,7 @@ def save_index(index: "CatalogIndex", directory: Path) -> Path:
                 "projection_dim": graph.projection.out_dim, "identity": graph.projection.identity,
                 "fit_count": graph.projection.fit_count, "fit_residual": graph.projection.fit_residual,
                 "built_count": graph.built_count, "drift_sum": graph.drift_sum, "drift_count": graph.drift_count,
-                "laid_out": graph.laid_out},
+                "laid_out": graph.laid_out, "calibrated_candidates": graph.calibrated},
             "subspaces": {str(a): {"nodes": g.count} for a, g in index.subspaces.graphs.items()},
             "info": index.info,
             "files": {role: {"name": name, "sha256": sha256_file(directory / name),
@@ -123,6 +123,9 @@ def load_index(cls: type["CatalogIndex"], directory: Path, keys: dict[str, bytes
             fit_count, fit_res = _int(graph_meta["fit_count"]), float(graph_meta["fit_residual"])
             built_count, laid_out = _int(graph_meta["built_count"]), _int(graph_meta["laid_out"])
             drift_sum, drift_count = float(graph_meta["drift_sum"]), _int(graph_meta["drift_count"])
+            calibrated = graph_meta.get("calibrated_candidates")  # absent in indexes saved before calibration
+            if calibrated is not None and not 0 < _int(calibrated) <= 1 << 16:
+                raise ValueError(f"calibrated_candidates {calibrated} is outside 1..65536")
         files = {role: meta["files"][role] for role in roles}
         options = {key: (None if settings.get(key) is None else _int(settings[key])) for key in SETTINGS}
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -176,6 +179,7 @@ def load_index(cls: type["CatalogIndex"], directory: Path, keys: dict[str, bytes
         graph = _load_graph(projection, paths["graph"], capacity, GraphParams(M, efc), nodes)
         graph.drift_sum, graph.drift_count, graph.built_count = drift_sum, drift_count, built_count
         graph.laid_out = laid_out if laid_out <= nodes else 0
+        graph.calibrated, graph.calibrated_nodes = calibrated, (nodes if calibrated is not None else 0)
         index.graph = graph
         set_beam(index)
     for a, nodes_a in subspace_nodes.items():

@@ -11,6 +11,8 @@
   triggered it, so the amortised cost of a write stays bounded.
 - If removals shrink the catalog to half the exact-scan size, the graph is dropped.
 - Graphs of LAYOUT_MIN_NODES or more are renumbered for memory locality after a build.
+- After a build (and ``optimize``) the candidate count per query is measured on probe queries
+  to reach a recall target (calibration.py), unless the caller fixed ``ef_search``.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .calibration import calibrate as measured_count
 from .graph import DEFAULT_PARAMS, GraphParams, ProjectedGraph, candidate_count, locality_order
 from .projection import fit_projection
 
@@ -63,10 +66,27 @@ def maintain(index: "CatalogIndex") -> None:
     set_beam(index)
 
 
+def candidates(index: "CatalogIndex", want: int) -> int:
+    """Full-graph candidates for a query keeping ``want``: the index's ef_search, else the count
+    calibrated at build time, else the size rule (graph.candidate_count); at most the catalog."""
+    graph = index.graph
+    base = index.ef_search if index.ef_search is not None else graph.calibrated if graph is not None else None
+    return min(candidate_count(len(index.table), want, index.dim, base), len(index.table))
+
+
 def set_beam(index: "CatalogIndex") -> None:
-    """The graph's beam for the common query (k=10) at this catalog size (graph.candidate_count)."""
+    """The graph's beam for the common query (k=10, one item excluded)."""
     if index.graph is not None:
-        index.graph.set_beam(min(candidate_count(len(index.table), 11, index.dim, index.ef_search), len(index.table)))
+        index.graph.set_beam(candidates(index, 11))
+
+
+def calibrate(index: "CatalogIndex") -> None:
+    """Measure the candidate count that reaches the recall target (fashsdk.index.calibration),
+    unless it was measured on a graph of the same node count."""
+    graph = index.graph
+    if graph is not None and (graph.calibrated is None or graph.calibrated_nodes != graph.count):
+        graph.calibrated, graph.calibrated_nodes = measured_count(index), graph.count
+        set_beam(index)
 
 
 def build(index: "CatalogIndex") -> None:
@@ -87,6 +107,7 @@ def build(index: "CatalogIndex") -> None:
     index.graph = graph
     index.partitions.clear()  # rebuilt on demand over the same items
     lay_out(index)
+    calibrate(index)
 
 
 def lay_out(index: "CatalogIndex") -> bool:

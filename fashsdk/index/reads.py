@@ -49,7 +49,7 @@ def read(index: "CatalogIndex", queries: np.ndarray, k: int, exact: bool, skip_k
     graph = index.graph
     if attribute is None and not where and len(queries) == 1 and not exact and graph is not None \
             and graph.projection.identity and index.precision == "float32":
-        count = min(candidate_count(n, want, index.dim, index.ef_search), n)
+        count = policy.candidates(index, want)
         fast = one_in_graph(graph, queries, want, count, k, -1 if skip is None else skip[0])
         rows, scores = fast if fast is not None else drop_excluded(*_scan(index, queries, want, None), skip, k)
     elif where or attribute is not None:
@@ -66,9 +66,17 @@ def read(index: "CatalogIndex", queries: np.ndarray, k: int, exact: bool, skip_k
         if len(queries) > 1 and (skip is None or want == k + 1):
             return _batch_hits(index, slots, found_scores, skip, k)
         rows, scores = drop_excluded(slots, found_scores, skip, k)
+    return [labelled_hits(index, row, sc) for row, sc in zip(rows, scores)]
+
+
+def labelled_hits(index: "CatalogIndex", row: list[int], scores: np.ndarray) -> Hits:
+    """Hits for one query's result slots; one int64 array and ``take`` per column (indexing with
+    the list itself converts it once per column and costs ~4 us each)."""
+    table = index.table
+    at = np.array(row, np.int64)
     ids = table.ids
-    return [Hits([ids[s] for s in row], sc, table.codes[row], table.predicted[row],  # type: ignore[misc]
-                 table.confidence[row]) for row, sc in zip(rows, scores)]
+    return Hits([ids[s] for s in row], scores, table.codes.take(at, 0), table.predicted.take(at, 0),  # type: ignore[misc]
+                table.confidence.take(at, 0))
 
 
 def _batch_hits(index: "CatalogIndex", slots: np.ndarray, scores: np.ndarray, skip: list[int] | None,
@@ -93,7 +101,7 @@ def _batch_hits(index: "CatalogIndex", slots: np.ndarray, scores: np.ndarray, sk
 def _slots(index: "CatalogIndex", queries: np.ndarray, want: int, exact: bool, n: int) -> tuple[np.ndarray, np.ndarray]:
     graph = index.graph
     if not exact and graph is not None:
-        count = min(candidate_count(n, want, index.dim, index.ef_search), n)
+        count = policy.candidates(index, want)
         exact_scores = graph.projection.identity and index.precision == "float32"
         # one thread per call for single queries (callers parallelise); batches use the build threads
         found = graph_topk(graph, None if exact_scores else index.store, queries, want, count,

@@ -99,6 +99,7 @@ def test_a_projection_that_disagrees_with_the_sidecar_is_refused(tmp_path: Path)
     lambda m: m.update(precision=["float32"]),
     lambda m: m["settings"].update(M=1),
     lambda m: m.update(format_version=5),
+    lambda m: m["graph"].update(calibrated_candidates=-3),
 ])
 def test_malformed_sidecars_are_refused(tmp_path: Path, edit) -> None:
     two_stage()[0].save(tmp_path)

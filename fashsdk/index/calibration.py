@@ -1,0 +1,79 @@
+"""Pick the graph's candidate count for this catalog by measuring recall, not by a size rule.
+
+How many candidates a query needs for a given recall depends on the embedding (how flat the
+scores near the top are), not only on the catalog's size, so after a build the index times
+nothing but measures: it makes probe queries that look like manipulated ones (an item with one
+attribute's chunk taken from another item, renormalised; without a layout, the midpoint of two
+items), finds their exact top 10 by a scan, and keeps the smallest count on a ladder whose
+recall@10 reaches the target. Probes come from the catalog itself, so this holds on catalogs
+and models the defaults were never measured on.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .graph import ProjectedGraph
+
+if TYPE_CHECKING:
+    from .catalog_index import CatalogIndex
+
+TARGET_RECALL = 0.98  # recall@10 on probes, which measured no easier than real manipulated queries
+PROBES = 512
+LADDER = (16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448, 512)
+K = 10
+
+
+def probe_queries(vectors: np.ndarray, layout: list[tuple[int, int]] | None, seed: int) -> np.ndarray:
+    """(len(vectors), D) unit queries: each row with one attribute chunk swapped in from another
+    row (the shape of a manipulated query), or, without a layout, the midpoint of two rows."""
+    rng = np.random.default_rng(seed)
+    donors = vectors[rng.permutation(len(vectors))]
+    if layout:
+        out = vectors.copy()
+        chunk = rng.integers(0, len(layout), len(vectors))
+        for a, (start, stop) in enumerate(layout):
+            rows = chunk == a
+            out[rows, start:stop] = donors[rows, start:stop]
+    else:
+        out = vectors + donors
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    return np.ascontiguousarray(out / np.maximum(norms, 1e-12), np.float32)
+
+
+def graph_recall(graph: ProjectedGraph, store_scores: object, probes: np.ndarray, truth: np.ndarray, count: int,
+                 threads: int) -> float:
+    """recall@10 of the graph's top 10 (from ``count`` candidates, re-ranked when projected)."""
+    from .reads import graph_topk
+
+    graph.set_beam(count)
+    found = graph_topk(graph, store_scores, probes, K, count, threads)  # type: ignore[arg-type]
+    if found is None:
+        return 0.0
+    hits = sum(len(set(f.tolist()) & set(t.tolist())) for f, t in zip(found[0], truth))
+    return hits / (K * len(truth))
+
+
+def calibrate(index: "CatalogIndex", target: float = TARGET_RECALL, probes: int = PROBES) -> int | None:
+    """The smallest ladder count whose probe recall@10 reaches ``target`` (the top of the ladder if
+    none does); None when there is no graph. Call under the write lock: it moves the graph's beam."""
+    graph = index.graph
+    alive = index.table.live_slots()
+    if graph is None or len(alive) <= 4 * LADDER[-1]:
+        return None
+    rng = np.random.default_rng(len(alive))
+    picked = np.sort(rng.choice(alive, min(probes, len(alive)), replace=False))
+    queries = probe_queries(index.store.rows(picked).astype(np.float32), index.layout, len(alive))
+    truth = index.store.scan_topk(queries, index.table.used, index.table.alive, K)[0]
+    store = None if graph.projection.identity and index.precision == "float32" else index.store
+    beam = graph.beam
+    chosen = LADDER[-1]
+    for count in LADDER:
+        if count >= len(alive):
+            break
+        if graph_recall(graph, store, queries, truth, count, index.threads) >= target:
+            chosen = count
+            break
+    graph.set_beam(beam)
+    return chosen
