@@ -23,6 +23,7 @@ TARGET_RECALL = 0.98  # recall@10 on probes, which measured no easier than real 
 PROBES = 512
 LADDER = (16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448, 512)
 K = 10
+MIN_CALIBRATED_ITEMS = 4 * LADDER[-1]  # smaller graphs keep the size rule (graph.candidate_count)
 
 
 def probe_queries(vectors: np.ndarray, layout: list[tuple[int, int]] | None, seed: int) -> np.ndarray:
@@ -44,14 +45,19 @@ def probe_queries(vectors: np.ndarray, layout: list[tuple[int, int]] | None, see
 
 def graph_recall(graph: ProjectedGraph, store_scores: object, probes: np.ndarray, truth: np.ndarray, count: int,
                  threads: int) -> float:
-    """recall@10 of the graph's top 10 (from ``count`` candidates, re-ranked when projected)."""
+    """recall@10 of the graph's top 10 from ``count`` candidates: on its native walk when it has one
+    (one query at a time, as searches use it), else hnswlib's (re-ranked when projected)."""
     from .reads import graph_topk
 
-    graph.set_beam(count)
-    found = graph_topk(graph, store_scores, probes, K, count, threads)  # type: ignore[arg-type]
-    if found is None:
-        return 0.0
-    hits = sum(len(set(f.tolist()) & set(t.tolist())) for f, t in zip(found[0], truth))
+    if graph.walk is not None:  # the path single searches take
+        rows = [graph.walk.search(q, count, K)[0] for q in probes]
+    else:
+        graph.set_beam(count)
+        found = graph_topk(graph, store_scores, probes, K, count, threads)  # type: ignore[arg-type]
+        if found is None:
+            return 0.0
+        rows = found[0].tolist()
+    hits = sum(len(set(f) & set(t.tolist())) for f, t in zip(rows, truth))
     return hits / (K * len(truth))
 
 
@@ -60,7 +66,7 @@ def calibrate(index: "CatalogIndex", target: float = TARGET_RECALL, probes: int 
     none does); None when there is no graph. Call under the write lock: it moves the graph's beam."""
     graph = index.graph
     alive = index.table.live_slots()
-    if graph is None or len(alive) <= 4 * LADDER[-1]:
+    if graph is None or len(alive) <= MIN_CALIBRATED_ITEMS:
         return None
     rng = np.random.default_rng(len(alive))
     picked = np.sort(rng.choice(alive, min(probes, len(alive)), replace=False))

@@ -193,7 +193,8 @@ class CatalogIndex:
                 "exact_max_items": policy.exact_limit(self), "subspace_graphs": sorted(self.subspaces.graphs),
                 "partition_graphs": len(self.partitions.graphs),
                 "bytes": {"vectors": self.store.nbytes(used), "codes": 4 * used * self.num_attributes,
-                          "graph": graph.nbytes() if graph else 0, "side_graphs": side, "ids_estimate": ids_bytes}}
+                          "graph": graph.nbytes() if graph else 0,
+                          "walk": graph.walk.nbytes() if graph and graph.walk else 0, "side_graphs": side, "ids_estimate": ids_bytes}}
             if graph is not None:
                 proj = graph.projection
                 out.update({"projection_dim": proj.out_dim, "fit_count": proj.fit_count,
@@ -201,6 +202,7 @@ class CatalogIndex:
                             "laid_out_nodes": graph.laid_out, "fit_residual": proj.fit_residual,
                             "M": graph.params.M, "ef_construction": graph.params.ef_construction,
                             "candidates_k10": policy.candidates(self, 11), "calibrated_candidates": graph.calibrated,
+                            "walk": "native" if graph.walk is not None else "hnswlib",
                             "drift_residual": graph.drift_sum / graph.drift_count if graph.drift_count else None})
             return out
 

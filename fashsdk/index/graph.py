@@ -14,6 +14,7 @@ from typing import Callable
 
 import numpy as np
 
+from .native_walk import NativeWalk
 from .projection import Projection
 
 ADD_BATCH = 65536  # rows projected at once while building
@@ -86,6 +87,7 @@ class ProjectedGraph:
         self.laid_out = 0  # nodes when the graph was last renumbered for locality (graph_layout)
         self.calibrated: int | None = None  # candidates per query measured to reach the recall target
         self.calibrated_nodes = 0  # graph nodes when it was measured
+        self.walk: NativeWalk | None = None  # a snapshot for the C walk (native_walk); writes drop it
 
     @classmethod
     def load(cls, projection: Projection, path: str, capacity: int, params: GraphParams) -> "ProjectedGraph":
@@ -101,6 +103,7 @@ class ProjectedGraph:
         self.graph.set_ef(self.beam)
         self.drift_sum, self.drift_count, self.built_count, self.laid_out = 0.0, 0, 0, 0
         self.calibrated, self.calibrated_nodes = None, 0
+        self.walk = None
         return self
 
     @property
@@ -126,6 +129,7 @@ class ProjectedGraph:
 
     def add(self, vectors: np.ndarray, slots: np.ndarray, threads: int, track_drift: bool = True) -> None:
         """Project and insert (or update in place) ``slots``; ``vectors`` (n, D) float32."""
+        self.walk = None
         self.reserve(self.count + len(slots))
         for s in range(0, len(slots), ADD_BATCH):
             chunk = np.asarray(vectors[s:s + ADD_BATCH], np.float32)
@@ -142,6 +146,7 @@ class ProjectedGraph:
         from .graph_layout import relaid
 
         fresh = relaid(self.graph, groups_of_labels, self.projection.apply(probes))
+        self.walk = None
         if fresh is None:
             return False
         fresh.set_num_threads(1)
@@ -151,6 +156,7 @@ class ProjectedGraph:
         return True
 
     def remove(self, slots: np.ndarray) -> None:
+        self.walk = None
         for s in slots.tolist():
             self.graph.mark_deleted(s)
 

@@ -62,6 +62,11 @@ class Partitions:
             graph = self.graphs[(attribute, v)]
             if live[v] <= 0:
                 continue
+            if graph.walk is not None:  # native_walk: exact scores of the best, fewer if deletions hide some
+                found, exact = graph.walk.search(query[0], count, min(count, live[v]))
+                slots.append(np.array(found, np.int64))
+                scores.append(exact)
+                continue
             labels, distances = graph.graph.knn_query(query, k=min(count, live[v]), num_threads=1)
             slots.append(labels[0].view(np.int64))
             scores.append(1.0 - distances[0])

@@ -24,7 +24,7 @@ from ..trust import trusted_keys, verified_bytes
 from .graph import DEFAULT_PARAMS, GraphParams, ProjectedGraph
 from .graph_check import check_graph_file
 from .items import ItemTable
-from .policy import exact_limit, maintain, set_beam
+from .policy import attach_side_walks, attach_walk, exact_limit, maintain, set_beam
 from .projection import Projection
 from .vector_store import PRECISIONS
 
@@ -182,10 +182,12 @@ def load_index(cls: type["CatalogIndex"], directory: Path, keys: dict[str, bytes
         graph.calibrated, graph.calibrated_nodes = calibrated, (nodes if calibrated is not None else 0)
         index.graph = graph
         set_beam(index)
+        attach_walk(index)
     for a, nodes_a in subspace_nodes.items():
         span = layout[a]  # type: ignore[index]
         index.subspaces.adopt(a, _load_graph(Projection(None, nodes_a, 0.0, span[1] - span[0]),
                                              paths[f"subspace-{a}"], capacity, DEFAULT_PARAMS, nodes_a))
+    attach_side_walks(index)
     swept = sweep(directory, {SIDECAR, SIDECAR + ".sig", *(str(e.get("name")) for e in meta["files"].values()
                                                            if isinstance(e, dict))}, OWN_FILES)
     if swept:

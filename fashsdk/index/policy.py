@@ -21,8 +21,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .calibration import MIN_CALIBRATED_ITEMS
 from .calibration import calibrate as measured_count
 from .graph import DEFAULT_PARAMS, GraphParams, ProjectedGraph, candidate_count, locality_order
+from .native_walk import MIN_WALK_NODES, walk_for
 from .projection import fit_projection
 
 if TYPE_CHECKING:
@@ -80,11 +82,37 @@ def set_beam(index: "CatalogIndex") -> None:
         index.graph.set_beam(candidates(index, 11))
 
 
-def calibrate(index: "CatalogIndex") -> None:
-    """Measure the candidate count that reaches the recall target (fashsdk.index.calibration),
-    unless it was measured on a graph of the same node count."""
+def attach_walk(index: "CatalogIndex") -> bool:
+    """Give the graph a native walk (native_walk) if it has none and can use one: full float32
+    vectors in the graph, and a catalog large enough to be calibrated. True if one was made."""
     graph = index.graph
-    if graph is not None and (graph.calibrated is None or graph.calibrated_nodes != graph.count):
+    if graph is None or graph.walk is not None or not graph.projection.identity or index.precision != "float32" \
+            or len(index.table) <= MIN_CALIBRATED_ITEMS:
+        return False
+    graph.walk = walk_for(graph, index.store.data, index.table.alive)
+    return graph.walk is not None
+
+
+def attach_side_walks(index: "CatalogIndex") -> None:
+    """Native walks for the subspace graphs (re-ranked on their own chunk vectors) and the per-value
+    graphs (on the float32 store, else their own vectors) that lack one and are big enough."""
+    exact = index.store.data if index.precision == "float32" else None
+    for graphs, rows in ((index.subspaces.graphs, None), (index.partitions.graphs, exact)):
+        for graph in graphs.values():
+            if graph.walk is None and graph.count >= MIN_WALK_NODES:
+                graph.walk = walk_for(graph, rows, index.table.alive)
+
+
+def calibrate(index: "CatalogIndex") -> None:
+    """Attach a native walk where possible, then measure the candidate count that reaches the
+    recall target on the path searches take (calibration.py), unless it was measured on this
+    same walk and node count."""
+    graph = index.graph
+    if graph is None:
+        return
+    fresh = attach_walk(index)
+    attach_side_walks(index)
+    if fresh or graph.calibrated is None or graph.calibrated_nodes != graph.count:
         graph.calibrated, graph.calibrated_nodes = measured_count(index), graph.count
         set_beam(index)
 

@@ -50,7 +50,11 @@ def read(index: "CatalogIndex", queries: np.ndarray, k: int, exact: bool, skip_k
     if attribute is None and not where and len(queries) == 1 and not exact and graph is not None \
             and graph.projection.identity and index.precision == "float32":
         count = policy.candidates(index, want)
-        fast = one_in_graph(graph, queries, want, count, k, -1 if skip is None else skip[0])
+        excluded = -1 if skip is None else skip[0]
+        if graph.walk is not None:
+            fast = walked(graph, queries[0], count, k, excluded, n)
+        else:
+            fast = one_in_graph(graph, queries, want, count, k, excluded)
         rows, scores = fast if fast is not None else drop_excluded(*_scan(index, queries, want, None), skip, k)
     elif where or attribute is not None:
         found = [_one(index, q[None], want, exact, where, attribute) for q in queries]
@@ -178,6 +182,10 @@ def _similar_one(index: "CatalogIndex", query: np.ndarray, want: int, exact: boo
     if graph is None:
         return None
     if not where:  # neighbours of a real item in a space of near-duplicates: a narrow beam suffices
+        if graph.walk is not None:
+            found = walked(graph, query[0], max(graph.beam, want), want, -1, n)
+            if found is not None:
+                return np.array(found[0], np.int64), found[1][0][None]
         return graph_topk(graph, None, query, want, min(max(graph.beam, want), n), 1) or \
             _scan_selected(index, query, want, where, span)
     count = min(candidate_count(n, want, width, index.ef_search), n)
@@ -231,6 +239,8 @@ def build_missing(index: "CatalogIndex", todo: list[tuple[str, int, int]]) -> No
         else:
             slots = live[index.table.current_codes(live)[:, a] == v]
             index.partitions.build(a, v, index.store.iter_rows(slots, step), len(slots))
+    if todo:
+        policy.attach_side_walks(index)
 
 
 def graph_topk(graph: ProjectedGraph, store: VectorStore | None, queries: np.ndarray, want: int, count: int,
@@ -247,6 +257,16 @@ def graph_topk(graph: ProjectedGraph, store: VectorStore | None, queries: np.nda
     if store is None:
         return cand[:, :want], 1.0 - distance[:, :want]
     return best_first(cand, store.score(queries, cand), want)
+
+
+def walked(graph: ProjectedGraph, query: np.ndarray, count: int, k: int, skip: int,
+           n: int) -> tuple[list[list[int]], list[np.ndarray]] | None:
+    """One query on the graph's native walk; None when it reached fewer live items than the
+    catalog holds beyond k (heavy deletions): the caller scans instead."""
+    rows, scores = graph.walk.search(query, count, k, skip)  # type: ignore[union-attr]
+    if len(rows) < min(k, n - (skip >= 0)):
+        return None
+    return [rows], [scores]
 
 
 def one_in_graph(graph: ProjectedGraph, query: np.ndarray, want: int, count: int, k: int,

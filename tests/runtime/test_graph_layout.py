@@ -112,8 +112,9 @@ def test_a_state_that_does_not_round_trip_is_refused(monkeypatch: pytest.MonkeyP
 
 def test_index_optimize_keeps_results_and_persists(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(index_module, "LAYOUT_MIN_NODES", 1000)
+    monkeypatch.setattr(index_module, "walk_for", lambda *args: None)  # the hnswlib walk, before and after
     x = clustered(2500, dim=32)
-    index = CatalogIndex(32, 2, exact_max_items=100, threads=1)
+    index = CatalogIndex(32, 2, exact_max_items=100, threads=1, ef_search=64)  # not the count optimize() measures
     codes = np.stack([np.arange(2500) % 4, np.arange(2500) % 3], 1)
     index.add([f"i{i}" for i in range(200)], x[:200], codes[:200])  # graph built small: not laid out
     index.add([f"i{i}" for i in range(200, 2500)], x[200:], codes[200:])
