@@ -8,7 +8,8 @@ k=10. Each method is swept over its search-time setting, so the result is a reca
 curve per method rather than one point:
 
 - fashsdk ``CatalogIndex`` (its defaults: "auto" is the candidate count its build calibrated;
-  then candidates per query swept),
+  then candidates per query swept), and the same index walked by hnswlib instead of its native
+  walk (what the native walk adds),
 - hnswlib (M=16, ef_construction=150; ef swept),
 - faiss ``IndexHNSWFlat`` (M=16, efConstruction=150; efSearch swept), when faiss-cpu is installed,
 - usearch (connectivity 16, expansion_add 150; f32, f16 and i8 storage; expansion_search swept),
@@ -81,13 +82,37 @@ def methods(vectors: np.ndarray, ids: list[str], codes: np.ndarray, queries: np.
     built = time.perf_counter() - start
     keys = [ids[r] for r in own]
 
-    calibrated = index.graph.calibrated if index.graph is not None else None
+    ours = index.graph
+    calibrated, walk = (ours.calibrated, ours.walk) if ours is not None else (None, None)
 
-    def fashsdk(candidates: int | str) -> Search:
+    def fashsdk(candidates: int | str, native: bool = True) -> Search:
+        if ours is not None:
+            ours.walk = walk if native else None  # the same graph, walked by hnswlib instead of walk.c
         index.ef_search = None if isinstance(candidates, str) else candidates  # "auto": the calibrated count
         return lambda i: [int(x[1:]) for x in index.search(queries[i], K, exclude=[keys[i]])[0][0]]
     out["fashsdk"] = (built, [f"auto ({calibrated})", 32, 48, 64, 80, 96, 128], fashsdk)
+    if walk is not None:
+        out["fashsdk, hnswlib walk"] = (built, [32, 48, 64, 96, 128], lambda c: fashsdk(c, native=False))
 
+    for name, (seconds, settings, make, _) in peer_searchers(vectors, wanted, threads).items():
+        def bound(setting: Any, make: Callable[[Any], Nearest] = make) -> Search:
+            nearest = make(setting)
+            return lambda i: drop(nearest(queries[i], K + 1), own[i])
+        out[name] = (seconds, settings, bound)
+    return out
+
+
+Nearest = Callable[[np.ndarray, int], Any]  # (query (D,), k) -> result rows, best first
+SETTINGS = [16, 24, 32, 48, 64, 96]
+
+
+def peer_searchers(vectors: np.ndarray, wanted: set[str], threads: int
+                   ) -> dict[str, tuple[float, list[int], Callable[[int], Nearest], Any]]:
+    """The peers built over ``vectors`` (rows are their labels): name -> (build seconds, the
+    settings swept, setting -> one-query search, the library's index object). hnswlib always;
+    faiss and usearch when asked for and installed (a note says which were skipped)."""
+    n, dim = vectors.shape
+    out: dict[str, tuple[float, list[int], Callable[[int], Nearest], Any]] = {}
     import hnswlib
 
     graph = hnswlib.Index(space="ip", dim=dim)
@@ -96,10 +121,10 @@ def methods(vectors: np.ndarray, ids: list[str], codes: np.ndarray, queries: np.
     graph.add_items(vectors, np.arange(n), num_threads=threads)
     built = time.perf_counter() - start
 
-    def plain(ef: int) -> Search:
+    def plain(ef: int) -> Nearest:
         graph.set_ef(ef)
-        return lambda i: drop(graph.knn_query(queries[i], k=K + 1, num_threads=1)[0][0], own[i])
-    out["hnswlib"] = (built, [16, 24, 32, 48, 64, 96], plain)
+        return lambda q, k: graph.knn_query(q, k=k, num_threads=1)[0][0]
+    out["hnswlib"] = (built, SETTINGS, plain, graph)
 
     if "faiss" in wanted:
         try:
@@ -115,10 +140,10 @@ def methods(vectors: np.ndarray, ids: list[str], codes: np.ndarray, queries: np.
             built = time.perf_counter() - start
             faiss.omp_set_num_threads(1)
 
-            def hnsw_flat(ef: int) -> Search:
+            def hnsw_flat(ef: int) -> Nearest:
                 flat.hnsw.efSearch = ef
-                return lambda i: drop(flat.search(queries[i:i + 1], K + 1)[1][0], own[i])
-            out["faiss HNSWFlat"] = (built, [16, 24, 32, 48, 64, 96], hnsw_flat)
+                return lambda q, k: flat.search(q[None], k)[1][0]
+            out["faiss HNSWFlat"] = (built, SETTINGS, hnsw_flat, flat)
 
     if "usearch" in wanted:
         try:
@@ -133,10 +158,10 @@ def methods(vectors: np.ndarray, ids: list[str], codes: np.ndarray, queries: np.
                 store.add(np.arange(n), vectors, threads=threads)
                 built = time.perf_counter() - start
 
-                def searcher(expansion: int, store: Any = store) -> Search:
+                def searcher(expansion: int, store: Any = store) -> Nearest:
                     store.expansion_search = expansion
-                    return lambda i: drop(store.search(queries[i], K + 1, threads=1).keys, own[i])
-                out[f"usearch {dtype}"] = (built, [16, 24, 32, 48, 64, 96], searcher)
+                    return lambda q, k: store.search(q, k, threads=1).keys
+                out[f"usearch {dtype}"] = (built, SETTINGS, searcher, store)
     return out
 
 
@@ -164,8 +189,25 @@ def run_size(work: Any, n: int, args: argparse.Namespace, wanted: set[str]) -> l
     order = np.argsort(-best[1], axis=1, kind="stable")
     exact = np.array([drop(row, q) for row, q in zip(np.take_along_axis(best[0], order, 1), own)])
     ids = [f"r{i}" for i in range(n)]
-    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    built = methods(vectors, ids, all_codes, queries, own, wanted, threads)
+    built = methods(vectors, ids, all_codes, queries, own, wanted, usable_threads())
+    rows = sweep(n, built, exact, args)
+
+    def scan(i: int) -> None:
+        sims = vectors @ queries[i % len(queries)]
+        np.argpartition(-sims, K)[:K + 1]
+    times = timed(scan, min(200, args.latency_queries), warmup=3)
+    rows.append({"n": n, "method": "exact numpy scan", "setting": None, "build_s": 0.0, "build_items_per_s": None,
+                 "recall_at_10": 1.0, "p50_ms": round(1000 * float(np.median(times)), 4)})
+    return rows
+
+
+def usable_threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def sweep(n: int, built: dict[str, tuple[float, list[Any], Callable[[Any], Search]]], exact: np.ndarray,
+          args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every setting of every method: recall@10 against ``exact`` (Q, 10) and p50 over interleaved rounds."""
     per_round = max(1, args.latency_queries // args.rounds)
     samples: dict[tuple[str, Any], list[list[float]]] = {}
     recalls: dict[tuple[str, Any], float] = {}
@@ -183,13 +225,6 @@ def run_size(work: Any, n: int, args: argparse.Namespace, wanted: set[str]) -> l
                      "build_items_per_s": round(n / built[name][0]), "recall_at_10": round(recalls[(name, setting)], 4),
                      "p50_ms": round(float(np.median(medians)), 4), "p50_rounds_ms": [round(m, 4) for m in medians]})
         print(f"   {name} {setting}: p50 {rows[-1]['p50_ms']} ms, recall@10 {rows[-1]['recall_at_10']}", flush=True)
-
-    def scan(i: int) -> None:
-        sims = vectors @ queries[i % len(queries)]
-        np.argpartition(-sims, K)[:K + 1]
-    times = timed(scan, min(200, args.latency_queries), warmup=3)
-    rows.append({"n": n, "method": "exact numpy scan", "setting": None, "build_s": 0.0, "build_items_per_s": None,
-                 "recall_at_10": 1.0, "p50_ms": round(1000 * float(np.median(times)), 4)})
     return rows
 
 
@@ -207,9 +242,10 @@ def fastest_at(rows: list[dict[str, Any]], recall: float) -> dict[tuple[int, str
 
 def markdown(result: dict[str, Any]) -> str:
     m, shape = result["machine"], result["embedding"]
-    lines = [f"# Vector search peers on {result['bundle']} embeddings", "",
+    task = result.get("task", "manipulated single-attribute queries")
+    lines = [f"# Vector search peers on {result['bundle']} embeddings: {task}", "",
              f"Machine: {m['cpu']}, {m['cores']} usable cores. One query thread, k=10, {result['queries']} "
-             f"manipulated single-attribute queries, the query's own item left out; p50 is the median of "
+             f"queries, the query's own item left out; p50 is the median of "
              f"{result['rounds']} interleaved rounds' medians.",
              f"Embedding: chunk shares of the squared norm {shape['chunk_share_of_squared_norm']}, random-pair "
              f"cosine {shape['random_pair_cosine_mean']}.", ""]

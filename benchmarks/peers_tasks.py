@@ -1,0 +1,231 @@
+"""python -m benchmarks.peers_tasks --json OUT: ``similar`` and ``where`` against other vector search
+libraries, at equal recall, on a trained bundle's embeddings (the manipulation search is
+benchmarks.peers).
+
+- similar (conditional similarity): each attribute's chunk of the vectors, re-normalised, is its
+  own space. fashsdk's subspace graphs (``CatalogIndex.hits(..., attribute=a)``, beam swept;
+  its default is 48) against hnswlib, faiss HNSW and usearch graphs built on the same chunks, one
+  per attribute. Queries are real catalog items (query i asks about attribute i mod A), the
+  item itself left out; recall@10 against the exact chunk scan.
+- where (filtered search): manipulated queries with a filter on one attribute value selecting
+  about 10%, then about 1%, of the gallery. fashsdk's per-value graphs (``search(..., where=)``,
+  candidates swept; "auto" is its default) against hnswlib's filter callback and faiss HNSW
+  with an ``IDSelectorBitmap``, both over the whole gallery; recall@10 against the exact filtered
+  scan. usearch's Python search takes no filter, so it is not in this table.
+
+Galleries are the real catalog grown with the kernel model (benchmarks.galleries), as in
+benchmarks.peers; one query thread, k=10, p50 over interleaved rounds. Writes OUT (JSON), OUT
+with .md and OUT with .png (the curves).
+
+    pip install '.[peers]'
+    python -m benchmarks.peers_tasks --sizes 44441,100000 --json benchmarks/results/peers-tasks.json
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # single-thread queries; set before numpy loads
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any, Callable  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from benchmarks.peers import (K, Nearest, Search, drop, embedding_shape, markdown, peer_searchers, plot,  # noqa: E402
+                              sweep, usable_threads)
+from benchmarks.search import demo_workload, gallery  # noqa: E402
+from fashsdk.eval.protocol import manipulation_queries  # noqa: E402
+from fashsdk.files import atomic_write_bytes, atomic_write_json  # noqa: E402
+from fashsdk.index import CatalogIndex  # noqa: E402
+from fashsdk.index.subspaces import chunks  # noqa: E402
+from fashsdk.system import machine  # noqa: E402
+
+Built = dict[str, tuple[float, list[Any], Callable[[Any], Search]]]
+
+
+def grown(work: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
+    parts = list(gallery(work, n, seed=n))
+    return (np.ascontiguousarray(np.concatenate([p[0] for p in parts]), np.float32),
+            np.concatenate([p[1] for p in parts]))
+
+
+def exact_rows(scores: np.ndarray, own: int) -> list[int]:
+    top = np.argpartition(-scores, K + 1)[:K + 1]
+    return drop(top[np.argsort(-scores[top], kind="stable")], own)
+
+
+def fashsdk_index(vectors: np.ndarray, codes: np.ndarray, layout: list[tuple[int, int]]) -> tuple[CatalogIndex, float]:
+    index = CatalogIndex(vectors.shape[1], codes.shape[1], layout=layout, threads=usable_threads())
+    start = time.perf_counter()
+    index.add([f"r{i}" for i in range(len(vectors))], vectors, codes)
+    index.optimize()
+    return index, time.perf_counter() - start
+
+
+def similar_size(work: Any, n: int, args: argparse.Namespace, wanted: set[str]) -> list[dict[str, Any]]:
+    print(f"== similar, n={n}", flush=True)
+    vectors, codes = grown(work, n)
+    layout, names = work.chunks, work.schema.names
+    rng = np.random.default_rng(n)
+    own = rng.choice(min(n, len(work.base_vectors)), args.queries, replace=False)
+    attribute = np.arange(args.queries) % len(layout)
+    spaces = [chunks(vectors, span) for span in layout]
+    queries = [spaces[a][r] for a, r in zip(attribute, own)]
+    exact = np.array([exact_rows(spaces[a] @ q, r) for a, q, r in zip(attribute, queries, own)])
+    index, seconds = fashsdk_index(vectors, codes, layout)
+    start = time.perf_counter()
+    index.prepare_similar(range(len(layout)))
+    seconds += time.perf_counter() - start
+    keys = [f"r{r}" for r in own]
+
+    def fashsdk(beam: int) -> Search:
+        for graph in index.subspaces.graphs.values():
+            graph.set_beam(beam)
+        return lambda i: [int(x[1:]) for x in index.hits(queries[i][None], K, exclude=[keys[i]],
+                                                         attribute=int(attribute[i]))[0].ids]
+    built: Built = {"fashsdk": (seconds, [16, 24, 32, 48, 64, 96], fashsdk)}
+    per_attribute = [peer_searchers(space, wanted, usable_threads()) for space in spaces]
+    for name in per_attribute[0]:
+        total = sum(p[name][0] for p in per_attribute)
+
+        def peer(setting: int, name: str = name) -> Search:
+            nearest: list[Nearest] = [p[name][2](setting) for p in per_attribute]
+            return lambda i: drop(nearest[attribute[i]](queries[i], K + 1), own[i])
+        built[name] = (total, per_attribute[0][name][1], peer)
+    rows = sweep(n, built, exact, args)
+    rows.append(scan_row(n, lambda i: spaces[attribute[i]] @ queries[i], args))
+    print(f"   attributes: {names}", flush=True)
+    return rows
+
+
+def pick_value(codes: np.ndarray, share: float) -> tuple[int, int, float]:
+    """(attribute, value, selected share) closest to ``share`` of the gallery."""
+    best = (0, 0, -1.0)
+    for a in range(codes.shape[1]):
+        values, counts = np.unique(codes[:, a][codes[:, a] >= 0], return_counts=True)
+        for v, c in zip(values, counts):
+            if abs(c / len(codes) - share) < abs(best[2] - share):
+                best = (a, int(v), float(c / len(codes)))
+    return best
+
+
+def where_size(work: Any, n: int, args: argparse.Namespace, wanted: set[str]) -> list[dict[str, Any]]:
+    vectors, codes = grown(work, n)
+    take = min(n, len(work.base_vectors))
+    qs = manipulation_queries(work.base_codes[:take], work.schema.sizes, max_queries=args.queries, seed=0)
+    queries = np.ascontiguousarray(work.queries(qs, take), np.float32)
+    own = qs.rows.astype(np.int64)
+    index, seconds = fashsdk_index(vectors, codes, work.chunks)
+    peers = peer_searchers(vectors, wanted & {"faiss"}, usable_threads())
+    rows = []
+    for share in (0.10, 0.01):
+        a, v, got = pick_value(codes, share)
+        label = f"where {work.schema.names[a]} = {work.schema.attributes[a].values[v]} ({100 * got:.1f}%)"
+        print(f"== {label}, n={n}", flush=True)
+        allowed = codes[:, a] == v
+        selected = np.flatnonzero(allowed)
+        exact = np.array([drop(selected[exact_rows(vectors[selected] @ q, -1)[:K + 1]], r)
+                          for q, r in zip(queries, own)])
+        start = time.perf_counter()
+        index.prepare_filters([a])
+        built: Built = {"fashsdk": (seconds + time.perf_counter() - start, ["auto", 32, 48, 64, 96, 128],
+                                    fashsdk_where(index, queries, own, {a: frozenset([v])}))}
+        built.update(filtered_peers(peers, allowed, queries, own))
+        part = sweep(n, built, exact, args)
+        part.append(scan_row(n, lambda i: vectors[selected] @ queries[i], args))
+        rows += [{**row, "task": label} for row in part]
+    return rows
+
+
+def fashsdk_where(index: CatalogIndex, queries: np.ndarray, own: np.ndarray,
+                  where: dict[int, frozenset[int]]) -> Callable[[Any], Search]:
+    keys = [f"r{r}" for r in own]
+
+    def make(candidates: Any) -> Search:
+        index.ef_search = None if candidates == "auto" else int(candidates)
+        return lambda i: [int(x[1:]) for x in index.search(queries[i], K, exclude=[keys[i]], where=where)[0][0]]
+    return make
+
+
+def filtered_peers(peers: dict[str, Any], allowed: np.ndarray, queries: np.ndarray, own: np.ndarray) -> Built:
+    """hnswlib with its filter callback; faiss HNSW with a bitmap selector; both over every item."""
+    out: Built = {}
+    seconds, settings, _, hnsw = peers["hnswlib"]
+    keep = allowed.tolist()
+
+    def callback(ef: int) -> Search:
+        hnsw.set_ef(ef)
+        return lambda i: drop(hnsw.knn_query(queries[i], k=K + 1, num_threads=1, filter=keep.__getitem__)[0][0], own[i])
+    out["hnswlib filter callback"] = (seconds, settings, callback)
+    if "faiss HNSWFlat" in peers:
+        import faiss
+
+        seconds, settings, _, flat = peers["faiss HNSWFlat"]
+        bits = np.packbits(allowed, bitorder="little")
+        selector = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bits))
+
+        def bitmap(ef: int) -> Search:
+            params = faiss.SearchParametersHNSW(sel=selector, efSearch=ef)
+            return lambda i: drop(flat.search(queries[i:i + 1], K + 1, params=params)[1][0], own[i])
+        out["faiss HNSWFlat bitmap"] = (seconds, settings, bitmap)
+    return out
+
+
+def scan_row(n: int, scores: Callable[[int], np.ndarray], args: argparse.Namespace) -> dict[str, Any]:
+    from benchmarks.search import timed
+
+    times = timed(lambda i: np.argpartition(-scores(i % args.queries), K)[:K + 1], min(200, args.latency_queries),
+                  warmup=3)
+    return {"n": n, "method": "exact numpy scan", "setting": None, "build_s": 0.0, "build_items_per_s": None,
+            "recall_at_10": 1.0, "p50_ms": round(1000 * float(np.median(times)), 4)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--bundle", type=Path, default=Path("runs/demo/bundle"))
+    p.add_argument("--index", type=Path, default=Path("runs/catalog-index"), help="an index of the catalog "
+                   "built with the bundle (fashsdk index ... --out)")
+    p.add_argument("--sizes", default="44441,100000", help="gallery sizes, comma-separated")
+    p.add_argument("--tasks", nargs="+", default=["similar", "where"], choices=["similar", "where"])
+    p.add_argument("--queries", type=int, default=1000)
+    p.add_argument("--latency-queries", type=int, default=1500, help="timed calls per setting, over all rounds")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--methods", nargs="+", default=["faiss", "usearch"], choices=["faiss", "usearch"])
+    p.add_argument("--recall-targets", default="0.95,0.98")
+    p.add_argument("--json", type=Path, required=True)
+    args = p.parse_args(argv)
+    for path, what in ((args.bundle, "bundle"), (args.index, "index")):
+        if not path.is_dir():
+            raise SystemExit(f"{what} {path} not found: pass --{what} (make demo builds runs/demo/bundle; "
+                             "fashsdk index --bundle ... --out runs/catalog-index builds the index)")
+    start = time.perf_counter()
+    work = demo_workload(args.bundle, args.index, "float32")
+    shape = embedding_shape(work.base_vectors, work.chunks, work.schema.names)
+    wanted = set(args.methods)
+    for task in args.tasks:
+        rows = []
+        for n in [int(s) for s in args.sizes.split(",") if s]:
+            rows += similar_size(work, n, args, wanted) if task == "similar" else where_size(work, n, args, wanted)
+        groups = sorted({r.get("task", task) for r in rows})
+        for group in groups:
+            result = {"machine": machine(), "bundle": str(args.bundle), "index": str(args.index), "embedding": shape,
+                      "task": group, "queries": args.queries, "rounds": args.rounds,
+                      "recall_targets": [float(t) for t in args.recall_targets.split(",") if t],
+                      "rows": [r for r in rows if r.get("task", task) == group],
+                      "wall_s": round(time.perf_counter() - start, 1)}
+            slug = group.split(" (")[0].replace(" = ", "-").replace(" ", "-").lower()
+            out = args.json.with_name(f"{args.json.stem}-{slug}.json")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(out, result)
+            atomic_write_bytes(out.with_suffix(".md"), markdown(result).encode())
+            plot(result, out.with_suffix(".png"))
+            print(f"wrote {out} and its .md/.png", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
