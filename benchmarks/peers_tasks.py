@@ -53,9 +53,14 @@ def grown(work: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
             np.concatenate([p[1] for p in parts]))
 
 
+def best_rows(scores: np.ndarray, count: int) -> np.ndarray:
+    """Positions of the ``count`` highest scores, best first."""
+    top = np.argpartition(-scores, count)[:count] if count < len(scores) else np.arange(len(scores))
+    return top[np.argsort(-scores[top], kind="stable")]
+
+
 def exact_rows(scores: np.ndarray, own: int) -> list[int]:
-    top = np.argpartition(-scores, K + 1)[:K + 1]
-    return drop(top[np.argsort(-scores[top], kind="stable")], own)
+    return drop(best_rows(scores, K + 1), own)
 
 
 def fashsdk_index(vectors: np.ndarray, codes: np.ndarray, layout: list[tuple[int, int]]) -> tuple[CatalogIndex, float]:
@@ -81,13 +86,17 @@ def similar_size(work: Any, n: int, args: argparse.Namespace, wanted: set[str]) 
     index.prepare_similar(range(len(layout)))
     seconds += time.perf_counter() - start
     keys = [f"r{r}" for r in own]
+    walks = {a: graph.walk for a, graph in index.subspaces.graphs.items()}
 
-    def fashsdk(beam: int) -> Search:
-        for graph in index.subspaces.graphs.values():
+    def fashsdk(beam: int, native: bool = True) -> Search:
+        for a, graph in index.subspaces.graphs.items():
             graph.set_beam(beam)
+            graph.walk = walks[a] if native else None  # the same graphs, walked by hnswlib instead
         return lambda i: [int(x[1:]) for x in index.hits(queries[i][None], K, exclude=[keys[i]],
                                                          attribute=int(attribute[i]))[0].ids]
     built: Built = {"fashsdk": (seconds, [16, 24, 32, 48, 64, 96], fashsdk)}
+    if any(w is not None for w in walks.values()):
+        built["fashsdk, hnswlib walk"] = (seconds, [16, 24, 32, 48, 64, 96], lambda b: fashsdk(b, native=False))
     per_attribute = [peer_searchers(space, wanted, usable_threads()) for space in spaces]
     for name in per_attribute[0]:
         total = sum(p[name][0] for p in per_attribute)
@@ -128,8 +137,7 @@ def where_size(work: Any, n: int, args: argparse.Namespace, wanted: set[str]) ->
         print(f"== {label}, n={n}", flush=True)
         allowed = codes[:, a] == v
         selected = np.flatnonzero(allowed)
-        exact = np.array([drop(selected[exact_rows(vectors[selected] @ q, -1)[:K + 1]], r)
-                          for q, r in zip(queries, own)])
+        exact = np.array([drop(selected[best_rows(vectors[selected] @ q, K + 1)], r) for q, r in zip(queries, own)])
         start = time.perf_counter()
         index.prepare_filters([a])
         built: Built = {"fashsdk": (seconds + time.perf_counter() - start, ["auto", 32, 48, 64, 96, 128],
@@ -160,7 +168,7 @@ def filtered_peers(peers: dict[str, Any], allowed: np.ndarray, queries: np.ndarr
     def callback(ef: int) -> Search:
         hnsw.set_ef(ef)
         return lambda i: drop(hnsw.knn_query(queries[i], k=K + 1, num_threads=1, filter=keep.__getitem__)[0][0], own[i])
-    out["hnswlib filter callback"] = (seconds, settings, callback)
+    out["hnswlib filter callback"] = (seconds, [16, 48, 128], callback)  # a Python call per visited node: slow
     if "faiss HNSWFlat" in peers:
         import faiss
 
@@ -168,7 +176,7 @@ def filtered_peers(peers: dict[str, Any], allowed: np.ndarray, queries: np.ndarr
         bits = np.packbits(allowed, bitorder="little")
         selector = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bits))
 
-        def bitmap(ef: int) -> Search:
+        def bitmap(ef: int, bits: np.ndarray = bits) -> Search:  # bits: the selector reads this memory
             params = faiss.SearchParametersHNSW(sel=selector, efSearch=ef)
             return lambda i: drop(flat.search(queries[i:i + 1], K + 1, params=params)[1][0], own[i])
         out["faiss HNSWFlat bitmap"] = (seconds, settings, bitmap)

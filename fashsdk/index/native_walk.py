@@ -36,7 +36,7 @@ log = logging.getLogger("fashsdk")
 CODE_DIM = 64  # projection width of the codes (64 walked faster than 128 or 256 at equal recall)
 SEEDS = 256  # nodes scored before the walk; the best STARTS (walk.c) start it
 MAX_BEAM = 4096  # largest ef a walk accepts (more is clamped)
-MIN_WALK_NODES = 1024  # smaller side graphs (subspaces, per-value) stay with hnswlib: they sit in cache
+MIN_WALK_NODES = 1024  # smaller per-value graphs stay with hnswlib: they sit in cache
 FIT_SAMPLE = 32768
 _FLAGS = ["-O3", "-fno-math-errno", "-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math",
           "-shared", "-fPIC"]  # not -ffast-math: in a shared library it can flush denormals process-wide
@@ -48,7 +48,8 @@ class _Graph(ctypes.Structure):
     _fields_ = [(name, _P) for name in ("codes", "scale", "exact", "links", "labels", "alive", "seeds", "seed_codes",
                                         "projection")] + [(name, ctypes.c_int32) for name in ("n", "d", "p", "width",
                                                                                                "n_seeds",
-                                                                                               "exact_by_node")]
+                                                                                               "exact_by_node",
+                                                                                               "float_codes")]
 
 
 class _Scratch(ctypes.Structure):
@@ -95,7 +96,7 @@ def _compile() -> ctypes.CDLL | None:
                         error.decode(errors="replace")[:300] if isinstance(error, bytes) else error)
             return None
         library = ctypes.CDLL(str(target))  # the mapping outlives the file
-    library.fs_search.argtypes = [_P, _P, ctypes.c_int, ctypes.c_int, ctypes.c_int64]
+    library.fs_search.argtypes = [_P, _P, ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int32]
     library.fs_search.restype = ctypes.c_int
     return library
 
@@ -104,7 +105,7 @@ class NativeWalk:
     """A snapshot of one graph for the C walk; ``search`` is safe from many threads at once."""
 
     def __init__(self, library: ctypes.CDLL, graph: "ProjectedGraph", exact: np.ndarray | None,
-                 alive: np.ndarray) -> None:
+                 alive: np.ndarray, float_codes: bool = False) -> None:
         state = graph.graph.__getstate__()[0]
         if int(state.get("ser_version", -1)) != 1:
             raise ValueError(f"hnswlib state version {state.get('ser_version')!r} is not one this walk reads")
@@ -117,7 +118,7 @@ class NativeWalk:
         at = int(state["label_offset"])
         labels = np.ascontiguousarray(rows[:, at:at + 8].copy().view(np.int64)[:, 0])
         by_node = exact is None
-        if exact is None:  # the graph's own vectors, in node order (subspace graphs: no other copy)
+        if exact is None:  # the graph's own float32 vectors, in node order (a float16 store is too coarse)
             start, dim = int(state["offset_data"]), int(state["dim"])
             exact = np.ascontiguousarray(rows[:, start:start + 4 * dim]).view(np.float32)
             rows_of_nodes = np.arange(n)
@@ -131,16 +132,23 @@ class NativeWalk:
         projected = np.empty((n, projection.shape[1]), np.float32)
         for s in range(0, n, 65536):  # no (n, D) temporary
             projected[s:s + 65536] = exact[rows_of_nodes[s:s + 65536]] @ projection
-        scale = np.maximum(np.abs(projected).max(axis=0), 1e-12).astype(np.float32) / 127.0
-        codes = np.clip(np.rint(projected / scale), -127, 127).astype(np.int8)
+        if float_codes:  # the graph's own vectors need no second copy
+            scale = np.ones(projected.shape[1], np.float32)
+            codes = exact if by_node and matrix is None else projected
+        else:
+            scale = np.maximum(np.abs(projected).max(axis=0), 1e-12).astype(np.float32) / 127.0
+            codes = np.clip(np.rint(projected / scale), -127, 127).astype(np.int8)
         del projected
+        node_of = np.full(int(labels.max()) + 1 if n else 1, -1, np.int32)
+        node_of[labels] = np.arange(n, dtype=np.int32)
         seeds = np.sort(rng.choice(n, min(n, SEEDS), replace=False)).astype(np.int32)
         self._keep = {"codes": codes, "scale": scale, "exact": exact, "links": np.ascontiguousarray(links),
                       "labels": labels, "alive": alive[labels].astype(np.uint8), "seeds": seeds,
                       "seed_codes": np.ascontiguousarray(codes[seeds]),
                       "projection": np.ascontiguousarray(projection, np.float32)}  # referenced by pointer: keep
         self._struct = _Graph(*(self._keep[f].ctypes.data for f, _ in _Graph._fields_[:9]), n, exact.shape[1],
-                              projection.shape[1], width, len(seeds), int(by_node))
+                              projection.shape[1], width, len(seeds), int(by_node), int(float_codes))
+        self._node_of = node_of
         self._pointer = ctypes.addressof(self._struct)
         self._search = library.fs_search
         self._local = threading.local()
@@ -166,24 +174,28 @@ class NativeWalk:
             local.scratch = (ctypes.addressof(struct), buffers["query"], buffers["out_labels"], buffers["out_scores"])
             return local.scratch  # type: ignore[no-any-return]
 
-    def search(self, query: np.ndarray, count: int, k: int, skip: int = -1) -> tuple[list[int], np.ndarray]:
+    def search(self, query: np.ndarray, count: int, k: int, skip: int = -1, start: int = -1) -> tuple[list[int], np.ndarray]:
         """The best ``k`` live labels (never ``skip``) of one (D,) float32 query from a walk with a
-        beam of ``count``, best first, with exact float32 scores."""
+        beam of ``count``, best first, with exact float32 scores; the walk starts from label ``start``
+        instead of the seeds when the graph holds it (the query's own item: the best entry there is)."""
         pointer, buffer, labels, scores = self._scratch()
         buffer[:] = query
-        found = self._search(self._pointer, pointer, min(count, MAX_BEAM), min(k, MAX_BEAM), skip)
+        node = int(self._node_of[start]) if 0 <= start < len(self._node_of) else -1
+        found = self._search(self._pointer, pointer, min(count, MAX_BEAM), min(k, MAX_BEAM), skip, node)
         return labels[:found].tolist(), scores[:found].copy()
 
 
-def walk_for(graph: "ProjectedGraph", exact: np.ndarray | None, alive: np.ndarray) -> NativeWalk | None:
+def walk_for(graph: "ProjectedGraph", exact: np.ndarray | None, alive: np.ndarray,
+             float_codes: bool = False) -> NativeWalk | None:
     """A native walk over ``graph``, or None when the kernel is unavailable or the graph's format is
     not one it reads. ``exact``: float32 (slots, D) rows by label for the re-rank, or None to copy
-    the graph's own vectors (in node order); ``alive``: bool by label."""
+    the graph's own vectors (in node order); ``alive``: bool by label; ``float_codes``: walk on
+    float32 codes instead of int8 (spaces of near-duplicates, where int8 erases the differences)."""
     library = kernel()
     if library is None:
         return None
     try:
-        return NativeWalk(library, graph, exact, alive)
+        return NativeWalk(library, graph, exact, alive, float_codes)
     except (ValueError, KeyError) as exc:
         log.warning("native walk unavailable for this graph (%s): searches walk hnswlib directly", exc)
         return None

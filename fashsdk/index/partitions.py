@@ -21,7 +21,7 @@ import numpy as np
 from .graph import DEFAULT_PARAMS, ProjectedGraph
 from .projection import Projection
 
-FILTER_SCAN_VALUES = 1 << 20  # selections up to this many stored values are scanned exactly instead
+FILTER_SCAN_VALUES = 1 << 16  # selections up to this many stored values are scanned exactly instead
 MAX_FILTER_CANDIDATES = 4096  # beyond this many candidates per value graph, an exact scan is cheaper
 
 

@@ -94,13 +94,17 @@ def attach_walk(index: "CatalogIndex") -> bool:
 
 
 def attach_side_walks(index: "CatalogIndex") -> None:
-    """Native walks for the subspace graphs (re-ranked on their own chunk vectors) and the per-value
-    graphs (on the float32 store, else their own vectors) that lack one and are big enough."""
+    """Native walks for the per-value graphs (int8 codes, re-ranked on the float32 store, else their
+    own vectors) and the subspace graphs (float32 codes: an attribute's chunks hold near-duplicates
+    whose differences int8 erases, recall@10 0.95 against 0.998 at the same beam) that lack one
+    and are big enough."""
     exact = index.store.data if index.precision == "float32" else None
-    for graphs, rows in ((index.subspaces.graphs, None), (index.partitions.graphs, exact)):
-        for graph in graphs.values():
-            if graph.walk is None and graph.count >= MIN_WALK_NODES:
-                graph.walk = walk_for(graph, rows, index.table.alive)
+    for graph in index.partitions.graphs.values():
+        if graph.walk is None and graph.count >= MIN_WALK_NODES:
+            graph.walk = walk_for(graph, exact, index.table.alive)
+    for graph in index.subspaces.graphs.values():
+        if graph.walk is None and graph.count >= MIN_WALK_NODES:
+            graph.walk = walk_for(graph, None, index.table.alive, float_codes=True)
 
 
 def calibrate(index: "CatalogIndex") -> None:

@@ -57,7 +57,8 @@ def read(index: "CatalogIndex", queries: np.ndarray, k: int, exact: bool, skip_k
             fast = one_in_graph(graph, queries, want, count, k, excluded)
         rows, scores = fast if fast is not None else drop_excluded(*_scan(index, queries, want, None), skip, k)
     elif where or attribute is not None:
-        found = [_one(index, q[None], want, exact, where, attribute) for q in queries]
+        found = [_one(index, q[None], want, exact, where, attribute, -1 if skip is None else skip[qi])
+                 for qi, q in enumerate(queries)]
         if any(f is None for f in found):
             return None
         rows, scores = [], []
@@ -122,10 +123,11 @@ def _scan(index: "CatalogIndex", queries: np.ndarray, want: int,
 
 
 def _one(index: "CatalogIndex", query: np.ndarray, want: int, exact: bool, where: Filter,
-         attribute: int | None) -> tuple[np.ndarray, np.ndarray] | None:
-    """One query with a filter and/or in a subspace: (1, <=want) slots and scores."""
+         attribute: int | None, own: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """One query with a filter and/or in a subspace: (1, <=want) slots and scores; ``own`` is the
+    slot of the query's own item (excluded later), or -1."""
     if attribute is not None:
-        return _similar_one(index, query, want, exact, where, attribute)
+        return _similar_one(index, query, want, exact, where, attribute, own)
     counts = {a: index.table.count_of(a, allowed) for a, allowed in where.items()}
     pivot = min(counts, key=counts.__getitem__)
     if exact or index.graph is None or counts[pivot] * index.dim <= filtering.FILTER_SCAN_VALUES:
@@ -171,7 +173,7 @@ def _scan_selected(index: "CatalogIndex", query: np.ndarray, want: int, where: F
 
 
 def _similar_one(index: "CatalogIndex", query: np.ndarray, want: int, exact: bool, where: Filter,
-                 attribute: int) -> tuple[np.ndarray, np.ndarray] | None:
+                 attribute: int, own: int) -> tuple[np.ndarray, np.ndarray] | None:
     span = index.layout[attribute]  # type: ignore[index]
     n = len(index.table)
     graph = index.subspaces.graphs.get(attribute)
@@ -182,10 +184,10 @@ def _similar_one(index: "CatalogIndex", query: np.ndarray, want: int, exact: boo
     if graph is None:
         return None
     if not where:  # neighbours of a real item in a space of near-duplicates: a narrow beam suffices
-        if graph.walk is not None:
-            found = walked(graph, query[0], max(graph.beam, want), want, -1, n)
-            if found is not None:
-                return np.array(found[0], np.int64), found[1][0][None]
+        if graph.walk is not None:  # starting from the item itself, when it is indexed
+            rows, scores = graph.walk.search(query[0], max(graph.beam, want), want, -1, own)
+            if len(rows) >= min(want, n):
+                return np.array([rows], np.int64), scores[None]
         return graph_topk(graph, None, query, want, min(max(graph.beam, want), n), 1) or \
             _scan_selected(index, query, want, where, span)
     count = min(candidate_count(n, want, width, index.ef_search), n)

@@ -14,17 +14,18 @@
 typedef struct { float s; int32_t id; } fs_item;
 
 typedef struct {
-    const int8_t *codes;     /* (n, d) x / scale, rounded */
+    const void *codes;       /* (n, p) int8 (x W) / scale, rounded; or float32 x W when float_codes */
     const float *scale;      /* (d,) per-dimension step */
     const float *exact;      /* (slots, d) float32 rows by label, or (n, d) by node */
     const int32_t *links;    /* (n, width) neighbour node ids, -1 padded */
     const int64_t *labels;   /* (n,) node -> label (row of exact) */
     const uint8_t *alive;    /* (n,) by node: 0 = deleted, walked through but never returned */
     const int32_t *seeds;    /* (n_seeds,) nodes scored first; the best few start the walk */
-    const int8_t *seed_codes;/* (n_seeds, p) their codes, contiguous */
+    const void *seed_codes;  /* (n_seeds, p) their codes, contiguous */
     const float *projection; /* (d, p): codes hold (x W) / scale */
     int32_t n, d, p, width, n_seeds;
     int32_t exact_by_node;   /* 1: exact rows are in node order */
+    int32_t float_codes;     /* 1: codes are float32 (spaces of near-duplicates that int8 would blur) */
 } fs_graph;
 
 typedef struct {
@@ -48,6 +49,13 @@ static inline float dot_exact(const float *q, const float *x, int d) {
     float acc = 0.f;
     for (int j = 0; j < d; j++) acc += q[j] * x[j];
     return acc;
+}
+static inline float score_row(const fs_graph *g, const float *q, const void *base, size_t row) {
+    if (g->float_codes) return dot_exact(q, (const float *)base + row * g->p, g->p);
+    return dot_coded(q, (const int8_t *)base + row * g->p, g->p);
+}
+static inline const char *code_address(const fs_graph *g, size_t row) {
+    return (const char *)g->codes + row * (size_t)g->p * (g->float_codes ? sizeof(float) : 1);
 }
 static void push_best_first(fs_item *h, int *n, fs_item v) {  /* max-heap */
     int i = (*n)++;
@@ -93,8 +101,9 @@ static void offer(fs_scratch *s, const fs_graph *g, int *nc, int *nb, int ef, in
     }
 }
 
-/* Top-k labels (never skip_label) of s->query; returns how many were found (<= k). */
-int fs_search(const fs_graph *g, fs_scratch *s, int ef, int k, int64_t skip_label) {
+/* Top-k labels (never skip_label) of s->query; returns how many were found (<= k). start_node >= 0
+   (the query's own item, when it is indexed) starts the walk instead of the best seeds. */
+int fs_search(const fs_graph *g, fs_scratch *s, int ef, int k, int64_t skip_label, int32_t start_node) {
     const int d = g->d;
     if (ef > s->capacity) ef = s->capacity;
     if (ef < k) ef = k;
@@ -114,8 +123,9 @@ int fs_search(const fs_graph *g, fs_scratch *s, int ef, int k, int64_t skip_labe
     int nc = 0, nb = 0;
     fs_item start[STARTS];  /* the best seeds, best first */
     int ns = 0;
-    for (int e = 0; e < g->n_seeds; e++) {
-        float score = dot_coded(s->scaled, g->seed_codes + (size_t)e * p, p);
+    const int n_seeds = start_node >= 0 && start_node < g->n ? 0 : g->n_seeds;  /* the query's own item beats any seed */
+    for (int e = 0; e < n_seeds; e++) {
+        float score = score_row(g, s->scaled, g->seed_codes, (size_t)e);
         int pos;
         if (ns < STARTS) pos = ns++;
         else if (score > start[STARTS - 1].s) pos = STARTS - 1;
@@ -123,6 +133,10 @@ int fs_search(const fs_graph *g, fs_scratch *s, int ef, int k, int64_t skip_labe
         while (pos > 0 && start[pos - 1].s < score) { start[pos] = start[pos - 1]; pos--; }
         start[pos].s = score;
         start[pos].id = g->seeds[e];
+    }
+    if (start_node >= 0 && start_node < g->n) {
+        s->visited[start_node] = tag;
+        offer(s, g, &nc, &nb, ef, start_node, score_row(g, s->scaled, g->codes, (size_t)start_node));
     }
     for (int e = 0; e < ns; e++) {
         int32_t v = start[e].id;
@@ -141,12 +155,12 @@ int fs_search(const fs_graph *g, fs_scratch *s, int ef, int k, int64_t skip_labe
             int32_t v = near[j];
             if (s->visited[v] == tag) continue;
             s->visited[v] = tag;
-            __builtin_prefetch(g->codes + (size_t)v * p);
+            __builtin_prefetch(code_address(g, (size_t)v));
             fresh[nf++] = v;
         }
         for (int j = 0; j < nf; j++) {
             int32_t v = fresh[j];
-            float score = dot_coded(s->scaled, g->codes + (size_t)v * p, p);
+            float score = score_row(g, s->scaled, g->codes, (size_t)v);
             if (nb < ef || score > s->beam[0].s) offer(s, g, &nc, &nb, ef, v, score);
         }
     }

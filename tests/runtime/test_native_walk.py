@@ -143,18 +143,19 @@ def test_without_the_kernel_searches_walk_hnswlib(env: dict[str, str], expected:
     assert expected in done.stderr
 
 
-def test_similar_walks_the_subspace_graphs_natively_with_exact_scores() -> None:
-    n, dim = 4000, 128
+def test_similar_walks_the_subspace_graphs_on_float_codes_with_exact_scores() -> None:
+    n, dim = 4000, 128  # an attribute's chunks are near-duplicates that int8 codes would blur
     x = clustered(n, dim, clusters=40)
     index = CatalogIndex(dim, 4, exact_max_items=0, threads=1)
     index.add([f"i{i}" for i in range(n)], x, np.zeros((n, 4), int))
     index.prepare_similar([1])
-    assert index.subspaces.graphs[1].walk is not None
+    walk = index.subspaces.graphs[1].walk
+    assert walk is not None and walk.nbytes() < n * 32 * 4 * 2 + n * 64 * 4 + 10**6  # one copy of the chunks
     chunk = x[:, 32:64] / np.linalg.norm(x[:, 32:64], axis=1, keepdims=True)
     hits = index.hits(chunk[:100], 10, attribute=1, exclude=[f"i{i}" for i in range(100)])
     truth = [[int(j) for j in row if j != i][:10] for i, row in enumerate(brute(chunk[:100], chunk, 11))]
     found = [[int(h[1:]) for h in hit.ids] for hit in hits]
-    assert recall(found, np.array(truth)) >= 0.95
+    assert recall(found, np.array(truth)) >= 0.99
     for i, hit in enumerate(hits):
         np.testing.assert_allclose(hit.scores, chunk[[int(h[1:]) for h in hit.ids]] @ chunk[i], rtol=1e-5, atol=1e-6)
 
