@@ -293,28 +293,39 @@ def plot(result: dict[str, Any], path: Path) -> bool:
     return True
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+def common_arguments(doc: str | None) -> argparse.ArgumentParser:
+    """The options benchmarks.peers and benchmarks.peers_tasks share."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0] if doc else None)
     p.add_argument("--bundle", type=Path, default=Path("runs/demo/bundle"))
     p.add_argument("--index", type=Path, default=Path("runs/catalog-index"), help="an index of the catalog "
                    "built with the bundle (fashsdk index ... --out)")
     p.add_argument("--sizes", default="44441,100000", help="gallery sizes, comma-separated")
-    p.add_argument("--queries", type=int, default=1000, help="manipulated queries for recall")
+    p.add_argument("--queries", type=int, default=1000, help="queries for recall")
     p.add_argument("--latency-queries", type=int, default=1500, help="timed calls per setting, over all rounds")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--methods", nargs="+", default=["faiss", "usearch"], choices=["faiss", "usearch"],
                    help="peers beside fashsdk, hnswlib and the exact scan")
     p.add_argument("--recall-targets", default="0.95,0.98")
     p.add_argument("--json", type=Path, required=True)
-    args = p.parse_args(argv)
+    return p
+
+
+def workload(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """The bundle's catalog embeddings and their shape; a clear exit when an input is missing."""
     for path, what in ((args.bundle, "bundle"), (args.index, "index")):
         if not path.is_dir():
             raise SystemExit(f"{what} {path} not found: pass --{what} (make demo builds runs/demo/bundle; "
                              "fashsdk index --bundle ... --out runs/catalog-index builds the index)")
-    start = time.perf_counter()
     work = demo_workload(args.bundle, args.index, "float32")
     shape = embedding_shape(work.base_vectors, work.chunks, work.schema.names)
     print(f"embedding: {shape}", flush=True)
+    return work, shape
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = common_arguments(__doc__).parse_args(argv)
+    start = time.perf_counter()
+    work, shape = workload(args)
     rows = []
     for n in [int(s) for s in args.sizes.split(",") if s]:
         rows += run_size(work, n, args, set(args.methods))

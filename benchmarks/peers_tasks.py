@@ -30,14 +30,13 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import argparse  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-from pathlib import Path  # noqa: E402
 from typing import Any, Callable  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from benchmarks.peers import (K, Nearest, Search, drop, embedding_shape, markdown, peer_searchers, plot,  # noqa: E402
-                              sweep, usable_threads)
-from benchmarks.search import demo_workload, gallery  # noqa: E402
+from benchmarks.peers import (K, Nearest, Search, common_arguments, drop, markdown, peer_searchers, plot,  # noqa: E402
+                              sweep, usable_threads, workload)
+from benchmarks.search import gallery  # noqa: E402
 from fashsdk.eval.protocol import manipulation_queries  # noqa: E402
 from fashsdk.files import atomic_write_bytes, atomic_write_json  # noqa: E402
 from fashsdk.index import CatalogIndex  # noqa: E402
@@ -193,26 +192,11 @@ def scan_row(n: int, scores: Callable[[int], np.ndarray], args: argparse.Namespa
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    p.add_argument("--bundle", type=Path, default=Path("runs/demo/bundle"))
-    p.add_argument("--index", type=Path, default=Path("runs/catalog-index"), help="an index of the catalog "
-                   "built with the bundle (fashsdk index ... --out)")
-    p.add_argument("--sizes", default="44441,100000", help="gallery sizes, comma-separated")
+    p = common_arguments(__doc__)
     p.add_argument("--tasks", nargs="+", default=["similar", "where"], choices=["similar", "where"])
-    p.add_argument("--queries", type=int, default=1000)
-    p.add_argument("--latency-queries", type=int, default=1500, help="timed calls per setting, over all rounds")
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--methods", nargs="+", default=["faiss", "usearch"], choices=["faiss", "usearch"])
-    p.add_argument("--recall-targets", default="0.95,0.98")
-    p.add_argument("--json", type=Path, required=True)
     args = p.parse_args(argv)
-    for path, what in ((args.bundle, "bundle"), (args.index, "index")):
-        if not path.is_dir():
-            raise SystemExit(f"{what} {path} not found: pass --{what} (make demo builds runs/demo/bundle; "
-                             "fashsdk index --bundle ... --out runs/catalog-index builds the index)")
     start = time.perf_counter()
-    work = demo_workload(args.bundle, args.index, "float32")
-    shape = embedding_shape(work.base_vectors, work.chunks, work.schema.names)
+    work, shape = workload(args)
     wanted = set(args.methods)
     for task in args.tasks:
         rows = []
