@@ -153,12 +153,12 @@ class NativeWalk:
         self._search = library.fs_search
         self._local = threading.local()
         self.nodes, self.dim = n, exact.shape[1]
-
         self.owns_vectors = by_node
 
     def nbytes(self) -> int:
-        """Bytes this walk holds beyond the index's own vector store."""
-        return int(sum(a.nbytes for k, a in self._keep.items() if k != "exact" or self.owns_vectors))
+        """Bytes this walk holds beyond the index's own vector store (shared arrays once)."""
+        held = {id(a): a for k, a in self._keep.items() if k != "exact" or self.owns_vectors}
+        return int(sum(a.nbytes for a in held.values()))
 
     def _scratch(self) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
         local = self._local
