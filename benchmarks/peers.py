@@ -72,14 +72,9 @@ def drop(rows: Any, own: int) -> list[int]:
 def methods(vectors: np.ndarray, ids: list[str], codes: np.ndarray, queries: np.ndarray, own: np.ndarray,
             wanted: set[str], threads: int) -> dict[str, tuple[float, list[Any], Callable[[Any], Search]]]:
     """name -> (build seconds, the settings swept, setting -> one-query search)."""
-    n, dim = vectors.shape
     out: dict[str, tuple[float, list[Any], Callable[[Any], Search]]] = {}
 
-    index = CatalogIndex(dim, codes.shape[1], threads=threads)
-    start = time.perf_counter()
-    index.add(ids, vectors, codes)
-    index.optimize()
-    built = time.perf_counter() - start
+    index, built = fashsdk_index(vectors, codes, None, threads)
     keys = [ids[r] for r in own]
 
     ours = index.graph
@@ -100,6 +95,17 @@ def methods(vectors: np.ndarray, ids: list[str], codes: np.ndarray, queries: np.
             return lambda i: drop(nearest(queries[i], K + 1), own[i])
         out[name] = (seconds, settings, bound)
     return out
+
+
+def fashsdk_index(vectors: np.ndarray, codes: np.ndarray, layout: list[tuple[int, int]] | None,
+                  threads: int) -> tuple[CatalogIndex, float]:
+    """fashsdk's index over the gallery (ids "r<row>"), built as the CLI builds one (add, then
+    optimize), and the seconds that took."""
+    index = CatalogIndex(vectors.shape[1], codes.shape[1], layout=layout, threads=threads)
+    start = time.perf_counter()
+    index.add([f"r{i}" for i in range(len(vectors))], vectors, codes)
+    index.optimize()
+    return index, time.perf_counter() - start
 
 
 Nearest = Callable[[np.ndarray, int], Any]  # (query (D,), k) -> result rows, best first

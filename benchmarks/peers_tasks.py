@@ -34,8 +34,8 @@ from typing import Any, Callable  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from benchmarks.peers import (K, Nearest, Search, common_arguments, drop, markdown, peer_searchers, plot,  # noqa: E402
-                              sweep, usable_threads, workload)
+from benchmarks.peers import (K, Nearest, Search, common_arguments, drop, fashsdk_index, markdown,  # noqa: E402
+                              peer_searchers, plot, sweep, usable_threads, workload)
 from benchmarks.search import gallery  # noqa: E402
 from fashsdk.eval.protocol import manipulation_queries  # noqa: E402
 from fashsdk.files import atomic_write_bytes, atomic_write_json  # noqa: E402
@@ -62,14 +62,6 @@ def exact_rows(scores: np.ndarray, own: int) -> list[int]:
     return drop(best_rows(scores, K + 1), own)
 
 
-def fashsdk_index(vectors: np.ndarray, codes: np.ndarray, layout: list[tuple[int, int]]) -> tuple[CatalogIndex, float]:
-    index = CatalogIndex(vectors.shape[1], codes.shape[1], layout=layout, threads=usable_threads())
-    start = time.perf_counter()
-    index.add([f"r{i}" for i in range(len(vectors))], vectors, codes)
-    index.optimize()
-    return index, time.perf_counter() - start
-
-
 def similar_size(work: Any, n: int, args: argparse.Namespace, wanted: set[str]) -> list[dict[str, Any]]:
     print(f"== similar, n={n}", flush=True)
     vectors, codes = grown(work, n)
@@ -80,7 +72,7 @@ def similar_size(work: Any, n: int, args: argparse.Namespace, wanted: set[str]) 
     spaces = [chunks(vectors, span) for span in layout]
     queries = [spaces[a][r] for a, r in zip(attribute, own)]
     exact = np.array([exact_rows(spaces[a] @ q, r) for a, q, r in zip(attribute, queries, own)])
-    index, seconds = fashsdk_index(vectors, codes, layout)
+    index, seconds = fashsdk_index(vectors, codes, layout, usable_threads())
     start = time.perf_counter()
     index.prepare_similar(range(len(layout)))
     seconds += time.perf_counter() - start
@@ -127,7 +119,7 @@ def where_size(work: Any, n: int, args: argparse.Namespace, wanted: set[str]) ->
     qs = manipulation_queries(work.base_codes[:take], work.schema.sizes, max_queries=args.queries, seed=0)
     queries = np.ascontiguousarray(work.queries(qs, take), np.float32)
     own = qs.rows.astype(np.int64)
-    index, seconds = fashsdk_index(vectors, codes, work.chunks)
+    index, seconds = fashsdk_index(vectors, codes, work.chunks, usable_threads())
     peers = peer_searchers(vectors, wanted & {"faiss"}, usable_threads())
     rows = []
     for share in (0.10, 0.01):

@@ -15,11 +15,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-_LIST_HEADER = 4  # bytes: uint16 link count, a deleted-mark byte, one spare byte
+LIST_HEADER = 4  # bytes: uint16 link count, a deleted-mark byte, one spare byte
 _CHUNK = 16384  # node records permuted at a time
 
 
-def _links(block: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+def level0_links(block: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
     """(count, ids) views into link-list records of ``width`` links each (block: uint8 rows)."""
     words = block.view(np.uint32)
     return words[:, 0] & 0xFFFF, words[:, 1:1 + width]
@@ -48,7 +48,7 @@ def locality_permutation(state: dict, groups: np.ndarray | None) -> np.ndarray:
     per node, by internal id) when given."""
     n, per, width = int(state["cur_element_count"]), int(state["size_data_per_element"]), int(state["max_M0"])
     rows = state["data_level0"].view(np.uint8)[:n * per].reshape(n, per)
-    counts, ids = _links(rows[:, :_LIST_HEADER + 4 * width], width)
+    counts, ids = level0_links(rows[:, :LIST_HEADER + 4 * width], width)
     order = breadth_first(ids, counts, int(state["enterpoint_node"]))
     if groups is None:
         return order
@@ -69,7 +69,7 @@ def permuted_state(state: dict, perm: np.ndarray) -> dict:
     level0 = state["data_level0"].view(np.uint8).reshape(-1, per)
     new0 = np.empty_like(level0)
     new0[n:] = level0[n:]  # capacity not yet used
-    links = _LIST_HEADER + 4 * width0
+    links = LIST_HEADER + 4 * width0
     for start in range(0, n, _CHUNK):  # chunks: no second full-size temporary, cache-sized work
         rows = level0[perm[start:start + _CHUNK]]
         rows[:, :links] = _remapped(rows[:, :links], width0, inverse)
@@ -102,7 +102,7 @@ def _remapped(block: np.ndarray, width: int, inverse: np.ndarray) -> np.ndarray:
     """Link-list records (rows of bytes) with every valid link id mapped through ``inverse``;
     unused slots become 0 (hnswlib never reads past the count)."""
     out = np.ascontiguousarray(block)
-    counts, ids = _links(out, width)  # views into ``out``
+    counts, ids = level0_links(out, width)  # views into ``out``
     valid = np.arange(width)[None, :] < counts[:, None]
     ids[:] = np.where(valid, inverse[np.where(valid, ids, 0)], 0)
     return out

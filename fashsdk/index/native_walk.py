@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .graph_layout import LIST_HEADER, level0_links
 from .projection import fit_projection
 
 if TYPE_CHECKING:
@@ -111,9 +112,8 @@ class NativeWalk:
             raise ValueError(f"hnswlib state version {state.get('ser_version')!r} is not one this walk reads")
         n, per, width = int(state["cur_element_count"]), int(state["size_data_per_element"]), int(state["max_M0"])
         rows = state["data_level0"].view(np.uint8)[:n * per].reshape(n, per)
-        words = rows[:, :4 + 4 * width].copy().view(np.uint32)
-        counts = (words[:, 0] & 0xFFFF).astype(np.int64)
-        links = words[:, 1:1 + width].astype(np.int32)
+        counts, ids = level0_links(rows[:, :LIST_HEADER + 4 * width], width)
+        links = ids.astype(np.int32)
         links[np.arange(width)[None, :] >= counts[:, None]] = -1
         at = int(state["label_offset"])
         labels = np.ascontiguousarray(rows[:, at:at + 8].copy().view(np.int64)[:, 0])
@@ -124,7 +124,7 @@ class NativeWalk:
             rows_of_nodes = np.arange(n)
         else:
             rows_of_nodes = labels
-        del state, rows, words
+        del state, rows, ids
         rng = np.random.default_rng(n)
         sample = exact[np.sort(rows_of_nodes[rng.choice(n, min(n, FIT_SAMPLE), replace=False)])]
         matrix = fit_projection(sample, dim=min(CODE_DIM, exact.shape[1])).matrix
