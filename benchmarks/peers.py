@@ -37,7 +37,7 @@ import argparse  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any, Callable  # noqa: E402
+from typing import Any, Callable, NamedTuple  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -49,7 +49,20 @@ from fashsdk.system import machine  # noqa: E402
 
 K = 10
 M, EF_CONSTRUCTION = 16, 150
-Search = Callable[[int], list[int]]  # query number -> result rows (the query's own row left out)
+
+
+class Search(NamedTuple):
+    """One method at one setting. ``call(i)`` is the library call for query i, the only part timed;
+    ``rows(result, i)`` turns its result into gallery rows without the query's own row, for recall
+    only (converting ids or dropping a row is the benchmark's work, not the library's)."""
+
+    call: Callable[[int], Any]
+    rows: Callable[[Any, int], list[int]]
+
+
+def fashsdk_rows(result: Any, i: int) -> list[int]:
+    """Rows of a ``CatalogIndex.search`` result over ids "r<row>" (it drops the own row itself)."""
+    return [int(x[1:]) for x in result[0][0]]
 
 
 def embedding_shape(vectors: np.ndarray, chunks: list[tuple[int, int]], names: list[str],
@@ -84,7 +97,7 @@ def methods(vectors: np.ndarray, ids: list[str], codes: np.ndarray, queries: np.
         if ours is not None:
             ours.walk = walk if native else None  # the same graph, walked by hnswlib instead of walk.c
         index.ef_search = None if isinstance(candidates, str) else candidates  # "auto": the calibrated count
-        return lambda i: [int(x[1:]) for x in index.search(queries[i], K, exclude=[keys[i]])[0][0]]
+        return Search(lambda i: index.search(queries[i], K, exclude=[keys[i]]), fashsdk_rows)
     out["fashsdk"] = (built, [f"auto ({calibrated})", 32, 48, 64, 80, 96, 128, 192, 256], fashsdk)
     if walk is not None:
         out["fashsdk, hnswlib walk"] = (built, [32, 48, 64, 96, 128, 192, 256], lambda c: fashsdk(c, native=False))
@@ -92,7 +105,7 @@ def methods(vectors: np.ndarray, ids: list[str], codes: np.ndarray, queries: np.
     for name, (seconds, settings, make, _) in peer_searchers(vectors, wanted, threads).items():
         def bound(setting: Any, make: Callable[[Any], Nearest] = make) -> Search:
             nearest = make(setting)
-            return lambda i: drop(nearest(queries[i], K + 1), own[i])
+            return Search(lambda i: nearest(queries[i], K + 1), lambda found, i: drop(found, own[i]))
         out[name] = (seconds, settings, bound)
     return out
 
@@ -174,8 +187,9 @@ def peer_searchers(vectors: np.ndarray, wanted: set[str], threads: int
 def measure(searcher: Search, count: int, exact: np.ndarray, rounds: list[list[float]], with_recall: bool) -> float:
     """One round of ``count`` timed calls into ``rounds``; with ``with_recall``, also recall@10 over
     every query (else NaN)."""
-    found = [searcher(i) for i in range(len(exact))] if with_recall else None
-    rounds.append(timed(lambda i: searcher(i % len(exact)), count, warmup=0))
+    found = [searcher.rows(searcher.call(i), i) for i in range(len(exact))] if with_recall else None
+    call = searcher.call
+    rounds.append(timed(lambda i: call(i % len(exact)), count, warmup=0))
     return recall(found, exact, K) if found is not None else float("nan")
 
 

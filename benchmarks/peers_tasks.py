@@ -34,8 +34,8 @@ from typing import Any, Callable  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from benchmarks.peers import (K, Nearest, Search, common_arguments, drop, fashsdk_index, markdown,  # noqa: E402
-                              peer_searchers, plot, sweep, usable_threads, workload)
+from benchmarks.peers import (K, Nearest, Search, common_arguments, drop, fashsdk_index, fashsdk_rows,  # noqa: E402
+                              markdown, peer_searchers, plot, sweep, usable_threads, workload)
 from benchmarks.search import gallery  # noqa: E402
 from fashsdk.eval.protocol import manipulation_queries  # noqa: E402
 from fashsdk.files import atomic_write_bytes, atomic_write_json  # noqa: E402
@@ -83,8 +83,8 @@ def similar_size(work: Any, n: int, args: argparse.Namespace, wanted: set[str]) 
         for a, graph in index.subspaces.graphs.items():
             graph.set_beam(beam)
             graph.walk = walks[a] if native else None  # the same graphs, walked by hnswlib instead
-        return lambda i: [int(x[1:]) for x in index.hits(queries[i][None], K, exclude=[keys[i]],
-                                                         attribute=int(attribute[i]))[0].ids]
+        return Search(lambda i: index.search(queries[i][None], K, exclude=[keys[i]], attribute=int(attribute[i])),
+                      fashsdk_rows)
     built: Built = {"fashsdk": (seconds, [16, 24, 32, 48, 64, 96], fashsdk)}
     if any(w is not None for w in walks.values()):
         built["fashsdk, hnswlib walk"] = (seconds, [16, 24, 32, 48, 64, 96], lambda b: fashsdk(b, native=False))
@@ -94,7 +94,7 @@ def similar_size(work: Any, n: int, args: argparse.Namespace, wanted: set[str]) 
 
         def peer(setting: int, name: str = name) -> Search:
             nearest: list[Nearest] = [p[name][2](setting) for p in per_attribute]
-            return lambda i: drop(nearest[attribute[i]](queries[i], K + 1), own[i])
+            return Search(lambda i: nearest[attribute[i]](queries[i], K + 1), lambda found, i: drop(found, own[i]))
         built[name] = (total, per_attribute[0][name][1], peer)
     rows = sweep(n, built, exact, args)
     rows.append(scan_row(n, lambda i: spaces[attribute[i]] @ queries[i], args))
@@ -146,7 +146,7 @@ def fashsdk_where(index: CatalogIndex, queries: np.ndarray, own: np.ndarray,
 
     def make(candidates: Any) -> Search:
         index.ef_search = None if candidates == "auto" else int(candidates)
-        return lambda i: [int(x[1:]) for x in index.search(queries[i], K, exclude=[keys[i]], where=where)[0][0]]
+        return Search(lambda i: index.search(queries[i], K, exclude=[keys[i]], where=where), fashsdk_rows)
     return make
 
 
@@ -158,7 +158,8 @@ def filtered_peers(peers: dict[str, Any], allowed: np.ndarray, queries: np.ndarr
 
     def callback(ef: int) -> Search:
         hnsw.set_ef(ef)
-        return lambda i: drop(hnsw.knn_query(queries[i], k=K + 1, num_threads=1, filter=keep.__getitem__)[0][0], own[i])
+        return Search(lambda i: hnsw.knn_query(queries[i], k=K + 1, num_threads=1, filter=keep.__getitem__),
+                      lambda found, i: drop(found[0][0], own[i]))
     out["hnswlib filter callback"] = (seconds, [16, 48, 128], callback)  # a Python call per visited node: slow
     if "faiss HNSWFlat" in peers:
         import faiss
@@ -169,7 +170,8 @@ def filtered_peers(peers: dict[str, Any], allowed: np.ndarray, queries: np.ndarr
 
         def bitmap(ef: int, bits: np.ndarray = bits) -> Search:  # bits: the selector reads this memory
             params = faiss.SearchParametersHNSW(sel=selector, efSearch=ef)
-            return lambda i: drop(flat.search(queries[i:i + 1], K + 1, params=params)[1][0], own[i])
+            return Search(lambda i: flat.search(queries[i:i + 1], K + 1, params=params),
+                          lambda found, i: drop(found[1][0], own[i]))
         out["faiss HNSWFlat bitmap"] = (seconds, settings, bitmap)
     return out
 

@@ -145,24 +145,31 @@ class CatalogIndex:
             return [ids[s] for s in slots.tolist()], self.store.rows(slots), self.table.codes[slots].copy()  # type: ignore[misc]
 
     def search(self, queries: np.ndarray, k: int, *, exact: bool = False, exclude: Sequence[str | None] | None = None,
-               where: Filter | None = None) -> tuple[list[list[str]], list[np.ndarray]]:
-        """Top-k ids and cosine scores per query; ``exclude[i]`` drops one id from query i."""
-        hits = self.hits(queries, k, exact=exact, exclude=exclude, where=where)
-        return [h.ids for h in hits], [h.scores for h in hits]
+               where: Filter | None = None, attribute: int | None = None) -> tuple[list[list[str]], list[np.ndarray]]:
+        """Top-k ids and cosine scores per query; ``exclude[i]`` drops one id from query i. Like
+        ``hits`` without the label lookups, which cost about as much as a walk of a small graph."""
+        found = self._read(queries, k, exact, exclude, where, attribute, labelled=False)
+        if len(found) == 1:
+            return [found[0].ids], [found[0].scores]
+        return [h.ids for h in found], [h.scores for h in found]
 
     def hits(self, queries: np.ndarray, k: int, *, exact: bool = False, exclude: Sequence[str | None] | None = None,
              where: Filter | None = None, attribute: int | None = None) -> list[Hits]:
         """Per query: top-k ids, scores and codes, read under one lock (a concurrent ``remove``
         cannot take a result between the search and the lookup). With ``attribute``, queries
         are (Q, d_a) vectors in that attribute's subspace (conditional similarity)."""
+        return self._read(queries, k, exact, exclude, where, attribute, labelled=True)
+
+    def _read(self, queries: np.ndarray, k: int, exact: bool, exclude: Sequence[str | None] | None,
+              where: Filter | None, attribute: int | None, labelled: bool) -> list[Hits]:
         queries, k, skip_keys = checked_query(queries, k, exclude, self.dim, self.layout, attribute)
+        where = where or {}
         for _ in range(8):  # a concurrent write may drop a lazily built graph between the two locks
-            if where or attribute is not None:
-                reads.prepare(self, where, attribute, exact)
             with self.lock.read():
-                found = reads.read(self, queries, k, exact, skip_keys, where or {}, attribute)
-                if found is not None:
-                    return found
+                found = reads.read(self, queries, k, exact, skip_keys, where, attribute, labelled)
+            if found is not None:
+                return found
+            reads.prepare(self, where, attribute, exact)  # the graph it needs is missing: build it
         raise QueryError("the index kept changing during this search; retry")  # pragma: no cover
 
     def prepare_filters(self, attributes: Iterable[int]) -> None:

@@ -17,6 +17,8 @@ from ..schema import UNKNOWN
 
 def normalize_id(item_id: object) -> str:
     """Catalog ids are strings; ints (not bools) are accepted and stringified."""
+    if type(item_id) is str and 0 < len(item_id) <= 512 and "\x00" not in item_id:
+        return item_id  # the common case, checked in one line (a search pays this per excluded id)
     if isinstance(item_id, bool) or not isinstance(item_id, (str, int, np.integer)):
         raise QueryError(f"item id {item_id!r} has type {type(item_id).__name__}; ids must be str or int")
     text = str(item_id)

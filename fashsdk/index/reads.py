@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from .catalog_index import CatalogIndex
 
 Filter = dict[int, frozenset[int]]  # attribute index -> allowed value codes (AND across attributes)
+_NO_COLUMNS = np.zeros((0, 0), np.int16)  # the label columns of Hits read without them (``search``)
+_NO_COLUMNS.flags.writeable = False
 
 
 @dataclass
@@ -38,23 +40,27 @@ class Hits:
 
 
 def read(index: "CatalogIndex", queries: np.ndarray, k: int, exact: bool, skip_keys: list[str | None] | None, where: Filter,
-          attribute: int | None) -> list[Hits] | None:
-    """The read path under the read lock; None when a lazily built graph it needs is missing."""
+          attribute: int | None, labelled: bool = True) -> list[Hits] | None:
+    """The read path under the read lock; None when a lazily built graph it needs is missing.
+    Without ``labelled`` the Hits carry ids and scores only (their label columns are empty)."""
     table = index.table
-    n = len(table)
+    n = len(table.slot)
     if n == 0:
         raise QueryError("the index is empty: add catalog items before searching")
+    if len(queries) == 1 and not exact and not where:  # the common call, on a native walk: fewest steps
+        found = walked_one(index, queries[0], k, None if skip_keys is None else skip_keys[0], attribute, n)
+        if found is not None:
+            if not labelled:
+                return [Hits([table.ids[s] for s in found[0]], found[1], _NO_COLUMNS, _NO_COLUMNS,  # type: ignore[misc]
+                             _NO_COLUMNS)]
+            return [labelled_hits(index, *found)]
     skip = None if skip_keys is None else [-1 if e is None else table.slot.get(e, -1) for e in skip_keys]
     want = min(k + (1 if skip is not None and max(skip) >= 0 else 0), n)
     graph = index.graph
     if attribute is None and not where and len(queries) == 1 and not exact and graph is not None \
             and graph.projection.identity and index.precision == "float32":
-        count = policy.candidates(index, want)
         excluded = -1 if skip is None else skip[0]
-        if graph.walk is not None:
-            fast = walked(graph, queries[0], count, k, excluded, n)
-        else:
-            fast = one_in_graph(graph, queries, want, count, k, excluded)
+        fast = one_in_graph(graph, queries, want, policy.candidates(index, want), k, excluded)
         rows, scores = fast if fast is not None else drop_excluded(*_scan(index, queries, want, None), skip, k)
     elif where or attribute is not None:
         found = [_one(index, q[None], want, exact, where, attribute, -1 if skip is None else skip[qi])
@@ -71,6 +77,10 @@ def read(index: "CatalogIndex", queries: np.ndarray, k: int, exact: bool, skip_k
         if len(queries) > 1 and (skip is None or want == k + 1):
             return _batch_hits(index, slots, found_scores, skip, k)
         rows, scores = drop_excluded(slots, found_scores, skip, k)
+    if not labelled:
+        ids = table.ids
+        return [Hits([ids[s] for s in row], sc, _NO_COLUMNS, _NO_COLUMNS, _NO_COLUMNS)  # type: ignore[misc]
+                for row, sc in zip(rows, scores)]
     return [labelled_hits(index, row, sc) for row, sc in zip(rows, scores)]
 
 
@@ -261,14 +271,28 @@ def graph_topk(graph: ProjectedGraph, store: VectorStore | None, queries: np.nda
     return best_first(cand, store.score(queries, cand), want)
 
 
-def walked(graph: ProjectedGraph, query: np.ndarray, count: int, k: int, skip: int,
-           n: int) -> tuple[list[list[int]], list[np.ndarray]] | None:
-    """One query on the graph's native walk; None when it reached fewer live items than the
-    catalog holds beyond k (heavy deletions): the caller scans instead."""
-    rows, scores = graph.walk.search(query, count, k, skip)  # type: ignore[union-attr]
-    if len(rows) < min(k, n - (skip >= 0)):
+def walked_one(index: "CatalogIndex", query: np.ndarray, k: int, skip_key: str | None, attribute: int | None,
+               n: int) -> tuple[list[int], np.ndarray] | None:
+    """One unfiltered query on a native walk (native_walk), which drops the excluded item itself:
+    the full graph's, or with ``attribute`` the subspace graph's, started from the query's own item
+    (a ``similar`` query is a real item). None when that path does not apply (no walk: a write
+    since the last build, no compiler, a small catalog scanned exactly) or when the walk reached
+    fewer live items than asked (heavy deletions): ``read``'s general path answers then."""
+    own = -1 if skip_key is None else index.table.slot.get(skip_key, -1)
+    if attribute is None:
+        graph = index.graph
+        if graph is None or graph.walk is None:
+            return None
+        rows, scores = graph.walk.search(query, policy.candidates(index, min(k + (own >= 0), n)), k, own)
+    else:
+        graph = index.subspaces.graphs.get(attribute)
+        span = index.layout[attribute]  # type: ignore[index]
+        if graph is None or graph.walk is None or n <= policy.exact_limit(index, span[1] - span[0]):
+            return None
+        rows, scores = graph.walk.search(query, max(graph.beam, k + 1), k, own, own)
+    if len(rows) < min(k, n - (own >= 0)):
         return None
-    return [rows], [scores]
+    return rows, scores
 
 
 def one_in_graph(graph: ProjectedGraph, query: np.ndarray, want: int, count: int, k: int,

@@ -28,7 +28,8 @@ class _Guard:
 
 class ReadWriteLock:
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        self._mutex = threading.Lock()  # readers take it directly: ``with`` on the Condition adds Python frames
+        self._cond = threading.Condition(self._mutex)
         self._readers = 0
         self._writer = False
         self._waiting_writers = 0
@@ -39,13 +40,13 @@ class ReadWriteLock:
         return self._read_guard
 
     def _acquire_read(self) -> None:
-        with self._cond:
+        with self._mutex:
             while self._writer or self._waiting_writers:
                 self._cond.wait()
             self._readers += 1
 
     def _release_read(self) -> None:
-        with self._cond:
+        with self._mutex:
             self._readers -= 1
             if not self._readers and self._waiting_writers:  # a writer counts itself in before it waits
                 self._cond.notify_all()

@@ -160,6 +160,34 @@ def test_similar_walks_the_subspace_graphs_on_float_codes_with_exact_scores() ->
         np.testing.assert_allclose(hit.scores, chunk[[int(h[1:]) for h in hit.ids]] @ chunk[i], rtol=1e-5, atol=1e-6)
 
 
+def test_single_similar_calls_walk_from_their_own_item_and_never_return_it() -> None:
+    n, dim = 4000, 128
+    x = clustered(n, dim, clusters=40)
+    index = CatalogIndex(dim, 4, exact_max_items=0, threads=1)
+    index.add([f"i{i}" for i in range(n)], x, np.zeros((n, 4), int))
+    chunk = x[:, 64:96] / np.linalg.norm(x[:, 64:96], axis=1, keepdims=True)
+    truth = [[int(j) for j in row if j != i][:10] for i, row in enumerate(brute(chunk[:60], chunk, 11))]
+    found = []
+    for i in range(60):  # one query per call: the path the SDK's similar() takes; the first builds the graph
+        ids, scores = index.search(chunk[i], 10, exclude=[f"i{i}"], attribute=2)
+        hit = index.hits(chunk[i][None], 10, exclude=[f"i{i}"], attribute=2)[0]
+        assert ids[0] == hit.ids and f"i{i}" not in hit.ids and len(hit.ids) == 10
+        np.testing.assert_array_equal(scores[0], hit.scores)
+        assert hit.labels.shape == (10, 4)
+        found.append([int(h[1:]) for h in hit.ids])
+    assert index.subspaces.graphs[2].walk is not None
+    assert recall(found, np.array(truth)) >= 0.98
+
+
+def test_search_returns_what_hits_returns_without_the_label_lookups() -> None:
+    index, x = catalog()
+    for i in range(30):
+        ids, scores = index.search(x[i], 10, exclude=[f"i{i}"])
+        hit = index.hits(x[i][None], 10, exclude=[f"i{i}"])[0]
+        assert ids == [hit.ids] and f"i{i}" not in hit.ids
+        np.testing.assert_array_equal(scores[0], hit.scores)
+
+
 def test_where_walks_the_per_value_graphs_natively(monkeypatch: pytest.MonkeyPatch) -> None:
     from fashsdk.index import partitions
     monkeypatch.setattr(partitions, "FILTER_SCAN_VALUES", 0)  # walk the value graphs, however small
