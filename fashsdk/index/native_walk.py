@@ -21,11 +21,13 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..system import usable_cores
 from .graph_layout import LIST_HEADER, level0_links
 from .projection import fit_projection
 
@@ -183,6 +185,42 @@ class NativeWalk:
         node = int(self._node_of[start]) if 0 <= start < len(self._node_of) else -1
         found = self._search(self._pointer, pointer, min(count, MAX_BEAM), min(k, MAX_BEAM), skip, node)
         return labels[:found].tolist(), scores[:found].copy()
+
+
+_pool: ThreadPoolExecutor | None = None
+
+
+def _threads() -> ThreadPoolExecutor:
+    """One process-wide pool for batched walks (a pool per call would cost more than small batches)."""
+    global _pool
+    if _pool is None:
+        with _load_lock:
+            if _pool is None:
+                _pool = ThreadPoolExecutor(max_workers=usable_cores(), thread_name_prefix="fashsdk-walk")
+    return _pool
+
+
+def search_many(walk: NativeWalk, queries: np.ndarray, counts: np.ndarray, k: int, skips: np.ndarray,
+                threads: int) -> tuple[np.ndarray, np.ndarray]:
+    """``walk.search`` for each row of ``queries`` (Q, D), in ``threads`` contiguous parts at once
+    (the C walk releases the GIL): (Q, k) labels, -1 where a walk found fewer, and their scores.
+    Each query gets the answer a single call gives."""
+    labels = np.full((len(queries), k), -1, np.int64)
+    scores = np.full((len(queries), k), -np.inf, np.float32)
+
+    def part(bounds: tuple[int, int]) -> None:
+        for i in range(*bounds):
+            rows, found = walk.search(queries[i], int(counts[i]), k, int(skips[i]))
+            labels[i, :len(rows)], scores[i, :len(rows)] = rows, found
+
+    edges = np.linspace(0, len(queries), max(1, min(threads, len(queries))) + 1).astype(int)
+    parts = list(zip(edges[:-1].tolist(), edges[1:].tolist()))
+    if len(parts) == 1:
+        part(parts[0])
+    else:
+        for _ in _threads().map(part, parts):  # re-raises a part's error here
+            pass
+    return labels, scores
 
 
 def walk_for(graph: "ProjectedGraph", exact: np.ndarray | None, alive: np.ndarray,

@@ -16,6 +16,7 @@ from ..errors import QueryError
 from . import partitions as filtering
 from . import policy
 from .graph import ProjectedGraph, candidate_count
+from .native_walk import search_many
 from .subspaces import chunks
 from .vector_store import VectorStore, best_first
 
@@ -73,6 +74,9 @@ def read(index: "CatalogIndex", queries: np.ndarray, k: int, exact: bool, skip_k
             rows += r
             scores += sc
     else:
+        walked = None if exact or len(queries) == 1 else walked_many(index, queries, k, skip, n)
+        if walked is not None:  # the answers single calls give, walked in parallel
+            return _batch_hits(index, walked[0], walked[1], None, k)
         slots, found_scores = _slots(index, queries, want, exact, n)
         if len(queries) > 1 and (skip is None or want == k + 1):
             return _batch_hits(index, slots, found_scores, skip, k)
@@ -293,6 +297,22 @@ def walked_one(index: "CatalogIndex", query: np.ndarray, k: int, skip_key: str |
     if len(rows) < min(k, n - (own >= 0)):
         return None
     return rows, scores
+
+
+def walked_many(index: "CatalogIndex", queries: np.ndarray, k: int, skip: list[int] | None,
+                n: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Unfiltered queries on the full graph's native walk, each with the count a single call uses,
+    on the build threads from 64 queries up; None without a walk or when a query got fewer than k."""
+    graph = index.graph
+    if graph is None or graph.walk is None:
+        return None
+    skips = np.full(len(queries), -1, np.int64) if skip is None else np.asarray(skip, np.int64)
+    with_own = policy.candidates(index, min(k + 1, n))
+    counts = np.where(skips >= 0, with_own, policy.candidates(index, min(k, n)))
+    slots, scores = search_many(graph.walk, queries, counts, k, skips, index.threads if len(queries) >= 64 else 1)
+    if (slots < 0).any():  # fewer than k found: k beyond the catalog, or heavy deletions
+        return None
+    return slots, scores
 
 
 def one_in_graph(graph: ProjectedGraph, query: np.ndarray, want: int, count: int, k: int,

@@ -179,6 +179,23 @@ def test_single_similar_calls_walk_from_their_own_item_and_never_return_it() -> 
     assert recall(found, np.array(truth)) >= 0.98
 
 
+def test_a_batch_walks_natively_in_parallel_and_equals_single_calls() -> None:
+    index, x = catalog()
+    index.threads = 2
+    queries = x[:100] + 0.5 * x[100:200]
+    exclude = [f"i{i}" if i % 3 else None for i in range(100)]  # some queries leave out their item
+    batch = index.hits(queries, 10, exclude=exclude)
+    for i, hit in enumerate(batch):
+        single = index.hits(queries[i][None], 10, exclude=[exclude[i]])[0]
+        assert hit.ids == single.ids and (exclude[i] is None or exclude[i] not in hit.ids)
+        np.testing.assert_array_equal(hit.scores, single.scores)
+        np.testing.assert_array_equal(hit.labels, single.labels)
+    truth = brute(queries, x, 11)
+    found = [[int(h[1:]) for h in hit.ids] for hit in batch]
+    assert recall(found, np.array([[j for j in row if f"i{j}" != exclude[i]][:10] for i, row in enumerate(truth)])) >= 0.95
+    assert index.search(queries, 5000)[0][0][-1] is not None  # k beyond the walk's beam: the general path answers
+
+
 def test_search_returns_what_hits_returns_without_the_label_lookups() -> None:
     index, x = catalog()
     for i in range(30):
