@@ -69,10 +69,13 @@ def maintain(index: "CatalogIndex") -> None:
 
 
 def candidates(index: "CatalogIndex", want: int) -> int:
-    """Full-graph candidates for a query keeping ``want``: the index's ef_search, else the count
-    calibrated at build time, else the size rule (graph.candidate_count); at most the catalog."""
+    """Full-graph candidates for a query keeping ``want``: the index's ef_search (at least ``want``),
+    else the count calibrated at build time, else the size rule (graph.candidate_count), which
+    both keep at least 3 x want; at most the catalog."""
+    if index.ef_search is not None:  # the caller's count, taken as hnswlib takes its ef (at least what is kept)
+        return min(max(index.ef_search, want), len(index.table))
     graph = index.graph
-    base = index.ef_search if index.ef_search is not None else graph.calibrated if graph is not None else None
+    base = graph.calibrated if graph is not None else None
     return min(candidate_count(len(index.table), want, index.dim, base), len(index.table))
 
 

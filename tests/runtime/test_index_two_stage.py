@@ -295,8 +295,8 @@ def test_setting_ef_search_moves_the_graphs_beam_both_ways_and_is_checked() -> N
     index.ef_search = 400
     assert index.graph.beam == 400
     wide = recall()
-    index.ef_search = 0  # the floor: 3 x the results a query keeps
-    assert index.graph.beam == 33 < default_beam
+    index.ef_search = 0  # the floor: the results a query keeps (k=10 and one excluded item), as hnswlib's ef
+    assert index.graph.beam == 11 < default_beam
     narrow = recall()
     assert narrow < wide and wide >= 0.99
     index.ef_search = None
