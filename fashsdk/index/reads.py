@@ -51,10 +51,7 @@ def read(index: "CatalogIndex", queries: np.ndarray, k: int, exact: bool, skip_k
     if len(queries) == 1 and not exact and not where:  # the common call, on a native walk: fewest steps
         found = walked_one(index, queries[0], k, None if skip_keys is None else skip_keys[0], attribute, n)
         if found is not None:
-            if not labelled:
-                return [Hits([table.ids[s] for s in found[0]], found[1], _NO_COLUMNS, _NO_COLUMNS,  # type: ignore[misc]
-                             _NO_COLUMNS)]
-            return [labelled_hits(index, *found)]
+            return [labelled_hits(index, *found) if labelled else id_hits(index, *found)]
     skip = None if skip_keys is None else [-1 if e is None else table.slot.get(e, -1) for e in skip_keys]
     want = min(k + (1 if skip is not None and max(skip) >= 0 else 0), n)
     graph = index.graph
@@ -81,11 +78,8 @@ def read(index: "CatalogIndex", queries: np.ndarray, k: int, exact: bool, skip_k
         if len(queries) > 1 and (skip is None or want == k + 1):
             return _batch_hits(index, slots, found_scores, skip, k)
         rows, scores = drop_excluded(slots, found_scores, skip, k)
-    if not labelled:
-        ids = table.ids
-        return [Hits([ids[s] for s in row], sc, _NO_COLUMNS, _NO_COLUMNS, _NO_COLUMNS)  # type: ignore[misc]
-                for row, sc in zip(rows, scores)]
-    return [labelled_hits(index, row, sc) for row, sc in zip(rows, scores)]
+    make = labelled_hits if labelled else id_hits
+    return [make(index, row, sc) for row, sc in zip(rows, scores)]
 
 
 def labelled_hits(index: "CatalogIndex", row: list[int], scores: np.ndarray) -> Hits:
@@ -96,6 +90,12 @@ def labelled_hits(index: "CatalogIndex", row: list[int], scores: np.ndarray) -> 
     ids = table.ids
     return Hits([ids[s] for s in row], scores, table.codes.take(at, 0), table.predicted.take(at, 0),  # type: ignore[misc]
                 table.confidence.take(at, 0))
+
+
+def id_hits(index: "CatalogIndex", row: list[int], scores: np.ndarray) -> Hits:
+    """Hits with ids and scores only (``search``): their label columns are empty."""
+    ids = index.table.ids
+    return Hits([ids[s] for s in row], scores, _NO_COLUMNS, _NO_COLUMNS, _NO_COLUMNS)  # type: ignore[misc]
 
 
 def _batch_hits(index: "CatalogIndex", slots: np.ndarray, scores: np.ndarray, skip: list[int] | None,
