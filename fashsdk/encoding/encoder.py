@@ -16,6 +16,7 @@ import itertools
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures import wait as wait_all
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ K = TypeVar("K", bound=Hashable)
 MIN_SLICE = 4  # images per worker task: below this, task overhead outweighs the parallelism
 PROCESS_MIN_BATCHES = 3  # streams at least this long use worker processes (when allowed)
 IN_FLIGHT_BYTES = 256 << 20  # soft cap on decoded batches held ahead of the model
+DECODE_STALL_S = 300.0  # a decode process silent this long on one slice is stuck: it is stopped, not awaited
 
 
 def _chunks(items: Iterable[tuple[K, ImageInput]], size: int) -> Iterator[list[tuple[K, ImageInput]]]:
@@ -76,6 +78,7 @@ class _Batch(Generic[K]):
     starts: list[int]
     slices: list[Future]
     release: Callable[[], None]
+    in_process: bool = False
     returned: bool = False
 
 
@@ -166,7 +169,7 @@ class Encoder:
         slot = decoder.free.pop()
         sent = [(repr(key), sendable(source)) for key, source in chunk]
         futures = [decoder.submit(slot, a, sent[a:b], skip_errors) for a, b in slices]
-        return _Batch(chunk, decoder.buffers[slot], starts, futures, lambda: decoder.free.append(slot))
+        return _Batch(chunk, decoder.buffers[slot], starts, futures, lambda: decoder.free.append(slot), True)
 
     def _want_processes(self, batches_seen: int) -> bool:
         """Start (or reuse) the decode processes for this stream; False means use threads."""
@@ -237,15 +240,25 @@ class Encoder:
                             future.cancel()
         finally:  # no worker writes into a buffer any more: take back those never run
             unfinished = [batch for batch in [*current, *pending] if not batch.returned]
-            wait_all([f for batch in unfinished for f in batch.slices])
+            _, stuck = wait_all([f for batch in unfinished for f in batch.slices],
+                                timeout=DECODE_STALL_S if processes else None)
+            if stuck:
+                self._decoder.close()  # stuck workers are killed; their buffers go with them
             for batch in unfinished:
                 batch.release()
 
     def _run(self, batch: _Batch[K], on_batch: Callable[[int], None] | None) -> tuple[list[K], ModelOutputs, list[tuple[K, str]]]:
         bad: dict[int, str] = {}
+        stall = DECODE_STALL_S if batch.in_process else None
         for start, future in zip(batch.starts, batch.slices):
             try:
-                bad.update({start + row: reason for row, reason in future.result()})
+                bad.update({start + row: reason for row, reason in future.result(timeout=stall)})
+            except FutureTimeout:
+                self._decoder.close()  # kills the stuck workers; the next stream starts fresh ones
+                keys = [key for key, _ in batch.items]
+                raise ImageError(f"a decode worker process made no progress for {stall:g} s on items {keys[0]!r} "
+                                 f"to {keys[-1]!r}; the workers were stopped. Retry, or decode those items one "
+                                 "by one (processes=False) to find an image that hangs the decoder") from None
             except BrokenProcessPool:
                 self._decoder.close()  # this stream holds _decoder_lock; the next one starts fresh workers
                 keys = [key for key, _ in batch.items]

@@ -26,6 +26,7 @@ from .preprocess import ImageInput, PreprocessSpec, decode_resized, normalize_in
 
 _STATE: dict[str, Any] = {}  # per worker process: its views of the buffers and the spec
 PARENT_POLL_S = 0.5  # how often a worker checks that the process that started it is alive
+SHUTDOWN_GRACE_S = 10.0  # how long closing waits for workers to exit before it kills them
 
 
 def _init_worker(paths: Sequence[str], shape: tuple[int, int, int, int], spec: dict[str, Any]) -> None:
@@ -73,7 +74,25 @@ def _buffer_dir(total_bytes: int) -> str:
 
 
 def _shutdown(pool: ProcessPoolExecutor, directory: str) -> None:
-    pool.shutdown(wait=True, cancel_futures=True)
+    """Stop the workers, waiting at most SHUTDOWN_GRACE_S, then kill those still alive.
+
+    This also runs as a finalizer, in whatever thread the garbage collector happens to run,
+    possibly one holding the pool's own lock; and a stuck worker never exits by itself. So
+    the pool's blocking shutdown runs in a helper thread and nothing here waits unbounded."""
+    workers = list((getattr(pool, "_processes", None) or {}).values())
+    try:
+        stopper = threading.Thread(target=pool.shutdown, kwargs={"wait": True, "cancel_futures": True},
+                                   name="fashsdk-decode-shutdown", daemon=True)
+        stopper.start()
+        stopper.join(SHUTDOWN_GRACE_S)
+    except RuntimeError:  # no new threads while the interpreter exits: wait for the workers alone
+        deadline = time.monotonic() + SHUTDOWN_GRACE_S
+        for process in workers:
+            process.join(max(0.0, deadline - time.monotonic()))
+    for process in workers:
+        if process.is_alive():
+            process.kill()
+            process.join(1.0)
     shutil.rmtree(directory, ignore_errors=True)
 
 

@@ -77,6 +77,7 @@ def test_batches_come_back_in_input_order_with_the_right_vectors(bundle: Bundle,
     expected = backend.run(normalize(np.stack([decode_resized(p, bundle.preprocess) for p in photos[:50]]),
                                      bundle.preprocess)).embedding
     np.testing.assert_allclose(np.concatenate(vectors), expected, atol=1e-5)
+    encoder.close()
 
 
 @pytest.mark.parametrize("processes", [False, True], ids=["threads", "processes"])
@@ -108,6 +109,7 @@ def test_abandoning_the_stream_stops_reading(bundle: Bundle, photos: list[bytes]
     next(stream)
     stream.close()
     assert pulled[0] <= 3 * 4
+    encoder.close()
 
 
 def test_bad_images_are_skipped_by_id_or_raised_by_id(bundle: Bundle, photos: list[bytes]) -> None:
@@ -125,6 +127,7 @@ def test_bad_images_are_skipped_by_id_or_raised_by_id(bundle: Bundle, photos: li
     # after an error the encoder is still usable and its buffers were returned
     assert len(encoder.encode([photos[0], photos[1]]).embedding) == 2
     assert encoder.buffers_created <= encoder.max_in_flight + 1
+    encoder.close()
 
 
 def test_normalize_into_is_bit_identical_to_the_batch_formula() -> None:
@@ -244,3 +247,60 @@ def test_a_killed_decode_process_is_an_image_error_and_the_next_stream_recovers(
             pass
     assert len(encoder.encode(photos[:20]).embedding) == 20  # fresh workers
     encoder.close()
+
+
+def _stop_workers(encoder: Encoder) -> list:
+    import os
+    import signal
+
+    workers = list(encoder._decoder.pool._processes.values())
+    for process in workers:
+        os.kill(process.pid, signal.SIGSTOP)  # alive but silent, as a decoder stuck in a hostile file
+    return workers
+
+
+def test_a_stuck_decode_process_is_stopped_with_an_error_and_the_next_stream_recovers(
+        bundle: Bundle, photos: list[bytes], monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from fashsdk.encoding import encoder as encoder_module
+    from fashsdk.sources import decode_procs
+
+    monkeypatch.setattr(encoder_module, "DECODE_STALL_S", 2.0)
+    monkeypatch.setattr(decode_procs, "SHUTDOWN_GRACE_S", 1.0)
+    encoder = Encoder(open_backend(bundle, "onnxruntime-cpu-fp32", threads=1), bundle.preprocess, batch_size=4,
+                      workers=2, processes=True)
+    stream = encoder.encode_stream((k, photos[k % len(photos)]) for k in range(400))
+    next(stream)
+    workers = _stop_workers(encoder)
+    start = time.monotonic()
+    with pytest.raises(ImageError, match="made no progress for 2 s"):
+        for _ in stream:
+            pass
+    assert time.monotonic() - start < 20  # the stall bound plus the shutdown grace, not forever
+    assert not any(process.is_alive() for process in workers) and not encoder.uses_processes
+    fresh = encoder.encode(photos[:20]).embedding
+    np.testing.assert_allclose(fresh, Encoder(encoder.backend, bundle.preprocess, processes=False)
+                               .encode(photos[:20]).embedding, atol=1e-5)
+    encoder.close()
+
+
+def test_dropping_an_encoder_with_a_stuck_decode_process_kills_it_within_the_grace(
+        bundle: Bundle, photos: list[bytes], monkeypatch: pytest.MonkeyPatch) -> None:
+    import gc
+    import time
+
+    from fashsdk.sources import decode_procs
+
+    monkeypatch.setattr(decode_procs, "SHUTDOWN_GRACE_S", 1.0)
+    encoder = Encoder(open_backend(bundle, "onnxruntime-cpu-fp32", threads=1), bundle.preprocess, batch_size=4,
+                      workers=2, processes=True)
+    assert len(encoder.encode(photos[:16]).embedding) == 16 and encoder.uses_processes
+    workers = _stop_workers(encoder)
+    directory = encoder._decoder.directory
+    start = time.monotonic()
+    del encoder  # the finalizer, not close(): it may run in any thread and must not wait forever
+    gc.collect()
+    assert time.monotonic() - start < 10
+    assert not any(process.is_alive() for process in workers) and not Path(directory).exists()
+

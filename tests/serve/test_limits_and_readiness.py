@@ -45,13 +45,13 @@ def test_requests_past_the_timeout_are_504_and_the_server_goes_on(real_bundle_di
                                                                   real_subset_data) -> None:
     slow = SlowRetriever(real_bundle_dir, real_index_dir, threads=1)
     app = create_app(slow, limits=ServeLimits(request_timeout_s=0.3, workers=2))
-    slow.delay = 1.0  # after the warm-up
+    slow.delay = 2.5  # after the warm-up
     photo = real_subset_data.images[real_subset_data.ids[0]]
     with TestClient(app) as client:
         start = time.monotonic()
         late = client.post("/v1/search/image", files={"image": ("a.jpg", photo, "image/jpeg")})
         assert late.status_code == 504 and "0.3 s" in late.json()["detail"]
-        assert time.monotonic() - start < 0.9  # answered at the timeout, not when the work ended
+        assert time.monotonic() - start < 1.5  # answered at the timeout, well before the work ends
         item = real_subset_data.ids[0]
         assert client.post("/v1/search", json={"id": item}).status_code == 200  # ids do not encode: fast
 
