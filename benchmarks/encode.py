@@ -42,6 +42,7 @@ from fashsdk.encoding.backends.onnxruntime_cpu import OnnxRuntimeCpuBackend
 from fashsdk.encoding.encoder import Encoder
 from fashsdk.files import atomic_write_bytes, atomic_write_json
 from fashsdk.index import CatalogIndex
+from fashsdk.system import usable_cores
 from fashsdk.sources.preprocess import PreprocessSpec, decode_resized, normalize
 
 DEFAULT_DATA = Path("../shared/data/myntra-small")
@@ -318,12 +319,13 @@ class EndToEnd:
     seconds: float
     index_add_s: float
     embeddings: np.ndarray
+    decode_mode: str  # how the Encoder decoded, e.g. "1 thread" or "2 processes"
 
 
 DECODE_MODES = {"auto": None, "threads": False, "processes": True}
 
 
-def end_to_end(backend: Any, bundle: Bundle, items: Sequence[tuple[str, Path]], batch: int, workers: int,
+def end_to_end(backend: Any, bundle: Bundle, items: Sequence[tuple[str, Path]], batch: int, workers: int | None,
                decode: str = "auto") -> EndToEnd:
     """JPEG files -> Encoder (workers decode/resize/normalise) -> model -> CatalogIndex.add.
 
@@ -343,7 +345,7 @@ def end_to_end(backend: Any, bundle: Bundle, items: Sequence[tuple[str, Path]], 
     encoder.close()
     ids, vectors, _ = index.vectors_and_codes()
     order = {i: n for n, i in enumerate(ids)}
-    return EndToEnd(seconds, add_s, vectors[[order[i] for i, _ in items]])
+    return EndToEnd(seconds, add_s, vectors[[order[i] for i, _ in items]], encoder.decode_mode)
 
 
 def batch1_latency(backend: Any, spec: PreprocessSpec, encoded: Sequence[bytes], samples: int) -> dict[str, float]:
@@ -443,6 +445,7 @@ def measure_config(config: Config, images: ImageSet, args: argparse.Namespace) -
     e2e: dict[str, list[float]] = {n: [] for n in backends}
     e2e_large: dict[str, list[float]] = {n: [] for n in backends}
     add_ms: dict[str, list[float]] = {n: [] for n in backends}
+    decode_modes: dict[str, set[str]] = {n: set() for n in backends}
     vectors: dict[str, np.ndarray] = {}
     runnable = [n for n in backends if n not in skipped]
     for rep in range(args.e2e_repeats):
@@ -454,6 +457,7 @@ def measure_config(config: Config, images: ImageSet, args: argparse.Namespace) -
                 result = end_to_end(backends[name], bundle, large if large_set else small, args.batch, args.workers,
                                     args.decode)
                 bucket[name].append(1000.0 * result.seconds / len(small))
+                decode_modes[name].add(f"{'480x640' if large_set else 'catalog'}: {result.decode_mode}")
                 if not large_set:
                     add_ms[name].append(1000.0 * result.index_add_s / len(small))
                     vectors.setdefault(name, result.embeddings)
@@ -468,6 +472,7 @@ def measure_config(config: Config, images: ImageSet, args: argparse.Namespace) -
             "model_s_per_1000": round(med(model_times[name]), 4),
             "e2e_s_per_1000": round(med(e2e[name]), 4) if e2e[name] else None,
             "e2e_large_s_per_1000": round(med(e2e_large[name]), 4) if e2e_large[name] else None,
+            "decode_modes": sorted(decode_modes[name]),
             "batch1_p50_ms": round(latencies[name]["p50"], 3), "batch1_p99_ms": round(latencies[name]["p99"], 3),
             "batch1_model_p50_ms": round(latencies[name]["model_p50"], 3),
             "index_add_s_per_1000": round(med(add_ms[name]), 4) if add_ms[name] else None,
@@ -487,8 +492,8 @@ def measure_config(config: Config, images: ImageSet, args: argparse.Namespace) -
              "int8": config.int8_note, "int8_facts": dict(int8.facts) if int8 is not None else None,
              "decode_ms_per_image_1_thread": {"catalog": round(decode_cost(spec, small[:200]), 4),
                                               "480x640": round(decode_cost(spec, large[:200]), 4)},
-             "decode_only_ms_per_image": {"catalog": decode_scaling(spec, small[:600], args.workers),
-                                          "480x640": decode_scaling(spec, large[:600], args.workers)},
+             "decode_only_ms_per_image": {"catalog": decode_scaling(spec, small[:600], args.workers or usable_cores()),
+                                          "480x640": decode_scaling(spec, large[:600], args.workers or usable_cores())},
              **config.facts}
     if args.profile:
         log(f"[{config.name}] ONNX Runtime per-op profiles ...")
@@ -596,7 +601,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"Images: {result['images']['count']} test-split catalog JPEGs read from files; 'catalog' = as they are "
         f"(about 60x80), '480x640' = the same images re-encoded as 480x640 JPEGs (quality 90) to stand for "
         f"full-size catalog photos. End to end = JPEG file -> decode/resize/normalise (fashsdk.Encoder, "
-        f"{result['settings']['workers']} decode workers, mode {result['settings']['decode']}) -> model -> "
+        f"{result['settings']['workers'] or 'auto'} decode workers, mode {result['settings']['decode']}) -> model -> "
         "normalised vectors added to a CatalogIndex. "
         f"Model only = the model on preprocessed batches of {result['settings']['batch']}. Batch 1 = one JPEG "
         f"(bytes) to its vector. Medians over {result['settings']['repeats']} (model) / "
@@ -674,7 +679,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--batch1-samples", type=int, default=100)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--threads", type=int, default=None, help="model threads (default: usable cores)")
-    p.add_argument("--workers", type=int, default=None, help="decode threads (default: usable cores)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="decode workers (default: fashsdk's choice from each stream's first batch)")
     p.add_argument("--decode", choices=sorted(DECODE_MODES), default="auto",
                    help="end-to-end decode workers: auto (processes for long streams, fashsdk's default), "
                         "threads or processes")
@@ -685,10 +691,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--rebuild", action="store_true", help="re-export the cached paper bundle")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    from fashsdk.encoding.encoder import usable_cores
-
     args.threads = args.threads or usable_cores()
-    args.workers = args.workers or usable_cores()
     args.model_images = min(args.model_images, args.images)
     return args
 

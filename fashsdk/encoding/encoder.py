@@ -5,15 +5,19 @@ straight into the batch's float32 buffer, so the model's thread does no per-imag
 Buffers are reused and at most ``max_in_flight`` batches are read ahead of the model, so
 memory stays bounded for any catalog size.
 
-Workers are threads for short streams (a query, a handful of images) and processes for
-long ones (sources/decode_procs.py): Pillow's per-image work holds the GIL, so threads do not
-scale on small photos (docs/performance.md, "Decoding").
+Workers are threads for short streams (a query, a handful of images). On long streams the
+default times the first batch: when decoding an image costs less than about the model's time
+for it, one decode thread hides behind the model and leaves it the cores; otherwise the
+decode runs in processes (sources/decode_procs.py), because Pillow's per-image work holds
+the GIL and threads do not scale on small photos (docs/performance.md, "Decoding" and
+"Decode workers against model threads on 2 cores").
 """
 from __future__ import annotations
 
 import contextlib
 import itertools
 import threading
+import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -34,6 +38,7 @@ K = TypeVar("K", bound=Hashable)
 MIN_SLICE = 4  # images per worker task: below this, task overhead outweighs the parallelism
 PROCESS_MIN_BATCHES = 3  # streams at least this long use worker processes (when allowed)
 IN_FLIGHT_BYTES = 256 << 20  # soft cap on decoded batches held ahead of the model
+ONE_THREAD_RATIO = 1.5  # decode/model time per image below which one decode thread beats processes (measured)
 DECODE_STALL_S = 300.0  # a decode process silent this long on one slice is stuck: it is stopped, not awaited
 
 
@@ -89,12 +94,14 @@ class Encoder:
         backend: any ``EmbeddingBackend``; it must not keep a reference to its input array.
         spec: the bundle's preprocessing.
         batch_size: images per model call.
-        workers: decode workers (default: the usable cores; they share them with the model,
-            whose threads wait while a batch is decoded and vice versa).
+        workers: decode workers. Default: chosen per long stream from its first batch, one
+            thread while decoding an image costs under ONE_THREAD_RATIO times the model's
+            time for it, else the usable cores; short streams use the usable cores as threads.
         max_in_flight: batches read ahead of the model (default 3, fewer when a batch is
             large; at least 2 so decoding always overlaps inference).
         processes: decode in worker processes: None (default) for streams of at least
-            PROCESS_MIN_BATCHES batches when workers > 1 and the platform can fork, True
+            PROCESS_MIN_BATCHES batches when workers > 1, the platform can fork and (with
+            the default workers) the first batch says decoding is the slower part; True
             always, False never. The processes start on first use and stay until ``close()``.
     """
 
@@ -114,6 +121,8 @@ class Encoder:
         batch_bytes = batch_size * 3 * spec.height * spec.width * 4
         self.max_in_flight = max_in_flight or max(2, min(3, IN_FLIGHT_BYTES // batch_bytes))
         self.processes = processes
+        self._auto = workers is None and processes is None
+        self.decode_mode = ""  # how the last stream decoded, e.g. "2 processes" (for reports)
         self._pool = _BufferPool((batch_size, 3, spec.height, spec.width))
         self._decoder: Any = None  # decode_procs.ProcessDecoder, started on first use
         self._decoder_lock = threading.Lock()  # one stream at a time uses the processes
@@ -135,8 +144,8 @@ class Encoder:
                 self._decoder.close()
                 self._decoder = None
 
-    def _slices(self, n: int) -> list[tuple[int, int]]:
-        parts = max(1, min(self.workers, n // MIN_SLICE))
+    def _slices(self, n: int, workers: int | None = None) -> list[tuple[int, int]]:
+        parts = max(1, min(workers or self.workers, n // MIN_SLICE))
         bounds = np.linspace(0, n, parts + 1).round().astype(int)
         return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
@@ -156,8 +165,8 @@ class Encoder:
         return failed
 
     def _submit(self, pool: ThreadPoolExecutor | None, chunk: list[tuple[K, ImageInput]],
-                skip_errors: bool) -> _Batch[K]:
-        slices = self._slices(len(chunk))
+                skip_errors: bool, workers: int) -> _Batch[K]:
+        slices = self._slices(len(chunk), workers)
         starts = [a for a, _ in slices]
         if pool is not None:  # threads
             buffer = self._pool.take()
@@ -208,26 +217,52 @@ class Encoder:
         """
         chunks = _chunks(items, self.batch_size)
         head = list(itertools.islice(chunks, PROCESS_MIN_BATCHES))
-        if not self._want_processes(len(head)):
-            yield from self._stream(itertools.chain(head, chunks), skip_errors, on_batch, processes=False)
+        seen = len(head)
+        if self._auto and seen >= PROCESS_MIN_BATCHES and self.workers > 1:
+            first, decode_s, model_s = self._timed_first_batch(head.pop(0), skip_errors, on_batch)
+            yield first
+            if decode_s <= ONE_THREAD_RATIO * model_s:
+                self.decode_mode = "1 thread"
+                yield from self._stream(itertools.chain(head, chunks), skip_errors, on_batch, False, workers=1)
+                return
+        if not self._want_processes(seen):
+            self.decode_mode = f"{self.workers} thread{'s' if self.workers > 1 else ''}"
+            yield from self._stream(itertools.chain(head, chunks), skip_errors, on_batch, False, self.workers)
             return
+        self.decode_mode = f"{self.workers} processes"
         try:
-            yield from self._stream(itertools.chain(head, chunks), skip_errors, on_batch, processes=True)
+            yield from self._stream(itertools.chain(head, chunks), skip_errors, on_batch, True, self.workers)
         finally:
             self._decoder_lock.release()
 
+    def _timed_first_batch(self, chunk: list[tuple[K, ImageInput]], skip_errors: bool,
+                           on_batch: Callable[[int], None] | None,
+                           ) -> tuple[tuple[list[K], ModelOutputs, list[tuple[K, str]]], float, float]:
+        """Decode one batch in this thread, then run the model on it: (result, decode s, model s)."""
+        buffer = self._pool.take()
+        decoded: Future = Future()
+        start = time.perf_counter()
+        try:
+            decoded.set_result(self._decode_slice(chunk, buffer[:len(chunk)], skip_errors))
+        except BaseException:
+            self._pool.give(buffer)
+            raise
+        decoded_at = time.perf_counter()
+        result = self._run(_Batch(chunk, buffer, [0], [decoded], lambda: self._pool.give(buffer)), on_batch)
+        return result, decoded_at - start, time.perf_counter() - decoded_at
+
     def _stream(self, chunks: Iterable[list[tuple[K, ImageInput]]], skip_errors: bool,
-                on_batch: Callable[[int], None] | None,
-                processes: bool) -> Iterator[tuple[list[K], ModelOutputs, list[tuple[K, str]]]]:
+                on_batch: Callable[[int], None] | None, processes: bool,
+                workers: int) -> Iterator[tuple[list[K], ModelOutputs, list[tuple[K, str]]]]:
         pending: deque[_Batch[K]] = deque()
         current: list[_Batch[K]] = []
         threads = contextlib.nullcontext(None) if processes else ThreadPoolExecutor(
-            self.workers, thread_name_prefix="fashsdk-decode")
+            workers, thread_name_prefix="fashsdk-decode")
         try:
             with threads as pool:
                 try:
                     for chunk in chunks:
-                        pending.append(self._submit(pool, chunk, skip_errors))
+                        pending.append(self._submit(pool, chunk, skip_errors, workers))
                         if len(pending) >= self.max_in_flight:
                             current[:] = [pending.popleft()]
                             yield self._run(current[0], on_batch)

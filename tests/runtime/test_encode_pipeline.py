@@ -304,3 +304,48 @@ def test_dropping_an_encoder_with_a_stuck_decode_process_kills_it_within_the_gra
     assert time.monotonic() - start < 10
     assert not any(process.is_alive() for process in workers) and not Path(directory).exists()
 
+
+class SlowModel(RecordingBackend):
+    """The real backend, slowed to ``delay`` seconds per batch: a model far slower than decoding."""
+
+    def __init__(self, inner: object, delay: float) -> None:
+        super().__init__(inner)
+        self.delay = delay
+
+    def run(self, batch: np.ndarray) -> ModelOutputs:
+        import time
+
+        time.sleep(self.delay)
+        return super().run(batch)
+
+
+def test_by_default_a_slow_model_gets_one_decode_thread_and_slow_decoding_gets_processes(
+        bundle: Bundle, photos: list[bytes]) -> None:
+    from fashsdk.sources.decode_procs import start_method
+    from fashsdk.system import usable_cores
+
+    if usable_cores() < 2:
+        pytest.skip("one usable core: there is nothing to choose")
+    real = open_backend(bundle, "onnxruntime-cpu-fp32", threads=1)
+    expected = Encoder(real, bundle.preprocess, batch_size=8, processes=False).encode(photos[:40]).embedding
+    slow_model = Encoder(SlowModel(real, delay=0.2), bundle.preprocess, batch_size=8)
+    keys, vectors = [], []
+    for batch_keys, out, _ in slow_model.encode_stream(enumerate(photos[:40])):
+        keys += batch_keys
+        vectors.append(out.embedding)
+    assert slow_model.decode_mode == "1 thread" and not slow_model.uses_processes
+    assert keys == list(range(40))
+    np.testing.assert_allclose(np.concatenate(vectors), expected, atol=1e-5)
+
+    rng = np.random.default_rng(0)
+    heavy = []  # noise PNGs: no draft decoding, tens of milliseconds each against a small model
+    for _ in range(4):
+        png = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (1200, 1200, 3), np.uint8)).save(png, "PNG", compress_level=1)
+        heavy.append(png.getvalue())
+    slow_decode = Encoder(real, bundle.preprocess, batch_size=8)
+    out = slow_decode.encode([heavy[k % 4] for k in range(24)])
+    kind = "processes" if start_method() == "fork" else "threads"
+    assert slow_decode.decode_mode == f"{usable_cores()} {kind}"
+    np.testing.assert_allclose(out.embedding[4:8], out.embedding[:4], atol=1e-5)
+    slow_decode.close()
