@@ -28,6 +28,8 @@ from export.catalog_args import add_data_args, data_paths
 from fashsdk import CatalogIndex, Retriever
 from fashsdk.eval.protocol import manipulation_queries
 from fashsdk.files import atomic_write_bytes, atomic_write_json
+from fashsdk.index.calibration import similar_beam
+from fashsdk.index.subspaces import SIMILAR_BEAM
 from fashsdk.progress import progress_bar
 from fashsdk.sources.catalog import read_catalog
 from fashsdk.sources.images import iter_images
@@ -61,20 +63,37 @@ def recall(found: list[list[str]], truth: list[list[str]]) -> float:
 
 
 def similar_rows(retriever: Retriever, ids: list[str], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Per attribute: similar() with the beam the index measures for it (calibration.similar_beam)
+    and, interleaved in the same run, with the fixed beam of 48 used before, and the exact scan."""
     index = retriever.index
     assert index is not None
     index.prepare_similar(range(len(retriever.schema.attributes)))
     rows = []
-    for name in retriever.schema.names:
+    for a, name in enumerate(retriever.schema.names):
+        graph = index.subspaces.graphs.get(a)
+        with index.lock.write():  # an index saved before similar was calibrated loads with the fixed beam
+            chosen = similar_beam(index, a) if graph is not None else None
+
+        def set_beam(beam: int | None, graph: Any = graph, chosen: int | None = chosen) -> None:
+            if graph is not None:
+                with index.lock.write():
+                    graph.set_beam(beam or chosen)
+
         truth = [[r.id for r in retriever.similar(q, name, k=K, exact=True)] for q in ids[:args.recall_queries]]
-        found = [[r.id for r in retriever.similar(q, name, k=K)] for q in ids[:args.recall_queries]]
+        found = {}
+        for beam in (None, SIMILAR_BEAM):
+            set_beam(beam)
+            found[beam] = [[r.id for r in retriever.similar(q, name, k=K)] for q in ids[:args.recall_queries]]
         latency = interleaved_latency({
             "graph": (None, lambda i, n=name: retriever.similar(ids[i % len(ids)], n, k=K)),
+            "fixed": (SIMILAR_BEAM, lambda i, n=name: retriever.similar(ids[i % len(ids)], n, k=K)),
             "exact": (None, lambda i, n=name: retriever.similar(ids[i % len(ids)], n, k=K, exact=True)),
-        }, args.latency_queries, args.rounds, lambda c: None)
+        }, args.latency_queries, args.rounds, set_beam)
         rows.append({"attribute": name, "subspace_dim": int(np.diff(retriever.bundle.layout[name])[0]),
-                     "p50_ms": latency["graph"]["p50_ms"], "p99_ms": latency["graph"]["p99_ms"],
-                     "p50_rounds_ms": latency["graph"]["p50_rounds_ms"], "recall_at_10": recall(found, truth),
+                     "beam": chosen, "p50_ms": latency["graph"]["p50_ms"], "p99_ms": latency["graph"]["p99_ms"],
+                     "p50_rounds_ms": latency["graph"]["p50_rounds_ms"], "recall_at_10": recall(found[None], truth),
+                     "fixed_beam": SIMILAR_BEAM, "fixed_p50_ms": latency["fixed"]["p50_ms"],
+                     "fixed_recall_at_10": recall(found[SIMILAR_BEAM], truth),
                      "exact_p50_ms": latency["exact"]["p50_ms"]})
         log(f"   similar {name}: {rows[-1]}")
     return rows
@@ -198,10 +217,12 @@ def markdown(report: dict[str, Any]) -> str:
              f"({', '.join(f for f, on in m['flags'].items() if on)}); one query thread, k=10.", "",
              f"`search` by id with one change (the SDK call): p50 {report['search_p50_ms']:.3f} ms "
              f"(rounds {report['search_p50_rounds_ms']}).", "",
-             "| similar on | subspace dims | p50 ms | p99 ms | recall@10 vs exact | exact scan p50 ms |", "|---|---|---|---|---|---|"]
+             "| similar on | subspace dims | measured beam | p50 ms | p99 ms | recall@10 vs exact | fixed beam 48: "
+             "p50 ms / recall | exact scan p50 ms |", "|---|---|---|---|---|---|---|---|"]
     for r in report["similar"]:
-        lines.append(f"| {r['attribute']} | {r['subspace_dim']} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | "
-                     f"{r['recall_at_10']:.3f} | {r['exact_p50_ms']:.3f} |")
+        lines.append(f"| {r['attribute']} | {r['subspace_dim']} | {r['beam'] or '-'} | {r['p50_ms']:.3f} | "
+                     f"{r['p99_ms']:.3f} | {r['recall_at_10']:.3f} | {r['fixed_p50_ms']:.3f} / "
+                     f"{r['fixed_recall_at_10']:.3f} | {r['exact_p50_ms']:.3f} |")
     b = report["search_batch"]
     lines += ["", f"`search_batch` of {b['queries']} queries vs {b['queries']} single `search` calls (median of "
                   f"{b['repeats']}): {b['batch_qps']:.0f} vs {b['single_qps']:.0f} queries/s, "

@@ -83,3 +83,60 @@ def calibrate(index: "CatalogIndex", target: float = TARGET_RECALL, probes: int 
             break
     graph.set_beam(beam)
     return chosen
+
+
+# ---- similar: the subspace graphs' beam ----------------------------------------------------------
+SIMILAR_TARGET = 0.99  # similar's queries are catalog items, so the probes are real queries
+SIMILAR_LADDER = (16, 24, 32, 48, 64, 96)
+SIMILAR_PROBES = 256
+TIE = 1e-5  # an item scoring within this of the exact 10th best is as good a result (chunks repeat)
+
+
+def similar_beam(index: "CatalogIndex", attribute: int, target: float = SIMILAR_TARGET,
+                 probes: int = SIMILAR_PROBES) -> int:
+    """The smallest beam on SIMILAR_LADDER whose recall@10 on probe items reaches ``target`` in
+    ``attribute``'s subspace graph (the ladder's top if none does). Probes are live items asking
+    for their own neighbours, as ``similar`` does; a found item counts when it scores at least
+    the exact 10th best (near-duplicate chunks tie). Call under the write lock."""
+    from .subspaces import chunks
+
+    graph = index.subspaces.graphs[attribute]
+    span = index.subspaces.layout[attribute]
+    alive = index.table.live_slots()
+    picked = np.sort(np.random.default_rng(len(alive) + attribute).choice(alive, min(probes, len(alive)),
+                                                                         replace=False))
+    queries = chunks(index.store.rows(picked).astype(np.float32), span)
+    best = np.full((len(picked), K), -np.inf, np.float32)
+    for slots, vectors in index.store.iter_rows(alive, max(256, (1 << 22) // (span[1] - span[0]))):
+        scores = queries @ chunks(vectors, span).T
+        scores[slots[None, :] == picked[:, None]] = -np.inf  # a query never finds itself
+        joined = np.concatenate([best, scores], axis=1)
+        best = np.take_along_axis(joined, np.argpartition(-joined, K - 1, axis=1)[:, :K], axis=1)
+    tenth = best.min(axis=1) - TIE
+    beam = graph.beam
+    chosen = SIMILAR_LADDER[-1]
+    for count in SIMILAR_LADDER:
+        if subspace_recall(graph, queries, picked, tenth, count) >= target:
+            chosen = count
+            break
+    graph.set_beam(beam)
+    return chosen
+
+
+def subspace_recall(graph: ProjectedGraph, queries: np.ndarray, own: np.ndarray, tenth: np.ndarray,
+                    beam: int) -> float:
+    """Share of each probe's top 10 (itself excluded) scoring at least its exact 10th best, on the
+    path ``similar`` takes: the native walk from the item itself, else hnswlib at that ef."""
+    good = 0
+    graph.set_beam(beam)
+    for q, slot, floor in zip(queries, own.tolist(), tenth):
+        if graph.walk is not None:
+            scores = graph.walk.search(q, max(beam, K + 1), K, slot, slot)[1]
+        else:
+            try:
+                labels, distance = graph.candidates(q[None], K + 1, 1)
+            except RuntimeError:  # fewer reachable nodes than asked
+                continue
+            scores = (1.0 - distance[0])[labels[0] != slot][:K]
+        good += int((np.asarray(scores) >= floor).sum())
+    return good / (K * len(queries))

@@ -26,6 +26,7 @@ from .graph_check import check_graph_file
 from .items import ItemTable
 from .policy import attach_side_walks, attach_walk, exact_limit, maintain, set_beam
 from .projection import Projection
+from .subspaces import SIMILAR_BEAM
 from .vector_store import PRECISIONS
 
 if TYPE_CHECKING:
@@ -73,7 +74,7 @@ def save_index(index: "CatalogIndex", directory: Path) -> Path:
                 "fit_count": graph.projection.fit_count, "fit_residual": graph.projection.fit_residual,
                 "built_count": graph.built_count, "drift_sum": graph.drift_sum, "drift_count": graph.drift_count,
                 "laid_out": graph.laid_out, "calibrated_candidates": graph.calibrated},
-            "subspaces": {str(a): {"nodes": g.count} for a, g in index.subspaces.graphs.items()},
+            "subspaces": {str(a): {"nodes": g.count, "beam": g.beam} for a, g in index.subspaces.graphs.items()},
             "info": index.info,
             "files": {role: {"name": name, "sha256": sha256_file(directory / name),
                              "bytes": (directory / name).stat().st_size} for role, name in names.items()},
@@ -111,6 +112,8 @@ def load_index(cls: type["CatalogIndex"], directory: Path, keys: dict[str, bytes
         count, precision, graph_meta = _int(meta["count"]), meta["precision"], meta["graph"]
         layout = None if meta["layout"] is None else [(_int(s), _int(e)) for s, e in meta["layout"]]
         subspace_nodes = {int(a): _int(g["nodes"]) for a, g in dict(meta["subspaces"]).items()}
+        # each graph's calibrated beam; absent in indexes saved before similar was calibrated
+        subspace_beams = {int(a): _int(g.get("beam", SIMILAR_BEAM)) for a, g in dict(meta["subspaces"]).items()}
         settings = dict(meta["settings"])
         roles = ["vectors", "codes", "predicted", "ids"] + [f"subspace-{a}" for a in subspace_nodes]
         roles += ["confidence"] if version >= 4 else []
@@ -136,7 +139,8 @@ def load_index(cls: type["CatalogIndex"], directory: Path, keys: dict[str, bytes
     if graph_meta is not None and not (0 < p <= dim and 2 <= M <= 256 and 0 < efc <= 100000
                                        and count <= nodes <= slots and (p == dim or not identity)):
         raise IndexFileError(f"{where} has out-of-range graph parameters")
-    if layout is None and subspace_nodes or any(not (0 <= a < num_attributes and n <= slots)
+    if layout is None and subspace_nodes or any(not (0 <= a < num_attributes and n <= slots
+                                                     and 0 < subspace_beams[a] <= 1 << 16)
                                                 for a, n in subspace_nodes.items()):
         raise IndexFileError(f"{where} has out-of-range subspace graphs")
     paths = {role: _verified(directory, entry, where) for role, entry in files.items()}
@@ -186,7 +190,8 @@ def load_index(cls: type["CatalogIndex"], directory: Path, keys: dict[str, bytes
     for a, nodes_a in subspace_nodes.items():
         span = layout[a]  # type: ignore[index]
         index.subspaces.adopt(a, _load_graph(Projection(None, nodes_a, 0.0, span[1] - span[0]),
-                                             paths[f"subspace-{a}"], capacity, DEFAULT_PARAMS, nodes_a))
+                                             paths[f"subspace-{a}"], capacity, DEFAULT_PARAMS, nodes_a),
+                              subspace_beams[a])
     attach_side_walks(index)
     swept = sweep(directory, {SIDECAR, SIDECAR + ".sig", *(str(e.get("name")) for e in meta["files"].values()
                                                            if isinstance(e, dict))}, OWN_FILES)

@@ -15,6 +15,7 @@ import numpy as np
 from ..errors import QueryError
 from . import partitions as filtering
 from . import policy
+from .calibration import similar_beam
 from .graph import ProjectedGraph, candidate_count
 from .native_walk import search_many
 from .subspaces import chunks
@@ -257,6 +258,9 @@ def build_missing(index: "CatalogIndex", todo: list[tuple[str, int, int]]) -> No
             index.partitions.build(a, v, index.store.iter_rows(slots, step), len(slots))
     if todo:
         policy.attach_side_walks(index)
+    for kind, a, _ in todo:
+        if kind == "subspace":  # measured on the walk it will take, so after the walks are attached
+            index.subspaces.graphs[a].set_beam(similar_beam(index, a))
 
 
 def graph_topk(graph: ProjectedGraph, store: VectorStore | None, queries: np.ndarray, want: int, count: int,

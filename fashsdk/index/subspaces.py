@@ -15,8 +15,8 @@ import numpy as np
 from .graph import DEFAULT_PARAMS, ProjectedGraph
 from .projection import Projection
 
-# hnswlib's ef for unfiltered ``similar``: a query is a real item among near-duplicates, and on the
-# demo catalog's 64-d subspaces ef 48 kept recall@10 of ef 96 (0.975-0.999) at half the walk
+# The beam of a subspace graph until calibration.similar_beam measures one for the catalog (and of
+# graphs saved before it did): on the demo catalog's 64-d subspaces ef 48 kept recall@10 of ef 96
 # (docs/performance.md, "Conditional similarity").
 SIMILAR_BEAM = 48
 
@@ -41,8 +41,8 @@ class Subspaces:
             graph.add(chunks(vectors, span), slots, self.threads, track_drift=False)
         self.adopt(attribute, graph)
 
-    def adopt(self, attribute: int, graph: ProjectedGraph) -> None:
-        graph.set_beam(SIMILAR_BEAM)
+    def adopt(self, attribute: int, graph: ProjectedGraph, beam: int = SIMILAR_BEAM) -> None:
+        graph.set_beam(beam)
         self.graphs[attribute] = graph
 
     def add(self, slots: np.ndarray, vectors: np.ndarray) -> None:

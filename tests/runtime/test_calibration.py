@@ -105,3 +105,64 @@ def test_the_count_survives_save_and_load_and_a_bad_one_is_refused(tmp_path: Pat
         atomic_write_json(tmp_path / "ok" / SIDECAR, seal(meta))  # resealed: the value itself is checked
         with pytest.raises(IndexFileError, match="calibrated_candidates|expected an integer"):
             CatalogIndex.load(tmp_path / "ok")
+
+
+def two_kinds_of_chunks(n: int = 6000) -> tuple[CatalogIndex, np.ndarray]:
+    """Attribute 0's chunks sit in tight clusters (an easy graph), attribute 1's are spread
+    uniformly over the 32-d sphere (a hard one); 2 and 3 are clustered."""
+    x = clustered(n, 128, clusters=40, spread=0.2)
+    x[:, 32:64] = np.random.default_rng(3).standard_normal((n, 32))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    index = CatalogIndex(128, 4, exact_max_items=0, threads=1)
+    index.add([f"i{i}" for i in range(n)], x, np.zeros((n, 4), int))
+    index.prepare_similar([0, 1])
+    return index, x
+
+
+def similar_recall(index: CatalogIndex, x: np.ndarray, attribute: int, items: range) -> float:
+    """Share of each similar() result scoring at least the exact 10th best (ties count), on items
+    the calibration did not pick on purpose."""
+    start, stop = index.layout[attribute]  # type: ignore[index]
+    chunk = x[:, start:stop] / np.linalg.norm(x[:, start:stop], axis=1, keepdims=True)
+    good = 0
+    for i in items:
+        exact = chunk @ chunk[i]
+        exact[i] = -np.inf
+        tenth = np.sort(exact)[-10] - calibration.TIE
+        _, scores = index.search(chunk[i], 10, exclude=[f"i{i}"], attribute=attribute)
+        good += int((scores[0] >= tenth).sum())
+    return good / (10 * len(items))
+
+
+def test_each_similar_graph_measures_its_own_beam_and_similar_reaches_the_target() -> None:
+    index, x = two_kinds_of_chunks()
+    beams = {a: g.beam for a, g in index.subspaces.graphs.items()}
+    assert set(beams.values()) <= set(calibration.SIMILAR_LADDER)
+    for attribute in (0, 1):
+        assert similar_recall(index, x, attribute, range(0, 6000, 30)) >= calibration.SIMILAR_TARGET - 0.01
+    with index.lock.write():
+        # a stricter target: the spread chunks need a wider walk than the clustered ones
+        assert calibration.similar_beam(index, 1, target=0.999) > calibration.similar_beam(index, 0, target=0.999)
+        # the ladder's ends: any recall, and one no beam reaches
+        assert calibration.similar_beam(index, 1, target=0.0) == calibration.SIMILAR_LADDER[0]
+        assert calibration.similar_beam(index, 1, target=1.01) == calibration.SIMILAR_LADDER[-1]
+    assert {a: g.beam for a, g in index.subspaces.graphs.items()} == beams  # measuring left the beams alone
+
+
+def test_similar_beams_survive_save_and_load_and_a_bad_one_is_refused(tmp_path: Path) -> None:
+    index, _ = two_kinds_of_chunks(3000)
+    index.save(tmp_path / "ok")
+    loaded = CatalogIndex.load(tmp_path / "ok")
+    assert {a: g.beam for a, g in loaded.subspaces.graphs.items()} == \
+        {a: g.beam for a, g in index.subspaces.graphs.items()}
+    meta = json.loads((tmp_path / "ok" / SIDECAR).read_text())
+    for bad in (0, 10**9, "16"):
+        meta.pop("sealed_sha256", None)
+        meta["subspaces"]["1"]["beam"] = bad
+        atomic_write_json(tmp_path / "ok" / SIDECAR, seal(meta))
+        with pytest.raises(IndexFileError, match="subspace|expected an integer"):
+            CatalogIndex.load(tmp_path / "ok")
+    del meta["subspaces"]["1"]["beam"]  # saved before similar was calibrated: the former fixed beam
+    meta.pop("sealed_sha256", None)
+    atomic_write_json(tmp_path / "ok" / SIDECAR, seal(meta))
+    assert CatalogIndex.load(tmp_path / "ok").subspaces.graphs[1].beam == 48
