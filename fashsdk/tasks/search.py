@@ -38,31 +38,34 @@ def to_results(schema: AttributeSchema, hits: Hits, decoded: dict | None = None)
     them across the queries of a batch). A code outside the schema is a typed error, never a
     wrong value."""
     names, tables = schema.names, schema.value_tables
-    if hits.labels.shape[1:] != (len(names),) or hits.predicted.shape != hits.labels.shape:
-        raise codes_error(schema, hits.ids[:3], hits.labels)
     labels = hits.labels
-    filled = labels < 0
-    rows = list(map(tuple, np.where(filled, hits.predicted, labels).tolist()))
+    if labels.shape[1:] != (len(names),) or hits.predicted.shape != labels.shape:
+        raise codes_error(schema, hits.ids[:3], labels)
     known = {} if decoded is None else decoded
-    get = dict.__getitem__
-    try:
-        for row in rows:
-            if row not in known:
-                known[row] = dict(zip(names, map(get, tables, row)))
-    except KeyError:
-        for item_id, row in zip(hits.ids, rows):
-            check_codes(schema, row, item_id)
-        raise
-    out = []
-    unlabelled = filled.any(axis=1).tolist()
-    for n, (i, s, row) in enumerate(zip(hits.ids, hits.scores.tolist(), rows)):
-        predicted = {}
-        if unlabelled[n]:
-            for a in np.flatnonzero(filled[n] & (hits.predicted[n] >= 0)).tolist():
-                p = float(hits.confidence[n, a])
-                predicted[names[a]] = None if p != p else round(p, 4)  # NaN: not recorded
-        out.append(SearchResult(i, s, known[row].copy(), predicted))
-    return out
+    guesses: list[list[int]] | None = None  # the predictions, read only when some label is missing
+    decoded_rows, predictions = [], []
+    for n, row in enumerate(labels.tolist()):
+        predicted: dict[str, float | None] = {}
+        if min(row) < 0:  # an attribute without a stored label: its prediction stands in
+            if guesses is None:
+                guesses = hits.predicted.tolist()
+            guess = guesses[n]
+            for a, code in enumerate(row):
+                if code < 0 and guess[a] >= 0:
+                    p = float(hits.confidence[n, a])
+                    predicted[names[a]] = None if p != p else round(p, 4)  # NaN: not recorded
+            row = [g if c < 0 else c for c, g in zip(row, guess)]
+        key = tuple(row)
+        attributes = known.get(key)
+        if attributes is None:
+            try:
+                attributes = known[key] = dict(zip(names, map(dict.__getitem__, tables, key)))
+            except KeyError:
+                check_codes(schema, key, hits.ids[n])
+                raise
+        decoded_rows.append(attributes.copy())
+        predictions.append(predicted)
+    return list(map(SearchResult._make, zip(hits.ids, hits.scores.tolist(), decoded_rows, predictions)))
 
 
 def check_codes(schema: AttributeSchema, codes: Sequence[int], item_id: str) -> None:
@@ -100,7 +103,7 @@ def resolve(query: object, index: IndexBackend | None, schema: AttributeSchema, 
         vector, labels, predicted = index.get(query_id)
         current = np.where(labels >= 0, labels, predicted).tolist()
         check_codes(schema, current, query_id)
-        return QueryItem(vector.astype(np.float32), current, query_id)
+        return QueryItem(vector.astype(np.float32, copy=False), current, query_id)
     require_image(query)
     out = encode([query])
     predicted_rows, _ = schema.predicted_codes(out.logits)

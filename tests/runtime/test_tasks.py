@@ -146,3 +146,29 @@ def test_boxes_are_refused_for_a_bundle_whose_model_does_not_localise() -> None:
     assert not has_boxes(bundle)
     with pytest.raises(QueryError, match="no boxes output.*--family fsn"):
         attribute_boxes(bundle, b"not read")
+
+
+def test_similar_refuses_an_item_whose_attribute_chunk_is_zero() -> None:
+    from fashsdk import CatalogIndex
+    from fashsdk.schema import Attribute, AttributeSchema
+    from fashsdk.tasks.similar import similar
+
+    schema = AttributeSchema((Attribute("colour", ("Red", "Blue")), Attribute("kind", ("Shirt", "Dress"))))
+    vectors = np.random.default_rng(0).standard_normal((30, 8)).astype(np.float32)
+    vectors[3, :4] = 0.0  # item 3 has no colour chunk at all
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = CatalogIndex(8, 2, layout=[(0, 4), (4, 8)])
+    index.add([f"i{i}" for i in range(30)], vectors, np.zeros((30, 2), np.int16))
+
+    def ask(item: str, attribute: str) -> list:
+        return similar(index, schema, lambda images: None, item, attribute, 5, None, False, False)
+
+    colour = vectors[:, :4] / np.maximum(np.linalg.norm(vectors[:, :4], axis=1, keepdims=True), 1e-12)
+    scores = colour @ colour[0]
+    scores[0] = -np.inf
+    found = ask("i0", "colour")
+    assert [r.id for r in found] == [f"i{i}" for i in np.argsort(-scores)[:5]]
+    np.testing.assert_allclose([r.score for r in found], np.sort(scores)[::-1][:5], atol=1e-6)
+    with pytest.raises(QueryError, match="'colour' chunk is all zeros"):
+        ask("i3", "colour")
+    assert len(ask("i3", "kind")) == 5  # its other chunks still work
