@@ -682,8 +682,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=None,
                    help="decode workers (default: fashsdk's choice from each stream's first batch)")
     p.add_argument("--decode", choices=sorted(DECODE_MODES), default="auto",
-                   help="end-to-end decode workers: auto (processes for long streams, fashsdk's default), "
-                        "threads or processes")
+                   help="end-to-end decode workers: auto (fashsdk's default: threads for short streams, for "
+                        "long ones one thread or processes as the first batch's timing says), threads or processes")
     p.add_argument("--calibration-images", type=int, default=300)
     p.add_argument("--no-profile", dest="profile", action="store_false")
     p.add_argument("--no-quality", dest="quality", action="store_false",

@@ -4,8 +4,8 @@ benchmarks.peers).
 
 - similar (conditional similarity): each attribute's chunk of the vectors, re-normalised, is its
   own space. fashsdk's subspace graphs (``CatalogIndex.hits(..., attribute=a)``, beam swept;
-  "auto" is the beam each graph's build measured) against hnswlib, faiss HNSW and usearch graphs built on the same chunks, one
-  per attribute. Queries are real catalog items (query i asks about attribute i mod A), the
+  "auto" is the beam each graph's build measured) against hnswlib, faiss HNSW and usearch
+  graphs built on the same chunks, one per attribute. Queries are real catalog items (query i asks about attribute i mod A), the
   item itself left out; recall@10 against the exact chunk scan.
 - where (filtered search): manipulated queries with a filter on one attribute value selecting
   about 10%, then about 1%, of the gallery. fashsdk's per-value graphs (``search(..., where=)``,

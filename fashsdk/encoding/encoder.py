@@ -288,18 +288,16 @@ class Encoder:
         for start, future in zip(batch.starts, batch.slices):
             try:
                 bad.update({start + row: reason for row, reason in future.result(timeout=stall)})
-            except FutureTimeout:
-                self._decoder.close()  # kills the stuck workers; the next stream starts fresh ones
-                keys = [key for key, _ in batch.items]
-                raise ImageError(f"a decode worker process made no progress for {stall:g} s on items {keys[0]!r} "
-                                 f"to {keys[-1]!r}; the workers were stopped. Retry, or decode those items one "
+            except (FutureTimeout, BrokenProcessPool) as exc:
+                self._decoder.close()  # kills stuck workers; the next stream starts fresh ones
+                first, last = batch.items[0][0], batch.items[-1][0]
+                if isinstance(exc, BrokenProcessPool):
+                    raise ImageError(f"a decode worker process died while decoding items {first!r} to {last!r}: "
+                                     "one of them is probably a corrupt or hostile image; decode them one by one "
+                                     "to find it") from None
+                raise ImageError(f"a decode worker process made no progress for {stall:g} s on items {first!r} "
+                                 f"to {last!r}; the workers were stopped. Retry, or decode those items one "
                                  "by one (processes=False) to find an image that hangs the decoder") from None
-            except BrokenProcessPool:
-                self._decoder.close()  # this stream holds _decoder_lock; the next one starts fresh workers
-                keys = [key for key, _ in batch.items]
-                raise ImageError(f"a decode worker process died while decoding items {keys[0]!r} to {keys[-1]!r}: "
-                                 "one of them is probably a corrupt or hostile image; decode them one by one "
-                                 "to find it") from None
         failed = [(batch.items[row][0], reason) for row, reason in sorted(bad.items())]
         if failed:
             keep = [row for row in range(len(batch.items)) if row not in bad]
