@@ -80,19 +80,24 @@ def _shutdown(pool: ProcessPoolExecutor, directory: str) -> None:
     possibly one holding the pool's own lock; and a stuck worker never exits by itself. So
     the pool's blocking shutdown runs in a helper thread and nothing here waits unbounded."""
     workers = list((getattr(pool, "_processes", None) or {}).values())
+    stopper: threading.Thread | None = None
     try:
         stopper = threading.Thread(target=pool.shutdown, kwargs={"wait": True, "cancel_futures": True},
                                    name="fashsdk-decode-shutdown", daemon=True)
         stopper.start()
         stopper.join(SHUTDOWN_GRACE_S)
     except RuntimeError:  # no new threads while the interpreter exits: wait for the workers alone
+        stopper = None
         deadline = time.monotonic() + SHUTDOWN_GRACE_S
         for process in workers:
             process.join(max(0.0, deadline - time.monotonic()))
     for process in workers:
         if process.is_alive():
             process.kill()
-            process.join(1.0)
+    if stopper is not None:  # with its workers gone the pool's own shutdown ends, and it reaps them
+        stopper.join(SHUTDOWN_GRACE_S)
+    for process in workers:
+        process.join(1.0)
     shutil.rmtree(directory, ignore_errors=True)
 
 
