@@ -7,6 +7,8 @@ fraction of attributes matching the target; the ideal ranking is all ones.
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import combinations
 from typing import Sequence
@@ -45,32 +47,34 @@ def manipulation_queries(codes: np.ndarray, sizes: Sequence[int], *, changes: in
     combination exists in the gallery; sampled uniformly (fixed seed) above ``max_queries``."""
     codes = np.asarray(codes)
     A = codes.shape[1]
-    gallery_keys = set(combination_keys(codes, sizes).tolist())
+    keys = combination_keys(codes, sizes)
+    uniq_keys, first = np.unique(keys, return_index=True)
+    combos = codes[first].astype(np.int64)  # the gallery's distinct label combinations
+    weights = np.cumprod([1, *[s + 1 for s in sizes[::-1]]])[:A][::-1].astype(np.int64)  # each digit's place value
     known = np.flatnonzero((codes != UNKNOWN).all(axis=1))
-    attr_sets = list(combinations(attributes if attributes is not None else range(A), changes))
+    base = codes[known].astype(np.int64)
     rows_all, attrs_all, values_all, targets_all = [], [], [], []
-    for attr_set in attr_sets:
-        # every combination of other values for the chosen attributes
-        grids = np.meshgrid(*[np.arange(sizes[a]) for a in attr_set], indexing="ij")
-        new_values = np.stack([g.ravel() for g in grids], axis=1)  # (V, C)
-        for start in range(0, len(known), 2048):
-            rows = known[start:start + 2048]
-            base = codes[rows]  # (R, A)
-            tgt = np.repeat(base[:, None, :], len(new_values), axis=1).copy()  # (R, V, A)
-            for c, a in enumerate(attr_set):
-                tgt[:, :, a] = new_values[None, :, c]
-            differs = np.ones(tgt.shape[:2], dtype=bool)
-            for c, a in enumerate(attr_set):
-                differs &= tgt[:, :, a] != base[:, None, a]
-            tgt_flat = tgt.reshape(-1, A)
-            keys = combination_keys(tgt_flat, sizes)
-            present = np.fromiter((k in gallery_keys for k in keys.tolist()), bool, len(keys))
-            keep = differs.ravel() & present
-            r_idx, v_idx = np.divmod(np.flatnonzero(keep), len(new_values))
-            rows_all.append(rows[r_idx])
-            attrs_all.append(np.tile(np.asarray(attr_set), (len(r_idx), 1)))
-            values_all.append(new_values[v_idx])
-            targets_all.append(tgt_flat[keep])
+    for attr_set in combinations(attributes if attributes is not None else range(A), changes):
+        changed = list(attr_set)
+        # a target keeps every other attribute: it is a gallery combination with the query's "rest" key,
+        # whose changed attributes are all known and all differ from the query's
+        rest_of_combo = uniq_keys - ((combos[:, changed] + 1) * weights[changed]).sum(axis=1)
+        usable = (combos[:, changed] != UNKNOWN).all(axis=1)
+        # grouped by rest key, then in value order (the order of a grid over the changed values)
+        order = np.lexsort([*(combos[:, a] for a in changed[::-1]), rest_of_combo])
+        order = order[usable[order]]
+        group_keys = rest_of_combo[order]
+        rest_of_query = keys[known] - ((base[:, changed] + 1) * weights[changed]).sum(axis=1)
+        lo = np.searchsorted(group_keys, rest_of_query, side="left")
+        counts = np.searchsorted(group_keys, rest_of_query, side="right") - lo
+        r_idx = np.repeat(np.arange(len(known)), counts)
+        c_idx = order[np.arange(len(r_idx)) - np.repeat(np.cumsum(counts) - counts, counts) + np.repeat(lo, counts)]
+        differs = (combos[c_idx][:, changed] != base[r_idx][:, changed]).all(axis=1)
+        r_idx, c_idx = r_idx[differs], c_idx[differs]
+        rows_all.append(known[r_idx])
+        attrs_all.append(np.tile(np.asarray(attr_set), (len(r_idx), 1)))
+        values_all.append(combos[c_idx][:, changed])
+        targets_all.append(combos[c_idx].astype(codes.dtype))
     rows = np.concatenate(rows_all) if rows_all else np.zeros(0, np.int64)
     attrs = np.concatenate(attrs_all) if attrs_all else np.zeros((0, changes), np.int64)
     values = np.concatenate(values_all) if values_all else np.zeros((0, changes), np.int64)
@@ -82,15 +86,23 @@ def manipulation_queries(codes: np.ndarray, sizes: Sequence[int], *, changes: in
     return QuerySet(rows, attrs, values, targets, total)
 
 
-def exact_topk(queries: np.ndarray, gallery: np.ndarray, k: int, chunk: int = 2048) -> np.ndarray:
-    """Indices (Q, k) of the k most similar gallery rows by inner product, best first."""
+def exact_topk(queries: np.ndarray, gallery: np.ndarray, k: int, chunk: int = 1024) -> np.ndarray:
+    """Indices (Q, k) of the k most similar gallery rows by inner product, best first; chunks of
+    queries run on a few threads (numpy's product and partition release the GIL)."""
     k = min(k, len(gallery))
     out = np.empty((len(queries), k), dtype=np.int64)
-    for s in range(0, len(queries), chunk):
+    if k == 0:
+        return out
+
+    def one(s: int) -> None:
         sims = queries[s:s + chunk] @ gallery.T
-        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        top = np.argpartition(sims, -k, axis=1)[:, -k:]
         order = np.argsort(-np.take_along_axis(sims, top, 1), axis=1, kind="stable")
         out[s:s + chunk] = np.take_along_axis(top, order, 1)
+
+    starts = range(0, len(queries), chunk)
+    with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1, len(starts)))) as pool:
+        list(pool.map(one, starts))
     return out
 
 

@@ -35,6 +35,34 @@ def test_two_attribute_queries_change_both() -> None:
     assert pairs == {(0, 2, 1), (1, 0, 1), (1, 2, 1), (2, 0, 0), (2, 1, 0), (3, 1, 0)}
 
 
+@pytest.mark.parametrize("changes", [1, 2, 3])
+def test_queries_are_exactly_the_definition_on_a_random_catalog(changes: int) -> None:
+    """Every known item x every combination of other values of ``changes`` attributes whose target
+    the gallery holds, in order (attribute set, item, values), against a plain loop."""
+    from itertools import combinations, product
+
+    sizes = [4, 3, 5, 2]
+    rng = np.random.default_rng(changes)
+    codes = np.stack([rng.integers(0, n, 300) for n in sizes], axis=1)
+    codes[rng.random(codes.shape) < 0.05] = -1
+    present = {tuple(c) for c in codes.tolist()}
+    expected = []
+    for attr_set in combinations(range(len(sizes)), changes):
+        for r, row in enumerate(codes.tolist()):
+            if -1 in row:
+                continue
+            for values in product(*[range(sizes[a]) for a in attr_set]):
+                target = list(row)
+                for a, v in zip(attr_set, values):
+                    target[a] = v
+                if all(row[a] != v for a, v in zip(attr_set, values)) and tuple(target) in present:
+                    expected.append((r, attr_set, values, tuple(target)))
+    qs = manipulation_queries(codes, sizes, changes=changes, max_queries=None)
+    got = [(int(r), tuple(a.tolist()), tuple(v.tolist()), tuple(t.tolist()))
+           for r, a, v, t in zip(qs.rows, qs.attrs, qs.values, qs.targets)]
+    assert got == expected and qs.candidates == len(expected) > 0
+
+
 def test_sampling_is_seeded_and_bounded() -> None:
     codes = np.array([[i % 3, i % 2] for i in range(60)])
     a = manipulation_queries(codes, SIZES, max_queries=10, seed=3)
@@ -61,6 +89,15 @@ def test_exact_topk_orders_by_similarity() -> None:
     gallery = np.eye(4, dtype=np.float32)
     query = np.array([[0.1, 0.9, 0.5, 0.0]], np.float32)
     assert exact_topk(query, gallery, 3).tolist() == [[1, 2, 0]]
+
+
+def test_exact_topk_in_many_chunks_is_the_full_sort() -> None:
+    rng = np.random.default_rng(0)
+    gallery = rng.standard_normal((500, 16)).astype(np.float32)
+    queries = rng.standard_normal((2500, 16)).astype(np.float32)  # three chunks on the worker threads
+    expected = np.argsort(-(queries @ gallery.T), axis=1, kind="stable")[:, :20]
+    assert np.array_equal(exact_topk(queries, gallery, 20), expected)
+    assert exact_topk(queries[:3], gallery[:5], 20).shape == (3, 5)  # k above the gallery size
 
 
 def test_baselines_on_a_toy_gallery() -> None:
