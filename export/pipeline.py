@@ -91,11 +91,12 @@ def cmd_onnx(args: argparse.Namespace) -> int:
     return 0
 
 
-def _outfit_head(args: argparse.Namespace, out: Path, retriever: Retriever,
-                 parts: list[Any]) -> dict[str, Any] | None:
+def _outfit_head(args: argparse.Namespace, out: Path, retriever: Retriever, parts: list[Any],
+                 vectors: np.ndarray | None = None) -> dict[str, Any] | None:
     """Outfits derived from the labels (OUT/outfits) and an outfit head over the demo bundle
-    (OUT/bundle-outfit), trained on the train split's embeddings; skipped, with the reason, for a
-    catalog whose labels lack what the default outfit rule needs."""
+    (OUT/bundle-outfit), trained on the train split's embeddings (``vectors``, the rows of ``parts`` in
+    order, when training already computed them; encoded with ``retriever`` otherwise); skipped, with the
+    reason, for a catalog whose labels lack what the default outfit rule needs."""
     from types import SimpleNamespace
 
     from .outfit_head_train import fit_head_bundle
@@ -109,7 +110,8 @@ def _outfit_head(args: argparse.Namespace, out: Path, retriever: Retriever,
         summary = write_outfits(labels, out / "outfits", rules, 20000, 2000, args.seed, args.split_column, args.id_column)
         rows = {r["id"]: r for r in read_rows(labels, args.id_column)}
         ids = [i for part in parts for i in part.catalog.ids]
-        vectors = retriever.encode(list(np.concatenate([part.pixels for part in parts]))).embedding
+        if vectors is None:
+            vectors = retriever.encode(list(np.concatenate([part.pixels for part in parts]))).embedding
         steps = min(1500, max(50, summary["train_outfits"] // 4))  # a small catalog's few outfits: fewer steps
         options = SimpleNamespace(projection_dim=32, steps=steps, batch=256, margin=0.3, seed=args.seed,
                                   split_column=args.split_column)
@@ -239,7 +241,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"   search by id with one change, k=30: p50 {search_ms['p50']:.3f} ms, p99 {search_ms['p99']:.3f} ms")
 
     t = time.perf_counter()
-    outfit = _outfit_head(args, out, retriever, [train, val])
+    outfit = _outfit_head(args, out, retriever, [train, val],
+                          np.concatenate(result.embeddings) if result.embeddings is not None else None)
     timings["outfit_head_s"] = time.perf_counter() - t
     examples = _examples(retriever, encoded, out / "examples.png")
     photo = catalog.split("train").ids[0]  # a catalog photo that is not in the index, for the quickstart

@@ -80,6 +80,9 @@ class TrainResult:
     seconds: dict[str, float] = field(default_factory=dict)
     best: dict[str, Any] = field(default_factory=dict)
     guard: dict[str, Any] = field(default_factory=dict)
+    # the final model's embeddings of the train and val images (row order of each ImageSet), when training
+    # already held their backbone features; None otherwise (encode the images instead)
+    embeddings: tuple[np.ndarray, np.ndarray] | None = None
 
 
 CALIBRATE_SHARE = 0.1  # with a time budget, the plan is set after this share of the training time
@@ -145,7 +148,10 @@ def train_adde(schema: AttributeSchema, spec: PreprocessSpec, train: ImageSet, v
     model.load_state_dict(best_state)
     result.seconds["stage2"] = time.perf_counter() - t1
     result.best = {"val_top30": best_score}
-    report = guard(model, schema, val_src.features(model), val_codes, train_codes, val_queries, still_improving, steps)
+    val_feats = val_src.features(model)
+    if config.stage2_epochs > 0:  # stage 2 froze the backbone, so its features are the final model's
+        result.embeddings = (_embed(model, train_feats), _embed(model, val_feats))
+    report = guard(model, schema, val_feats, val_codes, train_codes, val_queries, still_improving, steps)
     result.guard = report.to_json()
     _log(f"best val Top-30 {best_score:.3f}; features {result.seconds['features']:.0f} s, stage 1 "
          f"{result.seconds['stage1']:.0f} s (features included), stage 2 {result.seconds['stage2']:.0f} s")
@@ -154,6 +160,15 @@ def train_adde(schema: AttributeSchema, spec: PreprocessSpec, train: ImageSet, v
         raise GuardFailed("the model is not clearly better than its baselines (--strict): "
                           + "; ".join(report.warnings))
     return result
+
+
+@torch.no_grad()
+def _embed(model: ADDE, features: torch.Tensor, batch: int = 4096) -> np.ndarray:
+    """The served embedding (the ONNX model's first output) of backbone ``features``."""
+    model.eval()
+    parts = [model.head_outputs(features[s:s + batch])[0] for s in range(0, len(features), batch)]
+    return torch.cat(parts).numpy() if parts else np.zeros((0, model.config.dim * len(model.config.attribute_sizes)),
+                                                           np.float32)
 
 
 def _stage1(model: ADDE, schema: AttributeSchema, train_src: TrainingFeatures, val_src: TrainingFeatures, train_codes: np.ndarray,

@@ -84,6 +84,14 @@ def test_training_keeps_its_time_budget_reports_the_guard_and_exports(catalog_im
     assert {"adde", "no_manipulation", "attribute_based"} <= set(guard["retrieval"])
     bundle, parity = build_bundle(result.model, catalog.schema, SPEC, tmp_path / "bundle", images.pixels[:8])
     assert parity.max_abs_diff < 1e-4 and bundle.preprocess.mean == pytest.approx(LITE_MEAN)
+    # the train and val embeddings training hands on (the demo's outfit head reads them) are the served ones
+    from fashsdk import Retriever
+
+    assert result.embeddings is not None
+    for rows, kept in zip((train_rows, val_rows), result.embeddings):
+        served = Retriever(bundle, threads=1).encode(list(images.pixels[rows])).embedding
+        assert kept.shape == served.shape
+        assert np.min(np.sum(kept * served, axis=1)) > 0.999  # unit vectors; the cache holds float16 activations
 
 
 def test_strict_turns_a_failed_guard_into_an_error(catalog_images: tuple) -> None:
