@@ -21,6 +21,8 @@ import numpy as np
 
 from export.catalog_args import add_data_args, data_paths
 from fashsdk import Retriever
+from fashsdk.bundle import Bundle
+from fashsdk.errors import BundleError
 from fashsdk.eval.guard import check
 from fashsdk.eval.methods import BASELINES, Gallery, conditional_similarity, evaluate_methods
 from fashsdk.eval.protocol import DEFAULT_KS, manipulation_queries
@@ -64,6 +66,23 @@ def mean_swap(retriever: Retriever, train: Catalog, images: list[str], per_value
     layout = list(retriever.bundle.layout.values())
     table, _ = value_means(vectors, train.codes[rows], retriever.schema, layout)
     return ChunkReplace(retriever.schema, layout, table), len(rows)
+
+
+def mean_swap_from(retriever: Retriever, path: Path) -> tuple[Family, str]:
+    """mean_swap read from a chunk_replace bundle built over the same model (the demo's
+    bundle-chunk-replace), instead of encoding training images again."""
+    try:
+        source = Bundle.load(path)
+    except (BundleError, OSError) as exc:
+        raise SystemExit(f"--mean-swap-from {path}: {exc}") from exc
+    if source.family_name != "chunk_replace":
+        raise SystemExit(f"--mean-swap-from {path}: a {source.family_name} bundle has no value means; pass a "
+                         f"chunk_replace bundle (the demo's bundle-chunk-replace) or leave the option out")
+    if source.embedding_sha256() != retriever.bundle.embedding_sha256():
+        raise SystemExit(f"--mean-swap-from {path}: its model is not the first bundle's, so its value means live in "
+                         f"another embedding space; pass the chunk_replace bundle derived from "
+                         f"{retriever.bundle.directory} or leave the option out")
+    return source.family, str(path)
 
 
 def row_names(retrievers: list[Retriever]) -> list[str]:
@@ -185,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-queries", type=int, default=20000, help="single-attribute query sample size")
     p.add_argument("--pair-queries", type=int, default=10000, help="two-attribute query sample size")
     p.add_argument("--means-per-value", type=int, default=100, help="training images per value for mean_swap")
+    p.add_argument("--mean-swap-from", type=Path, help="a chunk_replace bundle over the first bundle's model whose "
+                                                         "value means make the mean_swap row (instead of encoding "
+                                                         "--means-per-value training images per value)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", default="auto")
     p.add_argument("--strict", action="store_true", help="exit 3 when the guard finds the model not clearly better "
@@ -212,7 +234,11 @@ def main(argv: list[str] | None = None) -> int:
         galleries[name] = spaces[space][1]
         approximate[name] = _through_index(spaces[space][2].index, galleries[name])  # type: ignore[arg-type]
     families: dict[str, Family] = {name: r.family for name, r in zip(names, retrievers)}
-    families["mean_swap"], n_ref = mean_swap(first, catalog.split("train"), images, args.means_per_value, args.seed)
+    if args.mean_swap_from:
+        families["mean_swap"], mean_swap_source = mean_swap_from(first, args.mean_swap_from)
+    else:
+        families["mean_swap"], n_ref = mean_swap(first, catalog.split("train"), images, args.means_per_value, args.seed)
+        mean_swap_source = f"{n_ref} training images"
     galleries["mean_swap"], approximate["mean_swap"] = galleries[names[0]], approximate[names[0]]
 
     gallery = galleries[names[0]]
@@ -232,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         "bundles": [{"path": str(r.bundle.directory), "family": r.family.name, "sha256": r.bundle.sha256()}
                     for r in retrievers],
         "machine": machine(), "backend": first.backend_name, "gallery": len(gallery.ids), "attributes": schema.names,
-        "seed": args.seed, "rows": [*families, *BASELINES], "mean_swap_reference_images": n_ref, **single,
+        "seed": args.seed, "rows": [*families, *BASELINES], "mean_swap_means": mean_swap_source, **single,
         "two_attribute": {k: pair[k] for k in ("queries", "valid_queries", "top_k", "ndcg", "per_attribute")},
         "conditional_similarity": cond, "embedding": shape, "guard": verdict.to_json(),
         "seconds": round(time.perf_counter() - t0, 1),

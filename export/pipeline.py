@@ -176,14 +176,16 @@ def index_test_split(out: Path, catalog: Any, images: list[str],
 
 
 def evaluate_bundles(out: Path, bundles: list[Path], args: argparse.Namespace, images: list[str],
-                     timings: dict[str, float]) -> dict[str, Any]:
-    """python -m benchmarks.quality over ``bundles`` and OUT/index; its report (OUT/quality.json)."""
+                     timings: dict[str, float], mean_swap: Path | None = None) -> dict[str, Any]:
+    """python -m benchmarks.quality over ``bundles`` and OUT/index (mean_swap's value means from the
+    chunk_replace bundle ``mean_swap`` when given); its report (OUT/quality.json)."""
     print("== evaluate: the papers' protocol with baselines (python -m benchmarks.quality)", flush=True)
     t = time.perf_counter()
     command = [sys.executable, "-m", "benchmarks.quality", *[a for b in bundles for a in ("--bundle", str(b.resolve()))],
                "--index", str(out.resolve() / "index"),
                "--json", str(out.resolve() / "quality.json"), "--labels", str(Path(data_paths(args)[0]).resolve()),
-               "--images", *[str(Path(i).resolve()) for i in images], "--seed", str(args.seed)]
+               "--images", *[str(Path(i).resolve()) for i in images], "--seed", str(args.seed),
+               *(["--mean-swap-from", str(mean_swap.resolve())] if mean_swap else [])]
     subprocess.run(command, cwd=REPO_ROOT, check=True)
     timings["evaluate_s"] = time.perf_counter() - t
     return json.loads((out / "quality.json").read_text())
@@ -199,7 +201,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     save_checkpoint(out / "checkpoint", result, catalog.schema, spec, config)
 
     rows = reference_rows(train.catalog.codes, catalog.schema.sizes, config.proto_per_value, config.seed)
-    bundles = [out / "bundle"]
+    bundles = [out / "bundle"]  # the bundles evaluated
+    written = [out / "bundle"]
     t = time.perf_counter()
     family = served_family(args.family)
     if family != "adde":
@@ -211,6 +214,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if family == "fsn":  # the same model without the weighted global representation (the ablation)
             derive_bundle(out / "bundle", out / "bundle-chunk-replace", "chunk_replace", {"value_table": table})
             bundles.append(out / "bundle-chunk-replace")
+            written.append(out / "bundle-chunk-replace")
     else:
         print("== export to ONNX and build the bundles (adde, and chunk_replace over the same model)", flush=True)
         bundle, parity = build_bundle(result.model, catalog.schema, spec, out / "bundle", val.pixels[:64],
@@ -218,12 +222,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         reference = Retriever(bundle).encode(list(train.pixels[rows])).embedding  # ONNX Runtime: the served numbers
         table, _ = value_means(reference, train.catalog.codes[rows], catalog.schema, list(bundle.layout.values()))
         derive_bundle(out / "bundle", out / "bundle-chunk-replace", "chunk_replace", {"value_table": table})
-        bundles.append(out / "bundle-chunk-replace")
+        written.append(out / "bundle-chunk-replace")  # not evaluated again: it is the mean_swap baseline's method
     timings["export_s"] = time.perf_counter() - t
     print(f"   parity on 64 real images: max |diff| {parity.max_abs_diff:.1e}, min cosine {parity.min_cosine:.7f}")
 
     retriever, encoded, encode_ms = index_test_split(out, catalog, images, timings)
-    quality = evaluate_bundles(out, bundles, args, images, timings)
+    quality = evaluate_bundles(out, bundles, args, images, timings,
+                               out / "bundle-chunk-replace" if family == "adde" else None)
     top = {int(k): v for k, v in quality["top_k"][quality["rows"][0]].items()}
 
     rng = np.random.default_rng(0)
@@ -260,6 +265,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     }
     atomic_write_json(out / "report.json", report)
     print(f"== done in {total / 60:.1f} min: Top-10 {top[10]:.3f}, Top-30 {top[30]:.3f}; "
-          f"wrote {', '.join(map(str, bundles))}, {out}/index, {out}/report.json, {out}/examples.png, "
+          f"wrote {', '.join(map(str, written))}, {out}/index, {out}/report.json, {out}/examples.png, "
           f"{out}/photo.jpg" + (f", {out}/bundle-outfit" if outfit else ""), flush=True)
     return 0

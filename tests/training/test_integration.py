@@ -153,3 +153,15 @@ def test_chunk_replace_export_and_two_families_in_one_quality_table(trained: dic
     assert abs(report["top_k"]["chunk_replace"]["30"] - report["top_k"]["mean_swap"]["30"]) <= 0.02
     assert report["top_k"]["adde"]["30"] > report["top_k"]["no_manipulation"]["30"]
     assert "| chunk_replace |" in out.with_suffix(".md").read_text()
+    # the demo's shortcut: mean_swap read from that chunk_replace bundle is that bundle's row, exactly
+    again = tmp / "mean-swap-from.json"
+    assert quality.main(["--bundle", str(trained["bundle"].directory), "--mean-swap-from", str(tmp / "chunk-bundle"),
+                         "--labels", str(trained["labels"]), "--images", str(trained["folder"]), "--json", str(again),
+                         "--max-queries", "400", "--pair-queries", "200"]) == 0
+    shortcut = json.loads(again.read_text())
+    assert shortcut["rows"] == ["adde", "mean_swap", "attribute_based", "no_manipulation"]
+    assert shortcut["top_k"]["mean_swap"] == report["top_k"]["chunk_replace"]
+    assert shortcut["mean_swap_means"] == str(tmp / "chunk-bundle")
+    with pytest.raises(SystemExit, match="has no value means; pass a chunk_replace bundle"):
+        quality.main(["--bundle", str(trained["bundle"].directory), "--mean-swap-from", str(trained["bundle"].directory),
+                      "--labels", str(trained["labels"]), "--images", str(trained["folder"]), "--json", str(again)])
