@@ -15,7 +15,7 @@ import numpy as np
 
 from fashsdk import Retriever
 from fashsdk.eval.contact_sheet import render_sheet
-from fashsdk.eval.protocol import manipulation_queries
+from fashsdk.eval.protocol import combination_keys, manipulation_queries
 from fashsdk.families.chunk_replace import reference_rows, value_means
 from fashsdk.files import atomic_write_json
 from fashsdk.progress import progress_bar
@@ -126,27 +126,37 @@ def _outfit_head(args: argparse.Namespace, out: Path, retriever: Retriever, part
             "seconds": meta["seconds"]}
 
 
+EXAMPLE_RESULTS = 8  # results per contact-sheet row
+
+
 def _examples(retriever: Retriever, encoded: dict[str, bytes], path: Path, seed: int = 1) -> list[dict[str, Any]]:
-    """A few manipulation queries drawn from the gallery, rendered as a contact sheet."""
+    """One manipulation query per attribute drawn at random from the gallery, rendered as a contact
+    sheet. Drawn among the queries the gallery can answer for most of a row: at least half of
+    EXAMPLE_RESULTS items carry the whole target (the new value with everything else kept); a target
+    the gallery holds once cannot fill a row, whatever the model."""
     ids, _, codes = retriever.index.vectors_and_codes()  # type: ignore[union-attr]
     schema = retriever.schema
     queries = manipulation_queries(codes, schema.sizes, max_queries=None, seed=seed)
+    keys, counts = np.unique(combination_keys(codes, schema.sizes), return_counts=True)
+    held = counts[np.searchsorted(keys, combination_keys(queries.targets, schema.sizes))]
     rng = np.random.default_rng(seed)
     rows, printed = [], []
     for a in range(len(schema.attributes)):
         pick = np.flatnonzero(queries.attrs[:, 0] == a)
+        answerable = pick[held[pick] >= (EXAMPLE_RESULTS + 1) // 2]
         if not len(pick):
             continue
-        qi = int(rng.choice(pick))
+        qi = int(rng.choice(answerable if len(answerable) else pick))
         qid = ids[queries.rows[qi]]
         change = {schema.names[a]: schema.attributes[a].values[queries.values[qi, 0]]}
-        results = retriever.search(qid, change=change, k=8)
+        results = retriever.search(qid, change=change, k=EXAMPLE_RESULTS)
         rows.append({"query": encoded[qid], "query_labels": schema.decode(codes[queries.rows[qi]]), "change": change,
                      "results": [(encoded[r.id], r.id, r.score, r.attributes) for r in results]})
-        printed.append({"query": qid, "change": change,
+        printed.append({"query": qid, "change": change, "gallery_holds_target": int(held[qi]),
                         "top": [(r.id, r.attributes[schema.names[a]]) for r in results[:5]]})
     render_sheet(rows, path, title="fashsdk demo: query (blue), requested change, top results "
-                                   "(green = has the new value)")
+                                   "(green = has the new value); random queries whose target the gallery holds "
+                                   f"at least {(EXAMPLE_RESULTS + 1) // 2} times")
     return printed
 
 
