@@ -229,7 +229,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print("== export to ONNX and build the bundles (adde, and chunk_replace over the same model)", flush=True)
         bundle, parity = build_bundle(result.model, catalog.schema, spec, out / "bundle", val.pixels[:64],
                                       {"training": result.best})
-        reference = Retriever(bundle).encode(list(train.pixels[rows])).embedding  # ONNX Runtime: the served numbers
+        if result.embeddings is not None:  # training's own embeddings of these images (the bundle's, to 1e-3)
+            reference = result.embeddings[0][rows]
+        else:
+            reference = Retriever(bundle).encode(list(train.pixels[rows])).embedding
         table, _ = value_means(reference, train.catalog.codes[rows], catalog.schema, list(bundle.layout.values()))
         derive_bundle(out / "bundle", out / "bundle-chunk-replace", "chunk_replace", {"value_table": table})
         written.append(out / "bundle-chunk-replace")  # not evaluated again: it is the mean_swap baseline's method
