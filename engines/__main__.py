@@ -18,6 +18,7 @@ def _int8(args: argparse.Namespace) -> int:
         options = Int8Options(per_channel=not args.per_tensor, reduce_range=not args.full_range,
                               activations=args.activations, op_types=tuple(args.op_types),
                               exclude_nodes=tuple(args.exclude_nodes), output_layers_fp32=not args.quantize_outputs,
+                              depthwise_fp32=args.depthwise_fp32,
                               method=args.method, calibration_images=args.calibration_images,
                               calibration_split=args.calibration_split or None, seed=args.seed)
         gate = Int8Gate(images=args.gate_images, split=args.gate_split or None, min_speedup=args.min_speedup,
@@ -57,6 +58,8 @@ def _add_int8(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]")
                    help="8-bit weights (default 7-bit: no saturation on CPUs without VNNI)")
     p.add_argument("--op-types", nargs="+", default=["Conv", "Gemm", "MatMul"], help="op types to quantise")
     p.add_argument("--exclude-nodes", nargs="*", default=[], help="node names to keep in fp32")
+    p.add_argument("--depthwise-fp32", action="store_true",
+                   help="keep depthwise (grouped) convolutions in fp32 and quantise the others")
     p.add_argument("--quantize-outputs", action="store_true",
                    help="also quantise the last layer before each output (costs manipulation accuracy)")
     p.add_argument("--min-mean-cosine", type=float, default=0.99)

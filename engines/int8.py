@@ -61,6 +61,7 @@ class Int8Options:
     op_types: tuple[str, ...] = ("Conv", "Gemm", "MatMul")
     exclude_nodes: tuple[str, ...] = ()
     output_layers_fp32: bool = True  # keep the last compute layer before each output in fp32
+    depthwise_fp32: bool = False  # keep grouped (depthwise) convolutions in fp32
     method: str = "minmax"
     calibration_images: int = 300
     calibration_split: str | None = "train"
@@ -154,8 +155,11 @@ def quantize_model(fp32_path: str | Path, out_path: str | Path, pixels: np.ndarr
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
         reader = CalibrationReader(pixels, spec, input_name)
         exclude = list(options.exclude_nodes)
+        graph = onnx.load(str(prepared), load_external_data=False)
         if options.output_layers_fp32:
-            exclude += output_layers(onnx.load(str(prepared), load_external_data=False), options.op_types)
+            exclude += output_layers(graph, options.op_types)
+        if options.depthwise_fp32:
+            exclude += grouped_convolutions(graph)
         quantize_static(
             str(prepared), str(out_path), reader,
             quant_format=QuantFormat.QDQ, op_types_to_quantize=list(options.op_types),
@@ -170,6 +174,13 @@ def quantize_model(fp32_path: str | Path, out_path: str | Path, pixels: np.ndarr
     kept = [n.name for n in targets if n.name not in set(quantized)]
     return {"quantized_nodes": len(quantized), "fp32_nodes": kept, "calibration_images_used": reader.used,
             "quantized_by_type": dict(collections.Counter(n.op_type for n in targets if n.name in set(quantized)))}
+
+
+def grouped_convolutions(model: Any) -> list[str]:
+    """Names of the Conv nodes with more than one group (depthwise convolutions): few FLOPs,
+    one small filter per channel, which 8 bits describe poorly."""
+    return [n.name for n in model.graph.node if n.op_type == "Conv"
+            and any(a.name == "group" and a.i > 1 for a in n.attribute)]
 
 
 def output_layers(model: Any, op_types: Sequence[str]) -> list[str]:

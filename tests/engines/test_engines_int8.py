@@ -15,7 +15,8 @@ import pytest
 from realdata import real_subset
 
 from engines.calibration import CalibrationReader, even_batch_size, sample_ids
-from engines.int8 import INT8_FILE, Int8Error, Int8Gate, Int8Options, build_int8_engine, output_layers
+from engines.int8 import (INT8_FILE, Int8Error, Int8Gate, Int8Options, build_int8_engine, grouped_convolutions,
+                          output_layers, quantize_model)
 from fashsdk import Bundle, BundleError, Retriever
 
 # no speed rule (tests never assert performance) and a gate sized for a 60-image sample
@@ -123,6 +124,30 @@ def test_cli_builds_and_reports(bundle_copy: Path, catalog: tuple[Path, Path], c
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["engine"] == INT8_FILE and report["accuracy_vs_fp32"]["mean_cosine"] > 0.99
     assert main(["int8", "--bundle", str(bundle_copy), "--labels", str(labels), "--method", "nope"]) == 2
+
+
+def test_depthwise_fp32_quantises_every_convolution_but_the_grouped_ones(tmp_path: Path) -> None:
+    import onnx
+    import torch
+
+    from fashsdk.sources.preprocess import PreprocessSpec
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.Conv2d(8, 8, 3, padding=1, groups=8), torch.nn.ReLU(),  # depthwise
+                              torch.nn.Conv2d(8, 16, 1), torch.nn.ReLU(), torch.nn.Conv2d(16, 4, 1)).eval()
+    path = tmp_path / "net.onnx"
+    torch.onnx.export(net, (torch.zeros(1, 3, 16, 12),), str(path), input_names=["images"], output_names=["out"],
+                      dynamic_axes={"images": {0: "batch"}}, opset_version=18, dynamo=False)
+    grouped = grouped_convolutions(onnx.load(str(path)))
+    assert len(grouped) == 1
+    spec = PreprocessSpec(height=16, width=12)
+    pixels = np.random.default_rng(0).integers(0, 256, (8, 16, 12, 3), dtype=np.uint8)
+    everything = quantize_model(path, tmp_path / "all.onnx", pixels, spec, "images", Int8Options(calibration_images=8))
+    kept = quantize_model(path, tmp_path / "dw.onnx", pixels, spec, "images",
+                          Int8Options(calibration_images=8, depthwise_fp32=True))
+    # the last conv feeds the output and stays fp32 in both; the depthwise one only with the option
+    assert everything["quantized_nodes"] == 3 and kept["quantized_nodes"] == 2
+    assert len(kept["fp32_nodes"]) == len(everything["fp32_nodes"]) + 1 and set(grouped) <= set(kept["fp32_nodes"])
 
 
 def test_output_layers_are_the_learner_outputs_and_heads(real_bundle_dir: Path) -> None:
