@@ -201,6 +201,13 @@ def evaluate_bundles(out: Path, bundles: list[Path], args: argparse.Namespace, i
     return json.loads((out / "quality.json").read_text())
 
 
+def served_adde_family(best: dict[str, Any]) -> str:
+    """Which family OUT/bundle serves for an ADDE model: adde, unless the chunk_replace family over
+    the same model scored higher on the validation split (it can on small catalogs, where the
+    memory block has few manipulation examples to learn from)."""
+    return "chunk_replace" if best.get("val_top30_chunk_replace", 0.0) > best["val_top30"] else "adde"
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     t_all = time.perf_counter()
     out: Path = args.out
@@ -215,6 +222,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     written = [out / "bundle"]
     t = time.perf_counter()
     family = served_family(args.family)
+    mean_swap: Path | None = None
     if family != "adde":
         print(f"== export to ONNX and build the bundle ({family}: each value's mean chunk)", flush=True)
         table = value_table(result.model, catalog.schema, spec, train.catalog.codes[rows], train.pixels[rows])
@@ -227,21 +235,32 @@ def cmd_demo(args: argparse.Namespace) -> int:
             written.append(out / "bundle-chunk-replace")
     else:
         print("== export to ONNX and build the bundles (adde, and chunk_replace over the same model)", flush=True)
-        bundle, parity = build_bundle(result.model, catalog.schema, spec, out / "bundle", val.pixels[:64],
-                                      {"training": result.best})
+        family = served_adde_family(result.best)
+        adde_dir, replace_dir = out / "bundle", out / "bundle-chunk-replace"
+        if family == "chunk_replace":
+            adde_dir, replace_dir = out / "bundle-adde", out / "bundle"
+        for stale in ("bundle", "bundle-adde", "bundle-chunk-replace"):  # this command's outputs, from an earlier run
+            shutil.rmtree(out / stale, ignore_errors=True)
+        adde_bundle, parity = build_bundle(result.model, catalog.schema, spec, adde_dir, val.pixels[:64],
+                                           {"training": result.best})
         if result.embeddings is not None:  # training's own embeddings of these images (the bundle's, to 1e-3)
             reference = result.embeddings[0][rows]
         else:
-            reference = Retriever(bundle).encode(list(train.pixels[rows])).embedding
-        table, _ = value_means(reference, train.catalog.codes[rows], catalog.schema, list(bundle.layout.values()))
-        derive_bundle(out / "bundle", out / "bundle-chunk-replace", "chunk_replace", {"value_table": table})
-        written.append(out / "bundle-chunk-replace")  # not evaluated again: it is the mean_swap baseline's method
+            reference = Retriever(adde_bundle).encode(list(train.pixels[rows])).embedding
+        table, _ = value_means(reference, train.catalog.codes[rows], catalog.schema, list(adde_bundle.layout.values()))
+        replace_bundle = derive_bundle(adde_dir, replace_dir, "chunk_replace", {"value_table": table})
+        bundle = adde_bundle if family == "adde" else replace_bundle
+        mean_swap = replace_dir  # evaluated as the mean_swap baseline, not again as a bundle of its own
+        written.append(adde_dir if family == "chunk_replace" else replace_dir)
+        if family == "chunk_replace":
+            bundles.append(adde_dir)
+        print(f"   {out / 'bundle'} serves {family}: validation Top-30 adde {result.best['val_top30']:.3f}, "
+              f"chunk_replace {result.best['val_top30_chunk_replace']:.3f} (the other is in {written[-1]})")
     timings["export_s"] = time.perf_counter() - t
     print(f"   parity on 64 real images: max |diff| {parity.max_abs_diff:.1e}, min cosine {parity.min_cosine:.7f}")
 
     retriever, encoded, encode_ms = index_test_split(out, catalog, images, timings)
-    quality = evaluate_bundles(out, bundles, args, images, timings,
-                               out / "bundle-chunk-replace" if family == "adde" else None)
+    quality = evaluate_bundles(out, bundles, args, images, timings, mean_swap)
     top = {int(k): v for k, v in quality["top_k"][quality["rows"][0]].items()}
 
     rng = np.random.default_rng(0)
@@ -268,7 +287,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     total = time.perf_counter() - t_all
     report = {
         "machine": machine(), "bundle": str(out / "bundle"), "bundle_sha256": bundle.sha256(),
-        "model": bundle.manifest["model"]["config"], "train_config": {f.name: getattr(config, f.name) for f in fields(config)},
+        "served_family": family, "model": bundle.manifest["model"]["config"], "train_config": {f.name: getattr(config, f.name) for f in fields(config)},
         "training_time_s": round(timings["train_s"], 1), "timings_s": {k: round(v, 2) for k, v in timings.items()},
         "validation": result.best, "parity": parity.to_json(),
         "top_k": quality["top_k"], "top_k_hnsw": quality["top_k_hnsw"], "quality_report": str(out / "quality.md"),

@@ -37,7 +37,7 @@ from .data import CombinationSampler, ImageSet
 from .features import TrainingFeatures, features_for
 from .models import ADDE, ModelConfig, build_model
 from .stage2 import stage2
-from .validation import attribute_accuracies, guard, init_memory, manipulation_top_k
+from .validation import attribute_accuracies, guard, init_memory, manipulation_top_k, value_means_top_k
 
 
 @dataclass
@@ -151,6 +151,16 @@ def train_adde(schema: AttributeSchema, spec: PreprocessSpec, train: ImageSet, v
     val_feats = val_src.features(model)
     if config.stage2_epochs > 0:  # stage 2 froze the backbone, so its features are the final model's
         result.embeddings = (_embed(model, train_feats), _embed(model, val_feats))
+    if model.config.architecture == "adde":  # the other family the same model can serve, on the same queries
+        ref = (result.embeddings[0][proto_rows] if result.embeddings is not None
+               else _embed(model, train_src.features(model, proto_rows)))
+        val_emb = result.embeddings[1] if result.embeddings is not None else _embed(model, val_feats)
+        d = model.config.dim
+        layout = [(a * d, (a + 1) * d) for a in range(len(sizes))]
+        replaced = value_means_top_k(schema, layout, val_emb, val_codes, val_queries, ref, train_codes[proto_rows],
+                                     (30,))[30]
+        result.best["val_top30_chunk_replace"] = replaced
+        _log(f"  val Top-30 adde {best_score:.3f}, chunk_replace over the same model {replaced:.3f}")
     report = guard(model, schema, val_feats, val_codes, train_codes, val_queries, still_improving, steps)
     result.guard = report.to_json()
     _log(f"best val Top-30 {best_score:.3f}; features {result.seconds['features']:.0f} s, stage 1 "

@@ -11,6 +11,7 @@ import torch
 from fashsdk.eval.guard import GuardReport, accuracies, check
 from fashsdk.eval.methods import Gallery, attribute_based_topk
 from fashsdk.eval.protocol import exact_topk, hit_rates
+from fashsdk.families.chunk_replace import ChunkReplace, value_means
 from fashsdk.schema import AttributeSchema
 
 from .models import ADDE
@@ -46,6 +47,18 @@ def manipulation_top_k(model: ADDE, schema: AttributeSchema, features: torch.Ten
     family = model.query_family(schema)
     q = family.change_batch(emb[queries.rows], codes[queries.rows], queries.attrs, queries.values)
     return hit_rates(exact_topk(q, emb, max(ks)), codes, queries.targets, ks)
+
+
+def value_means_top_k(schema: AttributeSchema, layout: list[tuple[int, int]], embeddings: np.ndarray,
+                      codes: np.ndarray, queries: Any, reference: np.ndarray, reference_codes: np.ndarray,
+                      ks: tuple[int, ...] = (10, 30)) -> dict[int, float]:
+    """Top-k of the chunk_replace family over the same embedding (each value's mean chunk over the
+    ``reference`` items replaces the changed chunk), ``embeddings``' items as the gallery: what the
+    chunk_replace bundle derived from this model scores."""
+    table, _ = value_means(reference, reference_codes, schema, layout)
+    queried = ChunkReplace(schema, layout, table).change_batch(embeddings[queries.rows], codes[queries.rows],
+                                                               queries.attrs, queries.values)
+    return hit_rates(exact_topk(queried, embeddings, max(ks)), codes, queries.targets, ks)
 
 
 @torch.no_grad()
