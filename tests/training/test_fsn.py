@@ -222,8 +222,11 @@ def test_a_tampered_attribute_weights_file_is_refused(exported: dict) -> None:
 
 
 def test_the_int8_gate_refuses_an_engine_whose_boxes_move_and_the_bundle_keeps_serving_fp32(exported: dict) -> None:
-    """On a 64x48 input the map is 4x3 cells: int8 rounding moves some boxes by a whole cell, and the
-    chunks pooled from them change (measured: mean cosine 0.93, min 0.63). The gate must say so."""
+    """On a 64x48 input the map is 4x3 cells: int8 rounding can move boxes by a whole cell, and the
+    chunks pooled from them change (seen: mean cosine 0.93-0.97, min 0.02-0.63), but whether any box
+    moves depends on the 40-s training run, and some runs passed a 0.99 gate. The refusal itself is
+    what is tested: a gate no int8 model meets (mean cosine 1.0) refuses, names the failed check, and
+    the FSN bundle, three outputs and all, stays as it was and serves fp32."""
     import shutil
 
     from engines.int8 import Int8Error, Int8Gate, Int8Options, build_int8_engine
@@ -232,8 +235,8 @@ def test_the_int8_gate_refuses_an_engine_whose_boxes_move_and_the_bundle_keeps_s
     directory = Path(shutil.copytree(exported["tmp"] / "bundle", exported["tmp"] / "bundle-int8"))
     manifest = (directory / "manifest.json").read_bytes()
     gate = Int8Gate(images=60, min_speedup=0.0, timing_batch=8, timing_repeats=1, max_top30_change_points=10.0,
-                    min_neighbour_overlap=0.0, min_mean_cosine=0.99)
-    with pytest.raises(Int8Error, match="mean cosine"):
+                    min_neighbour_overlap=0.0, min_mean_cosine=1.0)
+    with pytest.raises(Int8Error, match="FAIL: mean cosine"):
         build_int8_engine(directory, exported["labels"], [str(exported["folder"])], Int8Options(calibration_images=64),
                           gate)
     assert (directory / "manifest.json").read_bytes() == manifest
