@@ -48,7 +48,7 @@ class TrainConfig:
     stage2_epochs: int = 30
     stage2_time_budget_s: float | None = None
     stage2_patience: int = 6  # epochs without a better validation Top-30 before stage 2 stops
-    patience: int = 5  # stage-1 evaluations without a better validation Top-30 before it stops
+    patience: int = 2  # stage-1 evaluations (about 6 over the plan) without a better validation Top-30 before it stops
     eval_every: int | None = None  # stage-1 steps between evaluations (default: about 1/10 of the plan)
     batch_p: int = 16
     batch_k: int = 4

@@ -1,0 +1,43 @@
+"""Stage 1 stops once validation Top-30 has not improved for ``patience`` evaluations."""
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+from realdata import real_subset
+
+pytest.importorskip("torch")
+
+import export.train as train_module  # noqa: E402
+from export.data import decode_catalog, split_validation  # noqa: E402
+from export.models import ModelConfig  # noqa: E402
+from export.train import TrainConfig, train_adde  # noqa: E402
+from fashsdk.sources.catalog import read_catalog  # noqa: E402
+from fashsdk.sources.preprocess import PreprocessSpec  # noqa: E402
+
+
+@pytest.mark.parametrize("patience, evaluations", [(2, 4), (3, 5)])
+def test_stage1_stops_after_patience_evaluations_without_a_better_score(
+        patience: int, evaluations: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    scripted = itertools.chain([0.50, 0.60, 0.55, 0.58, 0.59, 0.90], itertools.repeat(0.60))
+
+    def top_k(*args, **kwargs) -> dict[int, float]:  # validation Top-k, scripted: improves, then stalls
+        score = next(scripted)
+        return {10: score, 30: score}
+
+    monkeypatch.setattr(train_module, "manipulation_top_k", top_k)
+    folder, labels = real_subset(tmp_path, 200)
+    catalog, _ = read_catalog(labels, ["gender", "masterCategory"], min_count=10)
+    spec = PreprocessSpec(height=40, width=32)
+    images = decode_catalog(catalog.split("train"), folder, spec)
+    train_rows, val_rows = split_validation(images.catalog, 0.2)
+    config = TrainConfig(stage1_steps=200, eval_every=5, patience=patience, stage2_epochs=0, batch_p=4, batch_k=2,
+                         batch_random=8, val_queries=50)
+    model_config = ModelConfig(backbone="compact", attribute_sizes=catalog.schema.sizes, dim=8, width=8,
+                               height_px=spec.height, width_px=spec.width)
+    result = train_adde(catalog.schema, spec, images.subset(train_rows), images.subset(val_rows), model_config, config)
+    stage1 = [h for h in result.history if h["stage"] == 1]
+    # 0.60 at the second evaluation is the best; after it, `patience` evaluations without a better one
+    assert [h["step"] for h in stage1] == [5 * (i + 1) for i in range(evaluations)]
+    assert [h["val_top30"] for h in stage1] == [0.50, 0.60, 0.55, 0.58, 0.59][:evaluations]
