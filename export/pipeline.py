@@ -143,9 +143,9 @@ def _examples(retriever: Retriever, encoded: dict[str, bytes], path: Path, seed:
     rows, printed = [], []
     for a in range(len(schema.attributes)):
         pick = np.flatnonzero(queries.attrs[:, 0] == a)
-        answerable = pick[held[pick] >= (EXAMPLE_RESULTS + 1) // 2]
         if not len(pick):
             continue
+        answerable = pick[held[pick] >= (EXAMPLE_RESULTS + 1) // 2]
         qi = int(rng.choice(answerable if len(answerable) else pick))
         qid = ids[queries.rows[qi]]
         change = {schema.names[a]: schema.attributes[a].values[queries.values[qi, 0]]}
@@ -236,26 +236,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     else:
         print("== export to ONNX and build the bundles (adde, and chunk_replace over the same model)", flush=True)
         family = served_adde_family(result.best)
-        adde_dir, replace_dir = out / "bundle", out / "bundle-chunk-replace"
-        if family == "chunk_replace":
-            adde_dir, replace_dir = out / "bundle-adde", out / "bundle"
+        other = "chunk_replace" if family == "adde" else "adde"
+        folder = {family: out / "bundle", other: out / f"bundle-{other.replace('_', '-')}"}
         for stale in ("bundle", "bundle-adde", "bundle-chunk-replace"):  # this command's outputs, from an earlier run
             shutil.rmtree(out / stale, ignore_errors=True)
-        adde_bundle, parity = build_bundle(result.model, catalog.schema, spec, adde_dir, val.pixels[:64],
+        adde_bundle, parity = build_bundle(result.model, catalog.schema, spec, folder["adde"], val.pixels[:64],
                                            {"training": result.best})
         if result.embeddings is not None:  # training's own embeddings of these images (the bundle's, to 1e-3)
             reference = result.embeddings[0][rows]
         else:
             reference = Retriever(adde_bundle).encode(list(train.pixels[rows])).embedding
         table, _ = value_means(reference, train.catalog.codes[rows], catalog.schema, list(adde_bundle.layout.values()))
-        replace_bundle = derive_bundle(adde_dir, replace_dir, "chunk_replace", {"value_table": table})
+        replace_bundle = derive_bundle(folder["adde"], folder["chunk_replace"], "chunk_replace", {"value_table": table})
         bundle = adde_bundle if family == "adde" else replace_bundle
-        mean_swap = replace_dir  # evaluated as the mean_swap baseline, not again as a bundle of its own
-        written.append(adde_dir if family == "chunk_replace" else replace_dir)
-        if family == "chunk_replace":
-            bundles.append(adde_dir)
+        mean_swap = folder["chunk_replace"]  # the mean_swap baseline: not evaluated again as a bundle of its own
+        written.append(folder[other])
+        if other == "adde":
+            bundles.append(folder["adde"])
         print(f"   {out / 'bundle'} serves {family}: validation Top-30 adde {result.best['val_top30']:.3f}, "
-              f"chunk_replace {result.best['val_top30_chunk_replace']:.3f} (the other is in {written[-1]})")
+              f"chunk_replace {result.best['val_top30_chunk_replace']:.3f} (the other is in {folder[other]})")
     timings["export_s"] = time.perf_counter() - t
     print(f"   parity on 64 real images: max |diff| {parity.max_abs_diff:.1e}, min cosine {parity.min_cosine:.7f}")
 
