@@ -87,6 +87,9 @@ class TrainResult:
 
 CALIBRATE_SHARE = 0.1  # with a time budget, the plan is set after this share of the training time
 EVALUATIONS = 6  # stage-1 evaluations over the plan (each costs a pass over the validation split)
+# stage-1 evaluations set the memory from at most this many training items per value: each evaluation
+# encodes them again, and at proto_per_value (100) those rows are most of an evaluation's cost
+EVAL_PROTO_PER_VALUE = 30
 
 
 class GuardFailed(RuntimeError):
@@ -106,6 +109,8 @@ def train_adde(schema: AttributeSchema, spec: PreprocessSpec, train: ImageSet, v
     train_codes, val_codes = train.catalog.codes, val.catalog.codes
     val_queries = manipulation_queries(val_codes, sizes, max_queries=config.val_queries, seed=config.seed)
     proto_rows = reference_rows(train_codes, sizes, config.proto_per_value, config.seed)
+    eval_per_value = min(config.proto_per_value, EVAL_PROTO_PER_VALUE)
+    eval_proto_rows = reference_rows(train_codes, sizes, eval_per_value, config.seed)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     _log(f"training {model_config.architecture}/{model_config.backbone}: {len(train.pixels)} train, {len(val.pixels)} val images, "
          f"{len(val_queries)} val manipulation queries, {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M "
@@ -121,7 +126,7 @@ def train_adde(schema: AttributeSchema, spec: PreprocessSpec, train: ImageSet, v
         return manipulation_top_k(model, schema, feats, val_codes, val_queries)[30]
 
     still_improving, steps = _stage1(model, schema, train_src, val_src, train_codes, val_codes, val_queries,
-                                     proto_rows, config, result, t0)
+                                     eval_proto_rows, eval_per_value, config, result, t0)
     result.seconds["stage1"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()
@@ -182,9 +187,11 @@ def _embed(model: ADDE, features: torch.Tensor, batch: int = 4096) -> np.ndarray
 
 
 def _stage1(model: ADDE, schema: AttributeSchema, train_src: TrainingFeatures, val_src: TrainingFeatures, train_codes: np.ndarray,
-            val_codes: np.ndarray, val_queries: Any, proto_rows: np.ndarray, config: TrainConfig,
+            val_codes: np.ndarray, val_queries: Any, proto_rows: np.ndarray, per_value: int, config: TrainConfig,
             result: TrainResult, t0: float) -> tuple[bool, int]:
-    """Attribute learning; returns (validation still improving when it stopped, steps taken)."""
+    """Attribute learning; returns (validation still improving when it stopped, steps taken).
+
+    Each evaluation sets the memory from ``proto_rows`` (up to ``per_value`` items per value)."""
     sizes = schema.sizes
     sampler = CombinationSampler(train_codes, sizes, config.batch_p, config.batch_k, config.seed,
                                  extra=config.batch_random)
@@ -228,7 +235,7 @@ def _stage1(model: ADDE, schema: AttributeSchema, train_src: TrainingFeatures, v
             continue
         t_eval = time.perf_counter()
         train_time = t_eval - step_start
-        init_memory(model, train_src.features(model, proto_rows), train_codes[proto_rows], config.proto_per_value)
+        init_memory(model, train_src.features(model, proto_rows), train_codes[proto_rows], per_value)
         val_feats = val_src.features(model)
         top = manipulation_top_k(model, schema, val_feats, val_codes, val_queries)
         acc = float(np.mean(attribute_accuracies(model, val_feats, val_codes)))
