@@ -16,44 +16,62 @@ FOUT ?= runs/fsn
 FQOUT ?= runs/quality-fsn
 FSN_FLAGS ?=
 DATA ?= ../shared/data/myntra-small
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+CKSUM := $(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+# the demos need training, the server, signatures and plots; the tests need everything (dev adds Ray,
+# Milvus Lite, pyarrow, selenium, ...), so a fresh `make demo` installs less and starts sooner
+DEMO_EXTRAS := train,serve,trust,plots
+ALL_EXTRAS := train,dev,serve,trust,plots
+STAMP := $(VENV)/.installed-$(CKSUM)
+DEMO_STAMP := $(VENV)/.demo-$(CKSUM)
 
-.PHONY: demo demo-datrnet demo-fsn quality quality-datrnet quality-fsn test venv clean
+.PHONY: demo demo-datrnet demo-fsn quality quality-datrnet quality-fsn test venv demo-venv clean
 
-$(STAMP): pyproject.toml
+define install_extras
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# the CPU build of torch first (a local wheel here), so the range in [train] is already met
 	$(PY) -m pip install --quiet "torch==2.13.0"
-	$(PY) -m pip install --quiet -e ".[train,dev,serve,trust]"
-	@rm -f $(VENV)/.installed-*; touch $@
+	$(PY) -m pip install --quiet -e ".[$(1)]"
+endef
+
+$(STAMP): pyproject.toml
+	$(call install_extras,$(ALL_EXTRAS))
+	@rm -f $(VENV)/.installed-* $(VENV)/.demo-*; touch $(DEMO_STAMP) $@
+
+$(DEMO_STAMP): pyproject.toml
+	$(call install_extras,$(DEMO_EXTRAS))
+	@rm -f $(VENV)/.demo-*; touch $@
 
 venv: $(STAMP)
 
-demo: $(STAMP)
+# the demos' environment: the full one when it is already installed, else only the demo extras
+demo-venv:
+	@test -f $(STAMP) || $(MAKE) --no-print-directory $(DEMO_STAMP)
+
+demo: demo-venv
 	$(PY) -m export demo --data $(DATA) --out $(OUT)
 
-demo-datrnet: $(STAMP)
+demo-datrnet: demo-venv
 	$(PY) -m export demo --family datrnet --data $(DATA) --out $(DOUT)
 
-demo-fsn: $(STAMP)
+demo-fsn: demo-venv
 	$(PY) -m export demo --family fsn --data $(DATA) --out $(FOUT)
 
 # the pretrained backbone fine-tuned from block 11 at 160x128 (three cached variants per image),
 # 50 minutes of stage 1 and 4 of stage 2: under 60 minutes of training on 2 cores
-quality: $(STAMP)
+quality: demo-venv
 	$(PY) -m export demo --data $(DATA) --out $(QOUT) --lite-split 11 --input-size 160 128 --trunk-variants 3 \
 		--stage1-time-budget-s 3000 --stage2-time-budget-s 240 --weight-decay 0.05 --label-smoothing 0.1
 
 # DAtRNet's ASE networks on the deeper frozen trunk (blocks 0-4, stride 8), three cached variants per image,
 # 50 minutes of stage 1 (DAtRNet has no stage 2)
-quality-datrnet: $(STAMP)
+quality-datrnet: demo-venv
 	$(PY) -m export demo --family datrnet --data $(DATA) --out $(DQOUT) --lite-split 5 --trunk-variants 3 \
 		--stage1-time-budget-s 3000
 
 # FashionSearchNet on the frozen trunk (stride 16), three cached variants per image: stage 1 runs its
 # 4,000 planned steps (about 25 minutes here) within a 50-minute cap; FSN_FLAGS=--no-localize is the ablation
-quality-fsn: $(STAMP)
+quality-fsn: demo-venv
 	$(PY) -m export demo --family fsn --data $(DATA) --out $(FQOUT) --trunk-variants 3 --stage1-steps 4000 \
 		--stage1-time-budget-s 3000 $(FSN_FLAGS)
 
