@@ -29,8 +29,9 @@ DEMO_STAMP := $(VENV)/.demo-$(CKSUM)
 define install_extras
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	# the CPU build of torch first (a local wheel here), so the range in [train] is already met
-	$(PY) -m pip install --quiet "torch==2.13.0"
+	# the CPU build of torch first (a local wheel here), so the range in [train] is already met; hnswlib
+	# compiles from source on one core for about a minute, so it builds while torch installs
+	$(PY) -m pip install --quiet "hnswlib>=0.8" & hnsw=$$!; $(PY) -m pip install --quiet "torch==2.13.0" && wait $$hnsw
 	$(PY) -m pip install --quiet -e ".[$(1)]"
 endef
 

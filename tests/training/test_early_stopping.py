@@ -41,3 +41,36 @@ def test_stage1_stops_after_patience_evaluations_without_a_better_score(
     # 0.60 at the second evaluation is the best; after it, `patience` evaluations without a better one
     assert [h["step"] for h in stage1] == [5 * (i + 1) for i in range(evaluations)]
     assert [h["val_top30"] for h in stage1] == [0.50, 0.60, 0.55, 0.58, 0.59][:evaluations]
+
+
+def test_stage1_evaluations_set_the_memory_from_a_smaller_sample_than_the_final_memory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fashsdk.families.chunk_replace import reference_rows
+
+    calls: list[tuple[int, int]] = []
+    real_init = train_module.init_memory
+
+    def recording_init(model, features, codes, per_value, seed=0) -> None:
+        calls.append((len(features), per_value))
+        real_init(model, features, codes, per_value, seed)
+
+    monkeypatch.setattr(train_module, "init_memory", recording_init)
+    monkeypatch.setattr(train_module, "EVAL_PROTO_PER_VALUE", 3)
+    folder, labels = real_subset(tmp_path, 200)
+    catalog, _ = read_catalog(labels, ["gender", "masterCategory"], min_count=10)
+    spec = PreprocessSpec(height=40, width=32)
+    images = decode_catalog(catalog.split("train"), folder, spec)
+    train_rows, val_rows = split_validation(images.catalog, 0.2)
+    train_set = images.subset(train_rows)
+    config = TrainConfig(stage1_steps=10, eval_every=5, stage2_epochs=0, batch_p=4, batch_k=2, batch_random=8,
+                         val_queries=50)
+    model_config = ModelConfig(backbone="compact", attribute_sizes=catalog.schema.sizes, dim=8, width=8,
+                               height_px=spec.height, width_px=spec.width)
+    result = train_adde(catalog.schema, spec, train_set, images.subset(val_rows), model_config, config)
+    small = len(reference_rows(train_set.catalog.codes, catalog.schema.sizes, 3, config.seed))
+    full = len(reference_rows(train_set.catalog.codes, catalog.schema.sizes, config.proto_per_value, config.seed))
+    assert small < full
+    evaluations = len([h for h in result.history if h["stage"] == 1])
+    # every stage-1 evaluation reads the small sample; the memory that is kept comes from the full one
+    assert calls[:evaluations] == [(small, 3)] * evaluations
+    assert calls[evaluations] == (full, config.proto_per_value)
