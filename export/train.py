@@ -207,6 +207,7 @@ def _stage1(model: ADDE, schema: AttributeSchema, train_src: TrainingFeatures, v
     best_score: tuple[float, ...] = (-1.0,)
     budget = config.stage1_time_budget_s
     step, calibrated, loss = 0, False, torch.zeros(())
+    cap, trained_s, eval_costs = plan["steps"], 0.0, []
     batches = iter(sampler)
     step_start = loop_start = time.perf_counter()
     while step < plan["steps"]:
@@ -239,13 +240,15 @@ def _stage1(model: ADDE, schema: AttributeSchema, train_src: TrainingFeatures, v
         val_feats = val_src.features(model)
         top = manipulation_top_k(model, schema, val_feats, val_codes, val_queries)
         acc = float(np.mean(attribute_accuracies(model, val_feats, val_codes)))
-        eval_s = time.perf_counter() - t_eval
-        if budget and not calibrated:  # plan the remaining steps from what a step and an evaluation cost
-            calibrated = True
-            remaining = budget - (time.perf_counter() - t0) - EVALUATIONS * eval_s  # the evaluations still to come
-            affordable = step + int(max(0.0, remaining) / (train_time / step))
-            plan["steps"] = max(step, min(plan["steps"], affordable))
-            eval_every = config.eval_every or max(50, plan["steps"] // EVALUATIONS)
+        trained_s += train_time
+        eval_costs.append(time.perf_counter() - t_eval)
+        if budget:  # (re)plan the remaining steps from what steps and evaluations have cost so far
+            evals_left = EVALUATIONS if not calibrated else -(-(plan["steps"] - step) // eval_every)
+            plan["steps"] = planned_steps(step, cap, budget - (time.perf_counter() - t0), trained_s / step,
+                                          float(np.mean(eval_costs)), evals_left)
+            if not calibrated:
+                calibrated = True
+                eval_every = config.eval_every or max(50, plan["steps"] // EVALUATIONS)
         history.append(top[30])
         # Top-30 first; Top-10, then attribute accuracy break its ties (a small validation split
         # saturates Top-30 from the first evaluation, and the first state is not the best one)
@@ -270,6 +273,15 @@ def _stage1(model: ADDE, schema: AttributeSchema, train_src: TrainingFeatures, v
         model.load_state_dict(best_state)
     still_improving = len(history) >= 2 and history[-1] >= max(history[:-1]) and stale == 0
     return still_improving, step
+
+
+def planned_steps(step: int, cap: int, time_left: float, per_step: float, per_eval: float, evals_left: int) -> int:
+    """Stage-1 steps in all that the time left affords after the evaluations still to come, at the
+    cost per step measured so far (never fewer than taken, never more than ``cap``). Training
+    re-plans at every evaluation, so a machine that slows down or speeds up mid-run still ends
+    its learning-rate schedule on the budget."""
+    affordable = step + int(max(0.0, time_left - evals_left * per_eval) / per_step)
+    return max(step, min(cap, affordable))
 
 
 def _lr_factor(step: int, total: int, warm: float) -> float:

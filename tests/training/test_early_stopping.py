@@ -74,3 +74,16 @@ def test_stage1_evaluations_set_the_memory_from_a_smaller_sample_than_the_final_
     # every stage-1 evaluation reads the small sample; the memory that is kept comes from the full one
     assert calls[:evaluations] == [(small, 3)] * evaluations
     assert calls[evaluations] == (full, config.proto_per_value)
+
+
+def test_the_stage1_plan_follows_the_measured_cost_of_steps_and_evaluations() -> None:
+    from export.train import planned_steps
+
+    # 100 s left, 2 evaluations of 10 s to come, 0.5 s per step: 160 more steps
+    assert planned_steps(step=300, cap=4000, time_left=100, per_step=0.5, per_eval=10, evals_left=2) == 460
+    # steps got twice as slow: the plan shrinks, so the schedule still ends on the budget
+    assert planned_steps(step=300, cap=4000, time_left=100, per_step=1.0, per_eval=10, evals_left=2) == 380
+    # they got faster: the plan grows, up to the cap
+    assert planned_steps(step=300, cap=400, time_left=100, per_step=0.25, per_eval=10, evals_left=2) == 400
+    # no time left after the evaluations: stop where it is, never go back
+    assert planned_steps(step=300, cap=4000, time_left=15, per_step=0.5, per_eval=10, evals_left=2) == 300
