@@ -148,12 +148,14 @@ def _examples(retriever: Retriever, encoded: dict[str, bytes], path: Path, seed:
         answerable = pick[held[pick] >= (EXAMPLE_RESULTS + 1) // 2]
         qi = int(rng.choice(answerable if len(answerable) else pick))
         qid = ids[queries.rows[qi]]
-        change = {schema.names[a]: schema.attributes[a].values[queries.values[qi, 0]]}
+        value = schema.attributes[a].values[queries.values[qi, 0]]
+        change = {schema.names[a]: value}
         results = retriever.search(qid, change=change, k=EXAMPLE_RESULTS)
         rows.append({"query": encoded[qid], "query_labels": schema.decode(codes[queries.rows[qi]]), "change": change,
                      "results": [(encoded[r.id], r.id, r.score, r.attributes) for r in results]})
         printed.append({"query": qid, "change": change, "gallery_holds_target": int(held[qi]),
-                        "top": [(r.id, r.attributes[schema.names[a]]) for r in results[:5]]})
+                        "results_with_new_value": sum(r.attributes[schema.names[a]] == value for r in results),
+                        "results": len(results), "top": [(r.id, r.attributes[schema.names[a]]) for r in results[:5]]})
     render_sheet(rows, path, title="fashsdk demo: query (blue), requested change, top results "
                                    "(green = has the new value); random queries whose target the gallery holds "
                                    f"at least {(EXAMPLE_RESULTS + 1) // 2} times")
@@ -281,6 +283,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
                           np.concatenate(result.embeddings) if result.embeddings is not None else None)
     timings["outfit_head_s"] = time.perf_counter() - t
     examples = _examples(retriever, encoded, out / "examples.png")
+    print("   examples.png: " + ", ".join(f"{e['results_with_new_value']} of {e['results']}" for e in examples)
+          + " results per row carry the requested value", flush=True)
     photo = catalog.split("train").ids[0]  # a catalog photo that is not in the index, for the quickstart
     (out / "photo.jpg").write_bytes(load_images(images, [photo])[photo])
     total = time.perf_counter() - t_all

@@ -28,6 +28,9 @@ def test_examples_draw_targets_the_gallery_holds_for_half_a_row(real_retriever, 
         query = labels[example["query"]]
         assert query[attribute] != value
         assert example["gallery_holds_target"] == held({**query, attribute: value})  # the whole combination
+        found = real_retriever.search(example["query"], change=example["change"], k=EXAMPLE_RESULTS)
+        assert example["results"] == len(found)
+        assert example["results_with_new_value"] == sum(hit.attributes[attribute] == value for hit in found)
         # whenever some query on this attribute is answerable, the drawn one is
         values = real_retriever.schema.attributes[real_retriever.schema.names.index(attribute)].values
         exists = any(held({**labels[i], attribute: v}) >= half for i in real_subset_data.ids
