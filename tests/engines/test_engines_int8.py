@@ -90,11 +90,14 @@ def test_a_modified_int8_file_is_refused(int8_bundle: Path, tmp_path: Path) -> N
         Bundle.load(copy)
 
 
-def test_failed_accuracy_gate_leaves_the_bundle_untouched(bundle_copy: Path, catalog: tuple[Path, Path]) -> None:
+@pytest.mark.parametrize("rule, message", [({"min_mean_cosine": 1.01}, "mean cosine"),
+                                           ({"max_top30_change_points": -1.0}, "Top-30 accuracy moved")])
+def test_failed_accuracy_gate_leaves_the_bundle_untouched(bundle_copy: Path, catalog: tuple[Path, Path],
+                                                          rule: dict, message: str) -> None:
     images, labels = catalog
     before = (bundle_copy / "manifest.json").read_bytes()
-    impossible = Int8Gate(images=30, min_speedup=0.0, timing_batch=8, timing_repeats=1, min_mean_cosine=1.01)
-    with pytest.raises(Int8Error, match="mean cosine"):
+    impossible = Int8Gate(images=30, min_speedup=0.0, timing_batch=8, timing_repeats=1, **rule)
+    with pytest.raises(Int8Error, match=message):
         build_int8_engine(bundle_copy, labels, [str(images)], Int8Options(calibration_images=32), impossible)
     assert (bundle_copy / "manifest.json").read_bytes() == before
     assert not (bundle_copy / INT8_FILE).exists()
