@@ -20,7 +20,7 @@ CKSUM := $(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 # the demos need training, the server, signatures and plots; the tests need everything (dev adds Ray,
 # Milvus Lite, pyarrow, selenium, ...), so a fresh `make demo` installs less and starts sooner
 DEMO_EXTRAS := train,serve,trust,plots
-ALL_EXTRAS := train,dev,serve,trust,plots
+ALL_EXTRAS := $(DEMO_EXTRAS),dev
 STAMP := $(VENV)/.installed-$(CKSUM)
 DEMO_STAMP := $(VENV)/.demo-$(CKSUM)
 
