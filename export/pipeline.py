@@ -203,11 +203,20 @@ def evaluate_bundles(out: Path, bundles: list[Path], args: argparse.Namespace, i
     return json.loads((out / "quality.json").read_text())
 
 
+# chunk_replace must lead adde by this many standard errors of the paired lead to be served
+SERVE_OTHER_FAMILY_SE = 2.0
+
+
 def served_adde_family(best: dict[str, Any]) -> str:
     """Which family OUT/bundle serves for an ADDE model: adde, unless the chunk_replace family over
-    the same model scored higher on the validation split (it can on small catalogs, where the
-    memory block has few manipulation examples to learn from)."""
-    return "chunk_replace" if best.get("val_top30_chunk_replace", 0.0) > best["val_top30"] else "adde"
+    the same model is clearly better on the validation split (it can be on small catalogs, where
+    the memory block has few manipulation examples to learn from). Clearly: its lead on the same
+    queries exceeds SERVE_OTHER_FAMILY_SE standard errors, so a lead within the validation split's
+    noise does not swap the served method."""
+    lead = best.get("val_top30_chunk_replace", 0.0) - best["val_top30"]
+    if "val_top30_chunk_replace_lead" in best:
+        lead = best["val_top30_chunk_replace_lead"]
+    return "chunk_replace" if lead > SERVE_OTHER_FAMILY_SE * best.get("val_top30_chunk_replace_lead_se", 0.0) else "adde"
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -42,23 +42,30 @@ def manipulation_top_k(model: ADDE, schema: AttributeSchema, features: torch.Ten
                        ks: tuple[int, ...] = (10, 30)) -> dict[int, float]:
     """Top-k of the model's manipulation with ``features``' items as the gallery (the runtime's
     own family arithmetic: ADDE's memory block, or DAtRNet's value means replacing chunks)."""
+    return hit_rates(manipulation_results(model, schema, features, codes, queries, max(ks)), codes, queries.targets, ks)
+
+
+@torch.no_grad()
+def manipulation_results(model: ADDE, schema: AttributeSchema, features: torch.Tensor, codes: np.ndarray,
+                         queries: Any, k: int) -> np.ndarray:
+    """The gallery rows of each manipulated query's top k, by the model's own family arithmetic."""
     model.eval()
     emb = model.head_outputs(features)[0].numpy()
     family = model.query_family(schema)
     q = family.change_batch(emb[queries.rows], codes[queries.rows], queries.attrs, queries.values)
-    return hit_rates(exact_topk(q, emb, max(ks)), codes, queries.targets, ks)
+    return exact_topk(q, emb, k)
 
 
-def value_means_top_k(schema: AttributeSchema, layout: list[tuple[int, int]], embeddings: np.ndarray,
-                      codes: np.ndarray, queries: Any, reference: np.ndarray, reference_codes: np.ndarray,
-                      ks: tuple[int, ...] = (10, 30)) -> dict[int, float]:
-    """Top-k of the chunk_replace family over the same embedding (each value's mean chunk over the
-    ``reference`` items replaces the changed chunk), ``embeddings``' items as the gallery: what the
-    chunk_replace bundle derived from this model scores."""
+def value_means_results(schema: AttributeSchema, layout: list[tuple[int, int]], embeddings: np.ndarray,
+                        codes: np.ndarray, queries: Any, reference: np.ndarray, reference_codes: np.ndarray,
+                        k: int) -> np.ndarray:
+    """The gallery rows of each query's top k under the chunk_replace family over the same embedding
+    (each value's mean chunk over the ``reference`` items replaces the changed chunk), ``embeddings``'
+    items as the gallery: what the chunk_replace bundle derived from this model returns."""
     table, _ = value_means(reference, reference_codes, schema, layout)
     queried = ChunkReplace(schema, layout, table).change_batch(embeddings[queries.rows], codes[queries.rows],
                                                                queries.attrs, queries.values)
-    return hit_rates(exact_topk(queried, embeddings, max(ks)), codes, queries.targets, ks)
+    return exact_topk(queried, embeddings, k)
 
 
 @torch.no_grad()

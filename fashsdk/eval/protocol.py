@@ -113,6 +113,29 @@ def hit_rates(results: np.ndarray, gallery_codes: np.ndarray, targets: np.ndarra
     return {k: float(exact[:, :k].any(axis=1).mean()) if len(results) else 0.0 for k in ks}
 
 
+def query_hits(results: np.ndarray, gallery_codes: np.ndarray, targets: np.ndarray, k: int) -> np.ndarray:
+    """Per query, whether an exact target match is among the first k (bool, (Q,)): what
+    ``hit_rates`` averages, kept per query so two methods can be compared query by query."""
+    if not len(results):
+        return np.zeros(0, bool)
+    return (gallery_codes[results[:, :k]] == targets[:, None, :]).all(axis=2).any(axis=1)
+
+
+def paired_lead(hits_a: np.ndarray, hits_b: np.ndarray) -> tuple[float, float]:
+    """How far method b's hit rate is above a's on the same queries, and that lead's standard error.
+
+    Paired: only the queries the two methods disagree on carry information, so the error is
+    far smaller than two independent rates' would be (McNemar's setting)."""
+    if hits_a.shape != hits_b.shape:
+        raise ValueError(f"paired hits need the same queries: shapes {hits_a.shape} and {hits_b.shape}")
+    n = len(hits_a)
+    if n == 0:
+        return 0.0, 0.0
+    diff = hits_b.astype(np.float64) - hits_a.astype(np.float64)
+    lead = float(diff.mean())
+    return lead, float(np.sqrt(max(float((diff ** 2).mean()) - lead ** 2, 0.0) / n))
+
+
 def ndcg(results: np.ndarray, gallery_codes: np.ndarray, targets: np.ndarray,
          ks: Sequence[int] = DEFAULT_KS) -> dict[int, float]:
     """NDCG@k with relevance = fraction of attributes equal to the target."""

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from fashsdk.eval.methods import Gallery, attribute_based_topk, conditional_similarity, evaluate_methods, family_queries
-from fashsdk.eval.protocol import exact_topk, hit_rates, manipulation_queries, ndcg
+from fashsdk.eval.protocol import exact_topk, hit_rates, manipulation_queries, ndcg, paired_lead, query_hits
 from fashsdk.families.chunk_replace import ChunkReplace, value_means
 from fashsdk.schema import AttributeSchema
 
@@ -74,6 +74,29 @@ def test_hit_rule_needs_the_exact_combination() -> None:
     targets = np.array([[1, 0]])
     results = np.array([[3, 2, 1, 0]])  # gallery rows: (0,1), (2,1), (1,0), (0,0)
     assert hit_rates(results, CODES, targets, ks=(1, 2, 3, 4)) == {1: 0.0, 2: 0.0, 3: 1.0, 4: 1.0}
+
+
+def test_per_query_hits_average_to_the_hit_rate_and_pair_up() -> None:
+    rng = np.random.default_rng(3)
+    codes = rng.integers(0, 3, (200, 2))
+    targets = rng.integers(0, 3, (500, 2))
+    results_a, results_b = rng.integers(0, 200, (500, 30)), rng.integers(0, 200, (500, 30))
+    hits_a, hits_b = query_hits(results_a, codes, targets, 10), query_hits(results_b, codes, targets, 10)
+    assert hits_a.mean() == pytest.approx(hit_rates(results_a, codes, targets, (10,))[10])
+    lead, se = paired_lead(hits_a, hits_b)
+    assert lead == pytest.approx(hits_b.mean() - hits_a.mean())
+    diff = hits_b.astype(float) - hits_a.astype(float)
+    assert se == pytest.approx(diff.std() / math.sqrt(len(diff)))
+    # the same queries answered alike but for 10 of 500: the lead is 2 points with a small error
+    same = hits_a.copy()
+    flipped = np.flatnonzero(~same)[:10]
+    better = same.copy()
+    better[flipped] = True
+    lead, se = paired_lead(same, better)
+    assert lead == pytest.approx(10 / 500) and 0 < se < 0.007
+    assert paired_lead(same, same) == (0.0, 0.0)
+    with pytest.raises(ValueError, match="same queries"):
+        paired_lead(hits_a, hits_b[:10])
 
 
 def test_ndcg_values() -> None:

@@ -22,6 +22,15 @@ def test_the_family_that_validates_better_is_served() -> None:
     assert pipeline.served_adde_family({"val_top30": 0.5}) == "adde"  # no chunk_replace score (other families)
 
 
+def test_chunk_replace_is_served_only_when_its_lead_is_beyond_the_validation_noise() -> None:
+    # a lead like a 96x72 demo run's: chunk_replace 0.3 points ahead on validation (1.7 behind on test)
+    close = {"val_top30": 0.890, "val_top30_chunk_replace": 0.893, "val_top30_chunk_replace_lead": 0.003,
+             "val_top30_chunk_replace_lead_se": 0.0035}
+    assert pipeline.served_adde_family(close) == "adde"
+    clear = {**close, "val_top30_chunk_replace": 0.91, "val_top30_chunk_replace_lead": 0.02}
+    assert pipeline.served_adde_family(clear) == "chunk_replace"
+
+
 @pytest.mark.parametrize("served", ["adde", "chunk_replace"])
 def test_demo_serves_the_chosen_family_and_evaluates_the_other(served: str, tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
