@@ -81,12 +81,19 @@ def main(argv: list[str] | None = None) -> int:
         "guard_test": quality["guard"], "guard_validation": training.get("guard"),
         "preservation_at_10": quality["preservation_at_10"][model_row]["mean"],
         "chunk_shares": next(iter(quality["embedding"].values()))["chunk_shares"],
+        "validation": training.get("best", {}),
     }
     atomic_write_json(args.out / "small-catalog.json", report)
     lines = [f"Second catalog: {counts['train']} training and {counts['test']} test photos of myntra-small, attributes "
              f"{', '.join(args.attributes)}; `{' '.join(command[2:])}`; {report['seconds'] / 60:.1f} min on "
              f"{report['machine']['cpu']}.", "",
              "| method | Top-30 |", "|---|---|"] + [f"| {m} | {v:.3f} |" for m, v in top30.items()]
+    best = report["validation"]
+    if "val_top30_chunk_replace_lead" in best:
+        lines += ["", f"Served {model_row}: validation Top-30 adde {best['val_top30']:.3f}, chunk_replace "
+                      f"{best['val_top30_chunk_replace']:.3f}, lead of chunk_replace "
+                      f"{100 * best['val_top30_chunk_replace_lead']:+.1f} points (standard error "
+                      f"{100 * best['val_top30_chunk_replace_lead_se']:.1f} on the same queries)."]
     lines += ["", f"Lead of {model_row} over no_manipulation: {report['lead_over_no_manipulation_points']} points; "
                   f"top-10 keep the unchanged attributes {100 * report['preservation_at_10']:.1f}% of the time.", "",
               "| attribute | accuracy (test) | majority class |", "|---|---|---|"]
