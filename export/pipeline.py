@@ -213,9 +213,7 @@ def served_adde_family(best: dict[str, Any]) -> str:
     the memory block has few manipulation examples to learn from). Clearly: its lead on the same
     queries exceeds SERVE_OTHER_FAMILY_SE standard errors, so a lead within the validation split's
     noise does not swap the served method."""
-    lead = best.get("val_top30_chunk_replace", 0.0) - best["val_top30"]
-    if "val_top30_chunk_replace_lead" in best:
-        lead = best["val_top30_chunk_replace_lead"]
+    lead = best.get("val_top30_chunk_replace_lead", best.get("val_top30_chunk_replace", 0.0) - best["val_top30"])
     return "chunk_replace" if lead > SERVE_OTHER_FAMILY_SE * best.get("val_top30_chunk_replace_lead_se", 0.0) else "adde"
 
 

@@ -109,8 +109,7 @@ def exact_topk(queries: np.ndarray, gallery: np.ndarray, k: int, chunk: int = 10
 def hit_rates(results: np.ndarray, gallery_codes: np.ndarray, targets: np.ndarray,
               ks: Sequence[int] = DEFAULT_KS) -> dict[int, float]:
     """Top-k accuracy: fraction of queries with an exact target match among the first k."""
-    exact = (gallery_codes[results] == targets[:, None, :]).all(axis=2)  # (Q, K)
-    return {k: float(exact[:, :k].any(axis=1).mean()) if len(results) else 0.0 for k in ks}
+    return {k: float(query_hits(results, gallery_codes, targets, k).mean()) if len(results) else 0.0 for k in ks}
 
 
 def query_hits(results: np.ndarray, gallery_codes: np.ndarray, targets: np.ndarray, k: int) -> np.ndarray:
