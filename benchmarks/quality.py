@@ -97,8 +97,8 @@ def row_names(retrievers: list[Retriever]) -> list[str]:
 def model_label(retriever: Retriever) -> str:
     model = retriever.bundle.manifest.get("model", {})
     architecture = model.get("architecture", "adde")
-    if architecture == "adde":
-        return retriever.family.name
+    if architecture == "adde":  # fsn over an ADDE model: chunk_replace with the changed chunk weighted
+        return "chunk_replace_weighted" if retriever.family.name == "fsn" else retriever.family.name
     config = model.get("config", {})
     label = architecture if config.get("block", "ase") == "ase" else f"{architecture}-{config['block']}"
     if not config.get("fsn_localize", True):

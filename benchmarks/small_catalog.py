@@ -90,8 +90,10 @@ def main(argv: list[str] | None = None) -> int:
              "| method | Top-30 |", "|---|---|"] + [f"| {m} | {v:.3f} |" for m, v in top30.items()]
     best = report["validation"]
     if "val_top30_chunk_replace_lead" in best:
+        weighted = (f", with the changed chunk weighted x{best['chunk_emphasis']:g} {best['val_top30_weighted']:.3f}"
+                    if "chunk_emphasis" in best else "")
         lines += ["", f"Served {model_row}: validation Top-30 adde {best['val_top30']:.3f}, chunk_replace "
-                      f"{best['val_top30_chunk_replace']:.3f}, lead of chunk_replace "
+                      f"{best['val_top30_chunk_replace']:.3f}{weighted}, lead over adde "
                       f"{100 * best['val_top30_chunk_replace_lead']:+.1f} points (standard error "
                       f"{100 * best['val_top30_chunk_replace_lead_se']:.1f} on the same queries)."]
     lines += ["", f"Lead of {model_row} over no_manipulation: {report['lead_over_no_manipulation_points']} points; "

@@ -6,7 +6,9 @@
   (the family of every DAtRNet checkpoint; an ADDE checkpoint can be served either way);
 - ``fsn``: that value table plus FashionSearchNet's per-changed-attribute chunk weights
   (``attribute_weights``, the squares of its fitted lambda); an FSN checkpoint served as
-  chunk_replace is the paper's ablation without the weighted global representation.
+  chunk_replace is the paper's ablation without the weighted global representation; an ADDE
+  checkpoint served as fsn weights only the changed chunk, by the emphasis its training chose on
+  validation (chunk_emphasis.py).
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from fashsdk.schema import AttributeSchema
 from fashsdk.sources.catalog import Catalog
 from fashsdk.sources.preprocess import PreprocessSpec
 
+from .chunk_emphasis import emphasis_weights
 from .data import decode_catalog
 from .models import ADDE
 
@@ -28,23 +31,29 @@ EXPORTABLE = ("adde", "chunk_replace", "fsn")
 
 
 def family_files(family: str, model: ADDE, schema: AttributeSchema, spec: PreprocessSpec, train: Catalog,
-                 images: list, per_value: int = 100, seed: int = 0) -> dict[str, np.ndarray]:
-    """role -> array for ``family``'s bundle files."""
+                 images: list, per_value: int = 100, seed: int = 0,
+                 emphasis: float | None = None) -> dict[str, np.ndarray]:
+    """role -> array for ``family``'s bundle files. ``emphasis``: the changed chunk's weight chosen
+    on validation when the checkpoint was trained (an ADDE checkpoint served as ``fsn``)."""
     if family not in FAMILIES or family not in EXPORTABLE:
         raise SystemExit(f"--family {family!r}: export knows {list(EXPORTABLE)}")
     if family == "adde" and model.config.architecture != "adde":
         raise SystemExit(f"--family adde needs ADDE's trained memory block; a {model.config.architecture} checkpoint "
                          f"is served as chunk_replace (leave --family out)")
-    if family == "fsn" and model.config.architecture != "fsn":
-        architecture = model.config.architecture
-        raise SystemExit(f"--family fsn needs FashionSearchNet's fitted attribute weights; a {architecture} "
-                         f"checkpoint is served as {served_family(architecture)}")
+    architecture = model.config.architecture
+    if family == "fsn" and architecture != "fsn" and (architecture != "adde" or emphasis is None):
+        raise SystemExit(f"--family fsn needs FashionSearchNet's fitted attribute weights or, for an ADDE checkpoint, "
+                         f"the chunk emphasis its training chose on validation; this {architecture} checkpoint has "
+                         f"neither (train it again, or export it as {served_family(architecture)})")
     if family == "adde":
         return {"prototypes": model.memory.detach().cpu().numpy().astype(np.float32)}
     rows = reference_rows(train.codes, schema.sizes, per_value, seed)
     reference = train.subset(rows)
     pixels = decode_catalog(reference, images, spec).pixels
-    return table_family_arrays(family, model, value_table(model, schema, spec, reference.codes, pixels))
+    table = value_table(model, schema, spec, reference.codes, pixels)
+    if family == "fsn" and architecture == "adde":
+        return {"value_table": table, "attribute_weights": emphasis_weights(len(schema.sizes), float(emphasis))}
+    return table_family_arrays(family, model, table)
 
 
 def table_family_arrays(family: str, model: ADDE, table: np.ndarray) -> dict[str, np.ndarray]:

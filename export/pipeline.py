@@ -26,6 +26,7 @@ from fashsdk.system import machine
 
 from .backbones import LITE_MEAN, LITE_STD
 from .catalog_args import data_paths, load_catalog_from_args
+from .chunk_emphasis import emphasis_weights
 from .data import decode_catalog, split_validation
 from .families import family_files, served_family, table_family_arrays, value_table
 from .models import ModelConfig
@@ -83,8 +84,11 @@ def cmd_onnx(args: argparse.Namespace) -> int:
     train = catalog.split("train")
     sample = train.subset(np.arange(min(args.parity_images, len(train))))
     pixels = decode_catalog(sample, images, spec).pixels
-    family = args.family or served_family(model.config.architecture)
-    arrays = family_files(family, model, schema, spec, train, images, args.reference_per_value)
+    best = config.get("best", {})
+    family = args.family or (served_adde_family(best) if model.config.architecture == "adde" and "val_top30" in best
+                             else served_family(model.config.architecture))
+    arrays = family_files(family, model, schema, spec, train, images, args.reference_per_value,
+                          emphasis=best.get("chunk_emphasis"))
     bundle, parity = build_bundle(model, schema, spec, args.out, pixels, {"training": config.get("best", {})},
                                   family, arrays)
     print(json.dumps({"bundle": str(args.out), "family": family, "parity": parity.to_json()}))
@@ -210,11 +214,15 @@ SERVE_OTHER_FAMILY_SE = 2.0
 def served_adde_family(best: dict[str, Any]) -> str:
     """Which family OUT/bundle serves for an ADDE model: adde, unless the chunk_replace family over
     the same model is clearly better on the validation split (it can be on small catalogs, where
-    the memory block has few manipulation examples to learn from). Clearly: its lead on the same
-    queries exceeds SERVE_OTHER_FAMILY_SE standard errors, so a lead within the validation split's
-    noise does not swap the served method."""
-    lead = best.get("val_top30_chunk_replace_lead", best.get("val_top30_chunk_replace", 0.0) - best["val_top30"])
-    return "chunk_replace" if lead > SERVE_OTHER_FAMILY_SE * best.get("val_top30_chunk_replace_lead_se", 0.0) else "adde"
+    the memory block has few manipulation examples to learn from, and it is once the changed chunk
+    is weighted, export/chunk_emphasis.py). Clearly: its lead on the same queries exceeds
+    SERVE_OTHER_FAMILY_SE standard errors, so a lead within the validation split's noise does not
+    swap the served method. chunk_replace with a chosen emphasis above 1 is served as ``fsn``."""
+    weighted = best.get("val_top30_weighted", best.get("val_top30_chunk_replace", 0.0))
+    lead = best.get("val_top30_chunk_replace_lead", weighted - best["val_top30"])
+    if lead <= SERVE_OTHER_FAMILY_SE * best.get("val_top30_chunk_replace_lead_se", 0.0):
+        return "adde"
+    return "fsn" if best.get("chunk_emphasis", 1.0) > 1.0 else "chunk_replace"
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -245,8 +253,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     else:
         print("== export to ONNX and build the bundles (adde, and chunk_replace over the same model)", flush=True)
         family = served_adde_family(result.best)
-        other = "chunk_replace" if family == "adde" else "adde"
-        folder = {family: out / "bundle", other: out / f"bundle-{other.replace('_', '-')}"}
+        folder = {name: out / ("bundle" if name == family else f"bundle-{name.replace('_', '-')}")
+                  for name in ("adde", "chunk_replace")}
+        folder[family] = out / "bundle"
         for stale in ("bundle", "bundle-adde", "bundle-chunk-replace"):  # this command's outputs, from an earlier run
             shutil.rmtree(out / stale, ignore_errors=True)
         adde_bundle, parity = build_bundle(result.model, catalog.schema, spec, folder["adde"], val.pixels[:64],
@@ -257,13 +266,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
             reference = Retriever(adde_bundle).encode(list(train.pixels[rows])).embedding
         table, _ = value_means(reference, train.catalog.codes[rows], catalog.schema, list(adde_bundle.layout.values()))
         replace_bundle = derive_bundle(folder["adde"], folder["chunk_replace"], "chunk_replace", {"value_table": table})
-        bundle = adde_bundle if family == "adde" else replace_bundle
+        bundle = {"adde": adde_bundle, "chunk_replace": replace_bundle}.get(family)
+        if family == "fsn":  # chunk_replace with the changed chunk weighted by the emphasis chosen on validation
+            weights = emphasis_weights(len(catalog.schema.sizes), float(result.best.get("chunk_emphasis", 1.0)))
+            bundle = derive_bundle(folder["adde"], folder["fsn"], "fsn",
+                                   {"value_table": table, "attribute_weights": weights})
         mean_swap = folder["chunk_replace"]  # the mean_swap baseline: not evaluated again as a bundle of its own
-        written.append(folder[other])
-        if other == "adde":
+        written += [path for name, path in folder.items() if name != family]
+        if family != "adde":
             bundles.append(folder["adde"])
+        others = ", ".join(f"{name} in {path}" for name, path in folder.items() if name != family)
         print(f"   {out / 'bundle'} serves {family}: validation Top-30 adde {result.best['val_top30']:.3f}, "
-              f"chunk_replace {result.best['val_top30_chunk_replace']:.3f} (the other is in {folder[other]})")
+              f"chunk_replace {result.best['val_top30_chunk_replace']:.3f}, weighted x"
+              f"{result.best.get('chunk_emphasis', 1.0):g} {result.best.get('val_top30_weighted', 0.0):.3f} ({others})")
     timings["export_s"] = time.perf_counter() - t
     print(f"   parity on 64 real images: max |diff| {parity.max_abs_diff:.1e}, min cosine {parity.min_cosine:.7f}")
 

@@ -27,18 +27,18 @@ import numpy as np
 import torch
 
 from fashsdk.eval.protocol import combination_keys, manipulation_queries, paired_lead, query_hits
-from fashsdk.families.chunk_replace import reference_rows
+from fashsdk.families.chunk_replace import reference_rows, value_means
 from fashsdk.files import atomic_write, atomic_write_json
 from fashsdk.schema import AttributeSchema
 from fashsdk.sources.preprocess import PreprocessSpec
 
 from . import losses
+from .chunk_emphasis import choose_emphasis
 from .data import CombinationSampler, ImageSet
 from .features import TrainingFeatures, features_for
 from .models import ADDE, ModelConfig, build_model
 from .stage2 import stage2
-from .validation import (attribute_accuracies, guard, init_memory, manipulation_results, manipulation_top_k,
-                         value_means_results)
+from .validation import attribute_accuracies, guard, init_memory, manipulation_results, manipulation_top_k
 
 
 @dataclass
@@ -165,14 +165,15 @@ def train_adde(schema: AttributeSchema, spec: PreprocessSpec, train: ImageSet, v
         layout = [(a * d, (a + 1) * d) for a in range(len(sizes))]
         adde_hits = query_hits(manipulation_results(model, schema, val_feats, val_codes, val_queries, 30), val_codes,
                                val_queries.targets, 30)
-        replaced_hits = query_hits(value_means_results(schema, layout, val_emb, val_codes, val_queries, ref,
-                                                       train_codes[proto_rows], 30), val_codes, val_queries.targets, 30)
-        lead, lead_se = paired_lead(adde_hits, replaced_hits)
-        replaced = float(replaced_hits.mean()) if len(replaced_hits) else 0.0
+        table, _ = value_means(ref, train_codes[proto_rows], schema, layout)
+        choice = choose_emphasis(schema, layout, table, val_emb, val_codes, val_queries)
+        lead, lead_se = paired_lead(adde_hits, choice.hits[choice.emphasis])
+        replaced, weighted = choice.top30(1.0), choice.top30(choice.emphasis)
         result.best.update(val_top30_chunk_replace=replaced, val_top30_chunk_replace_lead=lead,
-                           val_top30_chunk_replace_lead_se=lead_se)
-        _log(f"  val Top-30 adde {best_score:.3f}, chunk_replace over the same model {replaced:.3f} "
-             f"(lead {100 * lead:+.1f} points, standard error {100 * lead_se:.1f} on the same queries)")
+                           val_top30_chunk_replace_lead_se=lead_se, val_top30_weighted=weighted, **choice.to_json())
+        _log(f"  val Top-30 adde {best_score:.3f}, chunk_replace over the same model {replaced:.3f}, with the changed "
+             f"chunk weighted x{choice.emphasis:g} {weighted:.3f} (lead over adde {100 * lead:+.1f} points, "
+             f"standard error {100 * lead_se:.1f} on the same queries)")
     report = guard(model, schema, val_feats, val_codes, train_codes, val_queries, still_improving, steps)
     result.guard = report.to_json()
     _log(f"best val Top-30 {best_score:.3f}; features {result.seconds['features']:.0f} s, stage 1 "

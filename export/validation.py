@@ -11,7 +11,6 @@ import torch
 from fashsdk.eval.guard import GuardReport, accuracies, check
 from fashsdk.eval.methods import Gallery, attribute_based_topk
 from fashsdk.eval.protocol import exact_topk, hit_rates
-from fashsdk.families.chunk_replace import ChunkReplace, value_means
 from fashsdk.schema import AttributeSchema
 
 from .models import ADDE
@@ -54,18 +53,6 @@ def manipulation_results(model: ADDE, schema: AttributeSchema, features: torch.T
     family = model.query_family(schema)
     q = family.change_batch(emb[queries.rows], codes[queries.rows], queries.attrs, queries.values)
     return exact_topk(q, emb, k)
-
-
-def value_means_results(schema: AttributeSchema, layout: list[tuple[int, int]], embeddings: np.ndarray,
-                        codes: np.ndarray, queries: Any, reference: np.ndarray, reference_codes: np.ndarray,
-                        k: int) -> np.ndarray:
-    """The gallery rows of each query's top k under the chunk_replace family over the same embedding
-    (each value's mean chunk over the ``reference`` items replaces the changed chunk), ``embeddings``'
-    items as the gallery: what the chunk_replace bundle derived from this model returns."""
-    table, _ = value_means(reference, reference_codes, schema, layout)
-    queried = ChunkReplace(schema, layout, table).change_batch(embeddings[queries.rows], codes[queries.rows],
-                                                               queries.attrs, queries.values)
-    return exact_topk(queried, embeddings, k)
 
 
 @torch.no_grad()

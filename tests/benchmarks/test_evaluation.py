@@ -165,11 +165,12 @@ def test_quality_rows_are_named_by_model_and_never_collide() -> None:
                       fake("runs/datrnet-msf/bundle", "chunk_replace", "datrnet", "msf"),
                       fake("a/x/bundle", "adde", "adde"), fake("b/x/bundle", "adde", "adde"),
                       fake("runs/fsn/bundle", "fsn", "fsn"), fake("runs/fsn/bundle-cr", "chunk_replace", "fsn"),
-                      fake("runs/fsn-global/bundle", "fsn", "fsn", localize=False)])
+                      fake("runs/fsn-global/bundle", "fsn", "fsn", localize=False),
+                      fake("runs/demo/bundle-w", "fsn", "adde")])
     assert rows[:5] == ["adde (demo/bundle)", "chunk_replace", "datrnet (datrnet/bundle)",
                         "datrnet (datrnet-split5/bundle)", "datrnet-msf"]
     assert rows[5:7] == ["adde (x/bundle) #6", "adde (x/bundle) #7"]
-    assert rows[7:] == ["fsn", "fsn-no-weights", "fsn-no-localize"]
+    assert rows[7:] == ["fsn", "fsn-no-weights", "fsn-no-localize", "chunk_replace_weighted"]
     assert len(set(rows)) == len(rows)
 
 
