@@ -17,7 +17,7 @@ from pathlib import Path
 
 from export.catalog_args import add_data_args, data_paths
 from export.chunk_emphasis import EMPHASIS_GRID, emphasis_family
-from fashsdk import Retriever
+from fashsdk import Bundle, Retriever
 from fashsdk.eval.methods import Gallery, evaluate_methods
 from fashsdk.eval.protocol import manipulation_queries
 from fashsdk.families import Family
@@ -32,7 +32,7 @@ from .quality import build_gallery
 def bundle_of(run: Path, family: str) -> Path:
     """RUN's bundle of ``family``: the served one (RUN/bundle) or the one beside it."""
     for path in (run / "bundle", run / f"bundle-{family.replace('_', '-')}"):
-        if (path / "manifest.json").is_file() and Retriever(path).family.name == family:
+        if (path / "manifest.json").is_file() and Bundle.load(path).family_name == family:
             return path
     raise SystemExit(f"{run} holds no {family} bundle (looked in bundle and bundle-{family.replace('_', '-')}); "
                      f"run python -m export demo --out {run} first")

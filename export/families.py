@@ -50,17 +50,19 @@ def family_files(family: str, model: ADDE, schema: AttributeSchema, spec: Prepro
     rows = reference_rows(train.codes, schema.sizes, per_value, seed)
     reference = train.subset(rows)
     pixels = decode_catalog(reference, images, spec).pixels
-    table = value_table(model, schema, spec, reference.codes, pixels)
-    if family == "fsn" and architecture == "adde":
-        return {"value_table": table, "attribute_weights": emphasis_weights(len(schema.sizes), float(emphasis))}
-    return table_family_arrays(family, model, table)
+    return table_family_arrays(family, model, value_table(model, schema, spec, reference.codes, pixels), emphasis)
 
 
-def table_family_arrays(family: str, model: ADDE, table: np.ndarray) -> dict[str, np.ndarray]:
-    """chunk_replace's or fsn's files from the value table (fsn adds the model's attribute weights)."""
-    if family == "fsn":
-        return {"value_table": table, "attribute_weights": attribute_weights(model)}
-    return {"value_table": table}
+def table_family_arrays(family: str, model: ADDE, table: np.ndarray,
+                        emphasis: float | None = None) -> dict[str, np.ndarray]:
+    """chunk_replace's or fsn's files from the value table. fsn adds the chunk weights: a
+    FashionSearchNet model's fitted ones, or for an ADDE model ``emphasis`` on the changed chunk."""
+    if family != "fsn":
+        return {"value_table": table}
+    if model.config.architecture == "adde":
+        weights = emphasis_weights(len(model.config.attribute_sizes), float(emphasis or 1.0))
+        return {"value_table": table, "attribute_weights": weights}
+    return {"value_table": table, "attribute_weights": attribute_weights(model)}
 
 
 def attribute_weights(model: ADDE) -> np.ndarray:

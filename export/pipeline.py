@@ -26,7 +26,6 @@ from fashsdk.system import machine
 
 from .backbones import LITE_MEAN, LITE_STD
 from .catalog_args import data_paths, load_catalog_from_args
-from .chunk_emphasis import emphasis_weights
 from .data import decode_catalog, split_validation
 from .families import family_files, served_family, table_family_arrays, value_table
 from .models import ModelConfig
@@ -89,7 +88,7 @@ def cmd_onnx(args: argparse.Namespace) -> int:
                              else served_family(model.config.architecture))
     arrays = family_files(family, model, schema, spec, train, images, args.reference_per_value,
                           emphasis=best.get("chunk_emphasis"))
-    bundle, parity = build_bundle(model, schema, spec, args.out, pixels, {"training": config.get("best", {})},
+    bundle, parity = build_bundle(model, schema, spec, args.out, pixels, {"training": best},
                                   family, arrays)
     print(json.dumps({"bundle": str(args.out), "family": family, "parity": parity.to_json()}))
     return 0
@@ -253,9 +252,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     else:
         print("== export to ONNX and build the bundles (adde, and chunk_replace over the same model)", flush=True)
         family = served_adde_family(result.best)
-        folder = {name: out / ("bundle" if name == family else f"bundle-{name.replace('_', '-')}")
-                  for name in ("adde", "chunk_replace")}
-        folder[family] = out / "bundle"
+        folder = {"adde": out / "bundle-adde", "chunk_replace": out / "bundle-chunk-replace", family: out / "bundle"}
         for stale in ("bundle", "bundle-adde", "bundle-chunk-replace"):  # this command's outputs, from an earlier run
             shutil.rmtree(out / stale, ignore_errors=True)
         adde_bundle, parity = build_bundle(result.model, catalog.schema, spec, folder["adde"], val.pixels[:64],
@@ -266,11 +263,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
             reference = Retriever(adde_bundle).encode(list(train.pixels[rows])).embedding
         table, _ = value_means(reference, train.catalog.codes[rows], catalog.schema, list(adde_bundle.layout.values()))
         replace_bundle = derive_bundle(folder["adde"], folder["chunk_replace"], "chunk_replace", {"value_table": table})
-        bundle = {"adde": adde_bundle, "chunk_replace": replace_bundle}.get(family)
+        bundle = adde_bundle if family == "adde" else replace_bundle
         if family == "fsn":  # chunk_replace with the changed chunk weighted by the emphasis chosen on validation
-            weights = emphasis_weights(len(catalog.schema.sizes), float(result.best.get("chunk_emphasis", 1.0)))
-            bundle = derive_bundle(folder["adde"], folder["fsn"], "fsn",
-                                   {"value_table": table, "attribute_weights": weights})
+            bundle = derive_bundle(folder["adde"], folder["fsn"], "fsn", table_family_arrays(
+                "fsn", result.model, table, result.best.get("chunk_emphasis")))
         mean_swap = folder["chunk_replace"]  # the mean_swap baseline: not evaluated again as a bundle of its own
         written += [path for name, path in folder.items() if name != family]
         if family != "adde":
