@@ -89,13 +89,12 @@ def main(argv: list[str] | None = None) -> int:
              f"{report['machine']['cpu']}.", "",
              "| method | Top-30 |", "|---|---|"] + [f"| {m} | {v:.3f} |" for m, v in top30.items()]
     best = report["validation"]
-    if "val_top30_chunk_replace_lead" in best:
-        weighted = (f", with the changed chunk weighted x{best['chunk_emphasis']:g} {best['val_top30_weighted']:.3f}"
-                    if "chunk_emphasis" in best else "")
+    if "query_mix" in best:
+        chosen = ", ".join(f"{n} b{m['blend']:g} x{m['chunk_emphasis']:g}" for n, m in best["query_mix"].items())
         lines += ["", f"Served {model_row}: validation Top-30 adde {best['val_top30']:.3f}, chunk_replace "
-                      f"{best['val_top30_chunk_replace']:.3f}{weighted}, lead over adde "
-                      f"{100 * best['val_top30_chunk_replace_lead']:+.1f} points (standard error "
-                      f"{100 * best['val_top30_chunk_replace_lead_se']:.1f} on the same queries)."]
+                      f"{best['val_top30_chunk_replace']:.3f}, blend ({chosen}) {best['val_top30_mix']:.3f}, lead "
+                      f"over adde {100 * best['val_top30_mix_lead']:+.1f} points (standard error "
+                      f"{100 * best['val_top30_mix_lead_se']:.1f} on the same queries)."]
     lines += ["", f"Lead of {model_row} over no_manipulation: {report['lead_over_no_manipulation_points']} points; "
                   f"top-10 keep the unchanged attributes {100 * report['preservation_at_10']:.1f}% of the time.", "",
               "| attribute | accuracy (test) | majority class |", "|---|---|---|"]

@@ -76,9 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("onnx", help="export a checkpoint to a bundle (ONNX + the family's files + manifest)")
     add_catalog_args(p)
     p.add_argument("--checkpoint", type=Path, required=True)
-    p.add_argument("--family", default=None, choices=["adde", "chunk_replace", "fsn"],
-                   help="how queries change: adde (memory block), chunk_replace (mean value chunks) or fsn (mean "
-                        "value chunks, the changed one weighted); default: for an ADDE checkpoint the family its "
+    p.add_argument("--family", default=None, choices=["adde", "chunk_replace", "fsn", "blend"],
+                   help="how queries change: adde (memory block), chunk_replace (mean value chunks), fsn (mean "
+                        "value chunks, the changed one weighted) or blend (adde's and fsn's queries mixed, ADDE "
+                        "checkpoints only); default: for an ADDE checkpoint the family its "
                         "training chose on validation (as demo serves), chunk_replace for DAtRNet, fsn for "
                         "FashionSearchNet")
     p.add_argument("--reference-per-value", type=int, default=100,

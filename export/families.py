@@ -8,7 +8,9 @@
   (``attribute_weights``, the squares of its fitted lambda); an FSN checkpoint served as
   chunk_replace is the paper's ablation without the weighted global representation; an ADDE
   checkpoint served as fsn weights only the changed chunk, by the emphasis its training chose on
-  validation (chunk_emphasis.py).
+  validation (query_mix.py);
+- ``blend``: for an ADDE checkpoint, the memory block, the value table and the chunk weights, with
+  the per-attribute blend of adde's and fsn's queries its training chose (query_mix.py).
 """
 from __future__ import annotations
 
@@ -23,46 +25,56 @@ from fashsdk.schema import AttributeSchema
 from fashsdk.sources.catalog import Catalog
 from fashsdk.sources.preprocess import PreprocessSpec
 
-from .chunk_emphasis import emphasis_weights
+from .query_mix import emphasis_weights
 from .data import decode_catalog
 from .models import ADDE
 
-EXPORTABLE = ("adde", "chunk_replace", "fsn")
+EXPORTABLE = ("adde", "chunk_replace", "fsn", "blend")
+Mix = tuple[np.ndarray, np.ndarray]  # per attribute: blend b, chunk emphasis c (export/query_mix.py)
 
 
 def family_files(family: str, model: ADDE, schema: AttributeSchema, spec: PreprocessSpec, train: Catalog,
                  images: list, per_value: int = 100, seed: int = 0,
-                 emphasis: float | None = None) -> dict[str, np.ndarray]:
-    """role -> array for ``family``'s bundle files. ``emphasis``: the changed chunk's weight chosen
-    on validation when the checkpoint was trained (an ADDE checkpoint served as ``fsn``)."""
+                 mix: Mix | None = None) -> dict[str, np.ndarray]:
+    """role -> array for ``family``'s bundle files. ``mix``: the query mix chosen on validation when
+    the checkpoint was trained (an ADDE checkpoint served as ``fsn`` or ``blend``)."""
     if family not in FAMILIES or family not in EXPORTABLE:
         raise SystemExit(f"--family {family!r}: export knows {list(EXPORTABLE)}")
     if family == "adde" and model.config.architecture != "adde":
         raise SystemExit(f"--family adde needs ADDE's trained memory block; a {model.config.architecture} checkpoint "
                          f"is served as chunk_replace (leave --family out)")
     architecture = model.config.architecture
-    if family == "fsn" and architecture != "fsn" and (architecture != "adde" or emphasis is None):
-        raise SystemExit(f"--family fsn needs FashionSearchNet's fitted attribute weights or, for an ADDE checkpoint, "
-                         f"the chunk emphasis its training chose on validation; this {architecture} checkpoint has "
-                         f"neither (train it again, or export it as {served_family(architecture)})")
+    if family == "blend" and architecture != "adde":
+        raise SystemExit(f"--family blend mixes ADDE's memory block into the query; a {architecture} checkpoint has "
+                         f"none (export it as {served_family(architecture)})")
+    if family in ("fsn", "blend") and architecture != "fsn" and (architecture != "adde" or mix is None):
+        raise SystemExit(f"--family {family} needs FashionSearchNet's fitted attribute weights or, for an ADDE "
+                         f"checkpoint, the query mix its training chose on validation; this {architecture} checkpoint "
+                         f"has neither (train it again, or export it as {served_family(architecture)})")
     if family == "adde":
         return {"prototypes": model.memory.detach().cpu().numpy().astype(np.float32)}
     rows = reference_rows(train.codes, schema.sizes, per_value, seed)
     reference = train.subset(rows)
     pixels = decode_catalog(reference, images, spec).pixels
-    return table_family_arrays(family, model, value_table(model, schema, spec, reference.codes, pixels), emphasis)
+    return table_family_arrays(family, model, value_table(model, schema, spec, reference.codes, pixels), mix)
 
 
-def table_family_arrays(family: str, model: ADDE, table: np.ndarray,
-                        emphasis: float | None = None) -> dict[str, np.ndarray]:
-    """chunk_replace's or fsn's files from the value table. fsn adds the chunk weights: a
-    FashionSearchNet model's fitted ones, or for an ADDE model ``emphasis`` on the changed chunk."""
-    if family != "fsn":
+def table_family_arrays(family: str, model: ADDE, table: np.ndarray, mix: Mix | None = None) -> dict[str, np.ndarray]:
+    """chunk_replace's, fsn's or blend's files from the value table. fsn adds the chunk weights: a
+    FashionSearchNet model's fitted ones, or for an ADDE model the ``mix``'s emphasis on the changed
+    chunk; blend adds those, ADDE's memory block and the mix's blend weights."""
+    if family == "chunk_replace":
         return {"value_table": table}
-    if model.config.architecture == "adde":
-        weights = emphasis_weights(len(model.config.attribute_sizes), float(emphasis or 1.0))
-        return {"value_table": table, "attribute_weights": weights}
-    return {"value_table": table, "attribute_weights": attribute_weights(model)}
+    if model.config.architecture != "adde":
+        return {"value_table": table, "attribute_weights": attribute_weights(model)}
+    if mix is None:
+        raise ValueError(f"{family} over an ADDE model needs the query mix chosen on validation")
+    blend, emphasis = mix
+    arrays = {"value_table": table, "attribute_weights": emphasis_weights(len(blend), emphasis)}
+    if family == "blend":
+        arrays.update(prototypes=model.memory.detach().cpu().numpy().astype(np.float32),
+                      blend_weights=np.asarray(blend, np.float32))
+    return arrays
 
 
 def attribute_weights(model: ADDE) -> np.ndarray:

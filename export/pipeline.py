@@ -30,6 +30,7 @@ from .data import decode_catalog, split_validation
 from .families import family_files, served_family, table_family_arrays, value_table
 from .models import ModelConfig
 from .onnx_export import build_bundle, derive_bundle
+from .query_mix import mix_arrays
 from .train import TrainConfig, load_checkpoint, save_checkpoint, train_adde
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -87,7 +88,7 @@ def cmd_onnx(args: argparse.Namespace) -> int:
     family = args.family or (served_adde_family(best) if model.config.architecture == "adde" and "val_top30" in best
                              else served_family(model.config.architecture))
     arrays = family_files(family, model, schema, spec, train, images, args.reference_per_value,
-                          emphasis=best.get("chunk_emphasis"))
+                          mix=mix_arrays(best, schema.names))
     bundle, parity = build_bundle(model, schema, spec, args.out, pixels, {"training": best},
                                   family, arrays)
     print(json.dumps({"bundle": str(args.out), "family": family, "parity": parity.to_json()}))
@@ -206,22 +207,20 @@ def evaluate_bundles(out: Path, bundles: list[Path], args: argparse.Namespace, i
     return json.loads((out / "quality.json").read_text())
 
 
-# chunk_replace must lead adde by this many standard errors of the paired lead to be served
+# the blend must lead adde by this many standard errors of the paired lead to be served
 SERVE_OTHER_FAMILY_SE = 2.0
 
 
 def served_adde_family(best: dict[str, Any]) -> str:
-    """Which family OUT/bundle serves for an ADDE model: adde, unless the chunk_replace family over
-    the same model is clearly better on the validation split (it can be on small catalogs, where
-    the memory block has few manipulation examples to learn from, and it is once the changed chunk
-    is weighted, export/chunk_emphasis.py). Clearly: its lead on the same queries exceeds
-    SERVE_OTHER_FAMILY_SE standard errors, so a lead within the validation split's noise does not
-    swap the served method. chunk_replace with a chosen emphasis above 1 is served as ``fsn``."""
-    weighted = best.get("val_top30_weighted", best.get("val_top30_chunk_replace", 0.0))
-    lead = best.get("val_top30_chunk_replace_lead", weighted - best["val_top30"])
-    if lead <= SERVE_OTHER_FAMILY_SE * best.get("val_top30_chunk_replace_lead_se", 0.0):
+    """Which family OUT/bundle serves for an ADDE model: adde, unless the blend of adde's query and
+    the weighted chunk_replace query over the same model (export/query_mix.py) is clearly better on
+    the validation split. Clearly: its lead on the same queries exceeds SERVE_OTHER_FAMILY_SE
+    standard errors, so a lead within the validation split's noise does not swap the served method."""
+    if "query_mix" not in best:
         return "adde"
-    return "fsn" if best.get("chunk_emphasis", 1.0) > 1.0 else "chunk_replace"
+    if best["val_top30_mix_lead"] <= SERVE_OTHER_FAMILY_SE * best["val_top30_mix_lead_se"]:
+        return "adde"
+    return "blend"
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -262,19 +261,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
         else:
             reference = Retriever(adde_bundle).encode(list(train.pixels[rows])).embedding
         table, _ = value_means(reference, train.catalog.codes[rows], catalog.schema, list(adde_bundle.layout.values()))
-        replace_bundle = derive_bundle(folder["adde"], folder["chunk_replace"], "chunk_replace", {"value_table": table})
-        bundle = adde_bundle if family == "adde" else replace_bundle
-        if family == "fsn":  # chunk_replace with the changed chunk weighted by the emphasis chosen on validation
-            bundle = derive_bundle(folder["adde"], folder["fsn"], "fsn", table_family_arrays(
-                "fsn", result.model, table, result.best.get("chunk_emphasis")))
+        derive_bundle(folder["adde"], folder["chunk_replace"], "chunk_replace", {"value_table": table})
+        bundle = adde_bundle
+        if family == "blend":  # adde's query blended with the weighted chunk_replace query, as chosen on validation
+            bundle = derive_bundle(folder["adde"], folder["blend"], "blend", table_family_arrays(
+                "blend", result.model, table, mix_arrays(result.best, catalog.schema.names)))
         mean_swap = folder["chunk_replace"]  # the mean_swap baseline: not evaluated again as a bundle of its own
         written += [path for name, path in folder.items() if name != family]
         if family != "adde":
             bundles.append(folder["adde"])
         others = ", ".join(f"{name} in {path}" for name, path in folder.items() if name != family)
         print(f"   {out / 'bundle'} serves {family}: validation Top-30 adde {result.best['val_top30']:.3f}, "
-              f"chunk_replace {result.best['val_top30_chunk_replace']:.3f}, weighted x"
-              f"{result.best.get('chunk_emphasis', 1.0):g} {result.best.get('val_top30_weighted', 0.0):.3f} ({others})")
+              f"chunk_replace {result.best['val_top30_chunk_replace']:.3f}, blend {result.best['val_top30_mix']:.3f} "
+              f"({others})")
     timings["export_s"] = time.perf_counter() - t
     print(f"   parity on 64 real images: max |diff| {parity.max_abs_diff:.1e}, min cosine {parity.min_cosine:.7f}")
 

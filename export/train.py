@@ -26,19 +26,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from fashsdk.eval.protocol import combination_keys, manipulation_queries, paired_lead, query_hits
+from fashsdk.eval.protocol import combination_keys, manipulation_queries
 from fashsdk.families.chunk_replace import reference_rows, value_means
 from fashsdk.files import atomic_write, atomic_write_json
 from fashsdk.schema import AttributeSchema
 from fashsdk.sources.preprocess import PreprocessSpec
 
 from . import losses
-from .chunk_emphasis import choose_emphasis
 from .data import CombinationSampler, ImageSet
 from .features import TrainingFeatures, features_for
 from .models import ADDE, ModelConfig, build_model
+from .query_mix import choose_query_mix
 from .stage2 import stage2
-from .validation import attribute_accuracies, guard, init_memory, manipulation_results, manipulation_top_k
+from .validation import attribute_accuracies, guard, init_memory, manipulation_top_k
 
 
 @dataclass
@@ -163,17 +163,15 @@ def train_adde(schema: AttributeSchema, spec: PreprocessSpec, train: ImageSet, v
         val_emb = result.embeddings[1] if result.embeddings is not None else _embed(model, val_feats)
         d = model.config.dim
         layout = [(a * d, (a + 1) * d) for a in range(len(sizes))]
-        adde_hits = query_hits(manipulation_results(model, schema, val_feats, val_codes, val_queries, 30), val_codes,
-                               val_queries.targets, 30)
         table, _ = value_means(ref, train_codes[proto_rows], schema, layout)
-        choice = choose_emphasis(schema, layout, table, val_emb, val_codes, val_queries)
-        lead, lead_se = paired_lead(adde_hits, choice.hits[choice.emphasis])
-        replaced, weighted = choice.top30(1.0), choice.top30(choice.emphasis)
-        result.best.update(val_top30_chunk_replace=replaced, val_top30_chunk_replace_lead=lead,
-                           val_top30_chunk_replace_lead_se=lead_se, val_top30_weighted=weighted, **choice.to_json())
-        _log(f"  val Top-30 adde {best_score:.3f}, chunk_replace over the same model {replaced:.3f}, with the changed "
-             f"chunk weighted x{choice.emphasis:g} {weighted:.3f} (lead over adde {100 * lead:+.1f} points, "
-             f"standard error {100 * lead_se:.1f} on the same queries)")
+        prototypes = model.memory.detach().cpu().numpy().astype(np.float32)
+        mix = choose_query_mix(schema, layout, prototypes, table, val_emb, val_codes, val_queries)
+        result.best.update(mix.to_json(schema.names))
+        lead, lead_se = mix.lead_over_adde()
+        chosen = ", ".join(f"{n} b{b:g} x{c:g}" for n, b, c in zip(schema.names, mix.blend, mix.emphasis))
+        _log(f"  val Top-30 adde {mix.top30((0.0, 1.0)):.3f}, chunk_replace over the same model "
+             f"{mix.top30((1.0, 1.0)):.3f}, blend of adde and the weighted chunk_replace ({chosen}) {mix.top30():.3f} "
+             f"(lead over adde {100 * lead:+.1f} points, standard error {100 * lead_se:.1f} on the same queries)")
     report = guard(model, schema, val_feats, val_codes, train_codes, val_queries, still_improving, steps)
     result.guard = report.to_json()
     _log(f"best val Top-30 {best_score:.3f}; features {result.seconds['features']:.0f} s, stage 1 "

@@ -21,6 +21,7 @@ FAMILIES = {
     "chunk_replace": ".chunk_replace:ChunkReplace",
     "fsn": ".fsn:FashionSearchNetFamily",
     "generator": ".generator:Generator",
+    "blend": ".blend:Blend",
 }
 
 

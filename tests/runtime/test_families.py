@@ -9,7 +9,9 @@ import pytest
 from fashsdk.errors import QueryError
 from fashsdk.families import NO_CHANGE
 from fashsdk.families.adde import Adde, indicator
+from fashsdk.families.blend import Blend
 from fashsdk.families.chunk_replace import ChunkReplace, reference_rows, value_means
+from fashsdk.families.fsn import FashionSearchNetFamily
 from fashsdk.schema import UNKNOWN, AttributeSchema
 
 SCHEMA = AttributeSchema.from_dict({"colour": ["Black", "Blue", "Red"], "kind": ["Shirt", "Shoe"], "sex": ["M", "W"]})
@@ -55,14 +57,23 @@ def test_adde_residual_lands_only_in_the_changed_block_and_changes_add() -> None
     assert abs(np.linalg.norm(out) - 1) < 1e-6
 
 
-@pytest.mark.parametrize("make", ["adde", "chunk_replace"])
+def make_family(make: str, rng: np.random.Generator):
+    if make == "adde":
+        return Adde(SCHEMA, block_memory(rng))
+    if make == "chunk_replace":
+        return ChunkReplace(SCHEMA, LAYOUT, block_memory(rng).T.copy())
+    weights = np.ones((3, 3), np.float32) + np.diag([1.0, 0.5, 2.0]).astype(np.float32)
+    fsn = FashionSearchNetFamily(SCHEMA, LAYOUT, block_memory(rng).T.copy(), weights)
+    return Blend(Adde(SCHEMA, block_memory(rng)), fsn, np.array([0.25, 0.5, 1.0], np.float32))
+
+
+@pytest.mark.parametrize("make", ["adde", "chunk_replace", "blend"])
 @pytest.mark.parametrize("current", [[0, 1, 0], [2, UNKNOWN, 1], [1, 0, UNKNOWN]])
 @pytest.mark.parametrize("change", [{"colour": "Red"}, {"colour": "Red", "kind": "Shirt", "sex": "W"},
                                     {"kind": "Shoe"}])
 def test_one_query_form_matches_the_batched_form(make: str, current: list[int], change: dict[str, str]) -> None:
     rng = np.random.default_rng(2)
-    family = (Adde(SCHEMA, block_memory(rng)) if make == "adde"
-              else ChunkReplace(SCHEMA, LAYOUT, block_memory(rng).T.copy()))
+    family = make_family(make, rng)
     query = rng.normal(size=D * 3).astype(np.float32)
     query /= np.linalg.norm(query)
     parsed = SCHEMA.parse_change(change)
@@ -71,6 +82,26 @@ def test_one_query_form_matches_the_batched_form(make: str, current: list[int], 
     batch = family.change_batch(query[None], np.array([current]), *one_change(parsed))
     assert out.dtype == np.float32 and out.shape == query.shape and np.allclose(out, batch[0], atol=1e-6)
     assert np.array_equal(query, before)  # a fresh vector: the caller's embedding is left alone
+
+
+def test_blend_mixes_the_two_queries_by_the_changed_attributes_mean_weight() -> None:
+    rng = np.random.default_rng(5)
+    blend = make_family("blend", rng)
+    query = rng.normal(size=D * 3).astype(np.float32)
+    current = [0, 1, 0]
+    for change, b in (({0: 2}, 0.25), ({2: 1}, 1.0), ({0: 2, 1: 0}, 0.375)):
+        mixed = (1 - b) * blend.adde.change_one(query, current, change) + b * blend.fsn.change_one(query, current, change)
+        assert np.allclose(blend.change_one(query, current, change), mixed / np.linalg.norm(mixed), atol=1e-6)
+    assert np.allclose(blend.change_one(query, current, {2: 1}), blend.fsn.change_one(query, current, {2: 1}), atol=1e-6)
+    assert np.allclose(blend.change_one(query, current, {}), query / np.linalg.norm(query), atol=1e-6)
+    batch = blend.change_batch(np.stack([query, query]), np.array([current, current]),
+                               np.array([[NO_CHANGE], [1]]), np.array([[0], [0]]))
+    assert np.allclose(batch[0], query / np.linalg.norm(query), atol=1e-6)  # a query without a change: adde's
+    assert np.allclose(batch[1], blend.change_one(query, current, {1: 0}), atol=1e-6)
+    for bad in (np.array([0.5, 0.5], np.float32), np.array([0.5, 1.5, 0.0], np.float32),
+                np.array([0.5, np.nan, 0.0], np.float32)):
+        with pytest.raises(ValueError, match="between 0 and 1"):
+            Blend(blend.adde, blend.fsn, bad)
 
 
 def test_adde_a_change_to_the_current_value_is_a_no_op() -> None:

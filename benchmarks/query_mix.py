@@ -1,12 +1,13 @@
-"""python -m benchmarks.chunk_emphasis --run RUN --json OUT: chunk_replace with the changed chunk
-weighted by each emphasis of the grid (export/chunk_emphasis.py), beside adde, on the test split.
+"""python -m benchmarks.query_mix --run RUN --json OUT: adde, chunk_replace with the changed chunk
+weighted by each emphasis c, blends (1 - b) adde + b weighted chunk_replace over a grid, and the
+per-attribute mix training chose (export/query_mix.py), on the test split.
 
 RUN is what ``python -m export demo`` wrote: its chunk_replace bundle's value table (bundle or
 bundle-chunk-replace), its adde bundle, and the saved index of the test split. Rows are ranked on
 the same queries as ``benchmarks.quality`` (20,000 single-attribute and 10,000 two-attribute
 queries, seed 0): Top-30, Top-30 per changed attribute, and the share of the top-10 that keep the
-unchanged attributes, the price of a larger emphasis. Training chooses the emphasis on the
-validation split; this shows what each choice does on the test split.
+unchanged attributes, the price of a larger emphasis. Training chooses the mix on the validation
+split; this shows what each choice does on the test split.
 """
 from __future__ import annotations
 
@@ -15,13 +16,18 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from export.catalog_args import add_data_args, data_paths
-from export.chunk_emphasis import EMPHASIS_GRID, emphasis_family
+from export.query_mix import EMPHASIS_GRID, emphasis_family, emphasis_weights, mix_arrays
 from fashsdk import Bundle, Retriever
 from fashsdk.eval.methods import Gallery, evaluate_methods
 from fashsdk.eval.protocol import manipulation_queries
 from fashsdk.families import Family
+from fashsdk.families.adde import Adde
+from fashsdk.families.blend import Blend
 from fashsdk.families.chunk_replace import checked_value_table
+from fashsdk.families.fsn import FashionSearchNetFamily
 from fashsdk.files import atomic_write_bytes, atomic_write_json
 from fashsdk.sources.catalog import read_catalog
 from fashsdk.system import machine
@@ -53,12 +59,15 @@ def markdown(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.chunk_emphasis", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m benchmarks.query_mix", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", type=Path, required=True, help="a python -m export demo output folder")
     add_data_args(p)
     p.add_argument("--json", type=Path, required=True)
-    p.add_argument("--grid", type=float, nargs="+", default=list(EMPHASIS_GRID))
+    p.add_argument("--grid", type=float, nargs="+", default=list(EMPHASIS_GRID), help="emphases c")
+    p.add_argument("--blends", type=float, nargs="+", default=[0.25, 0.5, 0.75],
+                   help="blends b shown beside adde and chunk_replace, each with the emphases of --blend-emphases")
+    p.add_argument("--blend-emphases", type=float, nargs="+", default=[1.0, 2.0, 3.0])
     p.add_argument("--max-queries", type=int, default=20000)
     p.add_argument("--pair-queries", type=int, default=10000)
     p.add_argument("--seed", type=int, default=0)
@@ -74,6 +83,15 @@ def main(argv: list[str] | None = None) -> int:
     table = checked_value_table(replace.bundle)
     families: dict[str, Family] = {"adde": adde.family}
     families.update({f"chunk_replace x{c:g}": emphasis_family(schema, layout, table, c) for c in sorted(args.grid)})
+    count = len(schema.sizes)
+    for b in sorted(args.blends):
+        for c in sorted(args.blend_emphases):
+            fsn = FashionSearchNetFamily(schema, layout, table, emphasis_weights(count, c))
+            families[f"blend b{b:g} x{c:g}"] = Blend(adde.family, fsn, np.full(count, b, np.float32))
+    mix = mix_arrays(adde.bundle.manifest["model"].get("training", {}), schema.names)
+    if mix is not None and isinstance(adde.family, Adde):  # the per-attribute mix training chose
+        fsn = FashionSearchNetFamily(schema, layout, table, emphasis_weights(count, mix[1]))
+        families["blend chosen on validation"] = Blend(adde.family, fsn, mix[0])
     galleries = {name: gallery for name in families}
     single_q = manipulation_queries(gallery.codes, schema.sizes, max_queries=args.max_queries, seed=args.seed)
     single = evaluate_methods(galleries, families, schema, single_q)
