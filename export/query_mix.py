@@ -9,11 +9,12 @@ the others (the ``fsn`` family's (A, A) table with c on the diagonal). adde move
 vector by its memory block instead, and the two fail on different queries, so the served query
 is the blend (1 - b) q_adde + b q_fsn (``fashsdk.families.blend``; b = 0 is adde, b = 1 fsn).
 
-(b, c) is chosen on the validation split's queries from ``BLEND_GRID`` x ``EMPHASIS_GRID``: the
-best pair over all queries, replaced for one changed attribute by that attribute's own best pair
-only when it leads on the attribute's queries by more than one paired standard error (an
-attribute with few queries keeps the shared choice). Fitting a full (A, A) weight table by the
-paper's ranking loss (export/fsn_weights.py) was measured on the demo model and lost to this.
+(b, c) is the pair of ``BLEND_GRID`` x ``EMPHASIS_GRID`` with the best Top-30 on the validation
+split's queries, one pair for every attribute. The bundle format holds a pair per attribute, but
+choosing them per attribute was measured on the demo model and did not carry to the test split:
+an attribute's best of 21 pairs on a few hundred queries is mostly noise, and the low emphases it
+picked returned fewer results with the requested value. Fitting a full (A, A) weight table by
+the paper's ranking loss (export/fsn_weights.py) also lost to this.
 """
 from __future__ import annotations
 
@@ -57,26 +58,27 @@ def emphasis_family(schema: AttributeSchema, layout: Sequence[tuple[int, int]], 
 
 @dataclass
 class QueryMix:
-    """Per attribute, the blend b and emphasis c used when it changes; the validation hits
-    (per query) of every grid pair and of the chosen per-attribute mix."""
+    """The chosen pair (blend b, emphasis c) and the validation hits (per query) of every grid pair."""
 
-    blend: np.ndarray  # (A,)
-    emphasis: np.ndarray  # (A,)
+    pair: Pair
     grid: dict[Pair, np.ndarray]
-    hits: np.ndarray
+
+    @property
+    def hits(self) -> np.ndarray:
+        return self.grid[self.pair]
 
     def top30(self, pair: Pair | None = None) -> float:
-        hits = self.hits if pair is None else self.grid[pair]
+        hits = self.grid[self.pair if pair is None else pair]
         return float(hits.mean()) if len(hits) else 0.0
 
     def lead_over_adde(self) -> tuple[float, float]:
-        """The chosen mix's Top-30 lead over adde on the same validation queries, and its standard error."""
+        """The chosen pair's Top-30 lead over adde on the same validation queries, and its standard error."""
         return paired_lead(self.grid[ADDE_ONLY], self.hits)
 
     def to_json(self, names: Sequence[str]) -> dict[str, Any]:
         lead, error = self.lead_over_adde()
-        return {"query_mix": {name: {"blend": float(b), "chunk_emphasis": float(c)}
-                              for name, b, c in zip(names, self.blend, self.emphasis)},
+        b, c = self.pair
+        return {"query_mix": {name: {"blend": b, "chunk_emphasis": c} for name in names},
                 "val_top30_mix": round(self.top30(), 4), "val_top30_mix_lead": lead, "val_top30_mix_lead_se": error,
                 "val_top30_chunk_replace": round(self.top30((1.0, 1.0)), 4),
                 "val_top30_by_mix": {f"b{b:g} x{c:g}": round(self.top30((b, c)), 4) for b, c in self.grid}}
@@ -96,7 +98,7 @@ def choose_query_mix(schema: AttributeSchema, layout: Sequence[tuple[int, int]],
                      table: np.ndarray, embeddings: np.ndarray, codes: np.ndarray, queries: QuerySet,
                      blends: Sequence[float] = BLEND_GRID, emphases: Sequence[float] = EMPHASIS_GRID) -> QueryMix:
     """Top-30 of every (b, c) on ``queries`` over the ``embeddings`` gallery (validation items), and
-    the per-attribute choice described in the module docstring."""
+    the best pair."""
     if 0.0 not in blends or 1.0 not in emphases:
         raise ValueError(f"the grids must hold blend 0 (adde) and emphasis 1 (plain chunk_replace); got {blends}, "
                          f"{emphases}")
@@ -111,30 +113,9 @@ def choose_query_mix(schema: AttributeSchema, layout: Sequence[tuple[int, int]],
             searched = blend_query(by_adde, by_fsn, b)
             grid[(float(b), float(c))] = query_hits(exact_topk(searched, embeddings, TOP_K), codes, queries.targets,
                                                     TOP_K)
-    blend, emphasis, hits = per_attribute_choice(grid, queries.attrs[:, 0], len(schema.sizes))
-    return QueryMix(blend, emphasis, grid, hits)
+    return QueryMix(best_pair(grid), grid)
 
 
-def per_attribute_choice(grid: dict[Pair, np.ndarray], changed: np.ndarray,
-                         count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(blend, emphasis) per attribute and the resulting hits per query: the best pair over all
-    queries, or an attribute's own best pair where it leads that on the attribute's queries
-    (``changed`` says which attribute each query changes) by more than one paired standard error."""
-    shared = best_pair(grid, np.ones(len(changed), bool))
-    chosen = [shared] * count
-    hits = grid[shared].copy()
-    for a in range(count):
-        mask = changed == a
-        if not mask.any():
-            continue
-        own = best_pair(grid, mask)
-        lead, error = paired_lead(grid[shared][mask], grid[own][mask])
-        if lead > error:
-            chosen[a] = own
-            hits[mask] = grid[own][mask]
-    return (np.array([b for b, _ in chosen], np.float32), np.array([c for _, c in chosen], np.float32), hits)
-
-
-def best_pair(grid: dict[Pair, np.ndarray], mask: np.ndarray) -> Pair:
-    """The pair with the most hits on the masked queries; ties go to the least emphasis, then least blend."""
-    return max(grid, key=lambda pair: (int(grid[pair][mask].sum()), -pair[1], -pair[0]))
+def best_pair(grid: dict[Pair, np.ndarray]) -> Pair:
+    """The pair with the most hits; ties go to the least emphasis, then the least blend (adde)."""
+    return max(grid, key=lambda pair: (int(grid[pair].sum()), -pair[1], -pair[0]))

@@ -168,9 +168,9 @@ def train_adde(schema: AttributeSchema, spec: PreprocessSpec, train: ImageSet, v
         mix = choose_query_mix(schema, layout, prototypes, table, val_emb, val_codes, val_queries)
         result.best.update(mix.to_json(schema.names))
         lead, lead_se = mix.lead_over_adde()
-        chosen = ", ".join(f"{n} b{b:g} x{c:g}" for n, b, c in zip(schema.names, mix.blend, mix.emphasis))
         _log(f"  val Top-30 adde {mix.top30((0.0, 1.0)):.3f}, chunk_replace over the same model "
-             f"{mix.top30((1.0, 1.0)):.3f}, blend of adde and the weighted chunk_replace ({chosen}) {mix.top30():.3f} "
+             f"{mix.top30((1.0, 1.0)):.3f}, blend b{mix.pair[0]:g} of adde and chunk_replace with the changed chunk "
+             f"weighted x{mix.pair[1]:g} {mix.top30():.3f} "
              f"(lead over adde {100 * lead:+.1f} points, standard error {100 * lead_se:.1f} on the same queries)")
     report = guard(model, schema, val_feats, val_codes, train_codes, val_queries, still_improving, steps)
     result.guard = report.to_json()

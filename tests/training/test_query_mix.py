@@ -1,13 +1,13 @@
 """The query mix (export/query_mix.py): the blend of adde and the weighted chunk_replace, chosen on
 validation queries, helps where unchanged chunks leak the old value and stays adde where they do
-not; an attribute leaves the shared choice only when its own best pair leads it beyond the noise."""
+not; ties go to the least emphasis, then to adde."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from export.query_mix import (BLEND_GRID, EMPHASIS_GRID, choose_query_mix, emphasis_family, emphasis_weights,
-                              mix_arrays, per_attribute_choice)
+                              best_pair, mix_arrays)
 from fashsdk.eval.protocol import manipulation_queries
 from fashsdk.families.blend import Blend
 from fashsdk.families.chunk_replace import ChunkReplace, value_means
@@ -45,41 +45,32 @@ def choice_for(leak: float):
 def test_the_mix_moves_off_adde_where_unchanged_chunks_leak_the_old_value() -> None:
     mix = choice_for(leak=1.2)
     assert set(mix.grid) == {(0.0, 1.0)} | {(b, c) for b in BLEND_GRID[1:] for c in EMPHASIS_GRID}
-    assert mix.top30() >= max(mix.top30(pair) for pair in mix.grid)  # overrides only ever add hits
+    assert mix.top30() == max(mix.top30(pair) for pair in mix.grid)
     assert mix.top30() > mix.top30((0.0, 1.0)) + 0.05 and mix.top30() > mix.top30((1.0, 1.0)) + 0.05
-    changed_last = len(SIZES) - 1  # its old value leaks into every other chunk
-    assert mix.blend[changed_last] > 0 and mix.emphasis[changed_last] > 1
+    assert mix.pair[0] > 0 and mix.pair[1] > 1  # chunk_replace's part, with the changed chunk weighted
     lead, error = mix.lead_over_adde()
     assert lead > 2 * error > 0
     report = mix.to_json(SCHEMA.names)
     assert report["val_top30_mix"] == round(mix.top30(), 4) and report["val_top30_mix_lead"] == lead
     blend, emphasis = mix_arrays(report, SCHEMA.names)
-    assert np.array_equal(blend, mix.blend) and np.array_equal(emphasis, mix.emphasis)
+    assert blend.tolist() == [mix.pair[0]] * len(SIZES) and emphasis.tolist() == [mix.pair[1]] * len(SIZES)
     assert mix_arrays({"val_top30": 0.9}, SCHEMA.names) is None
 
 
 def test_adde_is_kept_where_chunks_are_clean() -> None:
     mix = choice_for(leak=0.0)
-    assert mix.blend.tolist() == [0.0] * len(SIZES) and mix.emphasis.tolist() == [1.0] * len(SIZES)
+    assert mix.pair == (0.0, 1.0)
     assert mix.top30() > 0.9 and mix.lead_over_adde() == (0.0, 0.0)
 
 
-def test_an_attribute_leaves_the_shared_choice_only_beyond_one_standard_error() -> None:
-    rng = np.random.default_rng(0)
-    changed = np.repeat([0, 1, 2], 2000)
-    base = rng.random(len(changed)) < 0.6
-    grid = {(0.0, 1.0): base.copy(), (0.5, 2.0): base.copy(), (1.0, 3.0): base.copy()}
-    grid[(0.5, 2.0)][np.flatnonzero(~base)[::4]] = True  # the best over all queries, by a clear margin
-    clear = np.flatnonzero((changed == 1) & ~grid[(0.5, 2.0)])[:150]
-    grid[(1.0, 3.0)] = grid[(0.5, 2.0)].copy()
-    grid[(1.0, 3.0)][clear] = True  # attribute 1: 7.5 points ahead of the shared pair
-    grid[(1.0, 3.0)][np.flatnonzero((changed == 0) & ~grid[(0.5, 2.0)])[:5]] = True  # attribute 0: 5 queries won,
-    grid[(1.0, 3.0)][np.flatnonzero((changed == 0) & grid[(0.5, 2.0)])[:3]] = False  # 3 lost: within the noise
-    grid[(1.0, 3.0)][(changed == 2)] = False  # attribute 2: far behind
-    blend, emphasis, hits = per_attribute_choice(grid, changed, 4)
-    assert blend.tolist() == [0.5, 1.0, 0.5, 0.5] and emphasis.tolist() == [2.0, 3.0, 2.0, 2.0]  # 3: no queries
-    assert np.array_equal(hits[changed == 1], grid[(1.0, 3.0)][changed == 1])
-    assert np.array_equal(hits[changed != 1], grid[(0.5, 2.0)][changed != 1])
+def test_ties_go_to_the_least_emphasis_then_to_adde() -> None:
+    hits = np.random.default_rng(0).random(500) < 0.7
+    better = hits.copy()
+    better[np.flatnonzero(~hits)[:3]] = True
+    assert best_pair({(0.0, 1.0): hits, (0.5, 2.0): hits.copy(), (1.0, 1.0): hits.copy()}) == (0.0, 1.0)
+    assert best_pair({(0.0, 1.0): hits, (0.5, 2.0): hits.copy(), (0.25, 3.0): hits.copy()}) == (0.0, 1.0)
+    assert best_pair({(0.0, 1.0): hits, (0.5, 3.0): better.copy(), (1.0, 2.0): better.copy()}) == (1.0, 2.0)
+    assert best_pair({(0.0, 1.0): hits, (0.5, 3.0): better, (1.0, 2.0): hits.copy()}) == (0.5, 3.0)
 
 
 def test_served_blend_reproduces_the_grid_hits_it_was_chosen_by() -> None:
@@ -90,8 +81,9 @@ def test_served_blend_reproduces_the_grid_hits_it_was_chosen_by() -> None:
     from fashsdk.eval.protocol import exact_topk, query_hits
     from fashsdk.families.adde import Adde
 
-    fsn = FashionSearchNetFamily(SCHEMA, LAYOUT, table, emphasis_weights(len(SIZES), mix.emphasis))
-    served = Blend(Adde(SCHEMA, table.T.copy()), fsn, mix.blend)
+    blend, emphasis = mix_arrays(mix.to_json(SCHEMA.names), SCHEMA.names)
+    fsn = FashionSearchNetFamily(SCHEMA, LAYOUT, table, emphasis_weights(len(SIZES), emphasis))
+    served = Blend(Adde(SCHEMA, table.T.copy()), fsn, blend)
     searched = served.change_batch(vectors[queries.rows], codes[queries.rows], queries.attrs, queries.values)
     assert np.array_equal(query_hits(exact_topk(searched, vectors, 30), codes, queries.targets, 30), mix.hits)
 
