@@ -142,6 +142,15 @@ def markdown(report: dict[str, Any]) -> str:
         kept = report["preservation_at_10"][m]
         lines.append(f"| {m} | {kept['mean']:.3f} | " + " | ".join(f"{kept[a]:.3f}" if a in kept else "-"
                                                                      for a in report["attributes"]) + " |")
+    if "requested_at_10" in report:
+        lines += ["", "Requested value: share of the top-10 that carry the value asked for, by changed attribute "
+                      "(single-attribute queries):", "",
+                  "| method | mean | " + " | ".join(report["attributes"]) + " |",
+                  "|---|---|" + "---|" * len(report["attributes"])]
+        for m in rows:
+            got = report["requested_at_10"][m]
+            lines.append(f"| {m} | {got['mean']:.3f} | " + " | ".join(f"{got[a]:.3f}" if a in got else "-"
+                                                                        for a in report["attributes"]) + " |")
     for space, shape in report["embedding"].items():
         shares = ", ".join(f"{a} {v:.2f}" for a, v in shape["chunk_shares"].items())
         s = shape["scores"]

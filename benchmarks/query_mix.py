@@ -49,12 +49,12 @@ def markdown(report: dict) -> str:
     lines = [f"Chunk emphasis on the test split ({report['gallery']} items) of `{report['run']}`; "
              f"{report['machine']['cpu']}. Single-attribute Top-30 ({report['queries']} queries), per changed "
              f"attribute, two-attribute Top-30 ({report['pair_queries']} queries), and the share of the top-10 "
-             "keeping the unchanged attributes (preservation).", "",
-             "| method | Top-30 | " + " | ".join(names) + " | two-attribute Top-30 | preservation |",
-             "|---|---|" + "---|" * len(names) + "---|---|"]
+             "keeping the unchanged attributes (preservation) and carrying the requested value (requested).", "",
+             "| method | Top-30 | " + " | ".join(names) + " | two-attribute Top-30 | preservation | requested |",
+             "|---|---|" + "---|" * len(names) + "---|---|---|"]
     for row, r in report["rows"].items():
         lines.append(f"| {row} | {r['top30']:.3f} | " + " | ".join(f"{r['per_attribute'][n]:.3f}" for n in names)
-                     + f" | {r['two_attribute_top30']:.3f} | {r['preservation']:.3f} |")
+                     + f" | {r['two_attribute_top30']:.3f} | {r['preservation']:.3f} | {r['requested']:.3f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -100,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = {name: {"top30": single["top_k"][name][30], "two_attribute_top30": pair["top_k"][name][30],
                    "per_attribute": {n: single["per_attribute"][name].get(n, {}).get(30, float("nan"))
                                      for n in schema.names},
-                   "preservation": single["preservation_at_10"][name]["mean"]}
+                   "preservation": single["preservation_at_10"][name]["mean"],
+                   "requested": single["requested_at_10"][name]["mean"]}
             for name in [*families, "attribute_based", "no_manipulation"]}
     report = {"run": str(args.run), "machine": machine(), "gallery": len(gallery.ids), "attributes": schema.names,
               "queries": single["queries"], "pair_queries": pair["queries"], "rows": rows,

@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
              "| method | Top-30 |", "|---|---|"] + [f"| {m} | {v:.3f} |" for m, v in top30.items()]
     best = report["validation"]
     if "query_mix" in best:
-        chosen = ", ".join(f"{n} b{m['blend']:g} x{m['chunk_emphasis']:g}" for n, m in best["query_mix"].items())
+        pairs = {(m["blend"], m["chunk_emphasis"]) for m in best["query_mix"].values()}
+        chosen = ", ".join(f"b{b:g} x{c:g}" for b, c in sorted(pairs))
         lines += ["", f"Served {model_row}: validation Top-30 adde {best['val_top30']:.3f}, chunk_replace "
                       f"{best['val_top30_chunk_replace']:.3f}, blend ({chosen}) {best['val_top30_mix']:.3f}, lead "
                       f"over adde {100 * best['val_top30_mix_lead']:+.1f} points (standard error "

@@ -18,7 +18,7 @@ import numpy as np
 from ..families import Family
 from ..schema import UNKNOWN, AttributeSchema
 from .protocol import DEFAULT_KS, QuerySet, exact_topk, hit_rates, ndcg, per_attribute_hits
-from .shape import preservation
+from .shape import preservation, requested_share
 
 BASELINES = ("attribute_based", "no_manipulation")
 
@@ -74,15 +74,18 @@ def evaluate_methods(galleries: Mapping[str, Gallery], families: Mapping[str, Fa
             approx[name] = hit_rates(approximate[name](q, kmax), gallery.codes, queries.targets, ks)
     rows["attribute_based"] = attribute_based_topk(first, queries, kmax)
     rows["no_manipulation"] = exact_topk(first.vectors[queries.rows], first.vectors, kmax)
-    kept = {}
+    kept, requested = {}, {}
     for name, results in rows.items():
         top_k[name] = hit_rates(results, first.codes, queries.targets, ks)
         ndcgs[name] = ndcg(results, first.codes, queries.targets, ks)
         per_attr[name] = per_attribute_hits(results, first.codes, queries, schema.names, ks)
         share = preservation(results, first.codes, queries, k=10)
         kept[name] = {"mean": share["mean"], **{schema.names[a]: v for a, v in share["per_attribute"].items()}}
+        share = requested_share(results, first.codes, queries, k=10)
+        requested[name] = {"mean": share["mean"], **{schema.names[a]: v for a, v in share["per_attribute"].items()}}
     return {"queries": len(queries), "valid_queries": queries.candidates, "top_k": top_k, "ndcg": ndcgs,
-            "per_attribute": per_attr, "top_k_hnsw": approx, "preservation_at_10": kept}
+            "per_attribute": per_attr, "top_k_hnsw": approx, "preservation_at_10": kept,
+            "requested_at_10": requested}
 
 
 def conditional_similarity(gallery: Gallery, schema: AttributeSchema, layout: Sequence[tuple[int, int]],

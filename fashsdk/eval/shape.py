@@ -4,7 +4,8 @@ apart scores are, and whether manipulation keeps the attributes it was not asked
 A chunk holding nearly all of the norm makes every other attribute invisible to search; scores
 that differ in the fourth decimal mean no threshold can say "no good match"; results that drop
 the unchanged attributes answer "in red" with a red item of another kind (the papers' "Query"
-column, DAtRNet Table 3).
+column, DAtRNet Table 3); results without the requested value answer "in red" with the blue
+original's neighbours. Top-k counts only exact combinations, so it sees neither half alone.
 """
 from __future__ import annotations
 
@@ -51,3 +52,15 @@ def preservation(results: np.ndarray, gallery_codes: np.ndarray, queries: QueryS
     per = {a: float(np.mean(v)) for a, v in sorted(names_rate.items())}
     return {"per_attribute": per, "mean": float(np.mean(list(per.values()))) if per else 0.0}
 
+
+
+def requested_share(results: np.ndarray, gallery_codes: np.ndarray, queries: QuerySet, k: int = 10) -> dict[str, Any]:
+    """Share of the top-k results that carry the requested value of each changed attribute, per
+    (first) changed attribute and on average: what a shopper asking for "red" sees first."""
+    top = results[:, :k]
+    carried = np.ones(top.shape, bool)
+    for c in range(queries.attrs.shape[1]):
+        carried &= gallery_codes[top, queries.attrs[:, c:c + 1]] == queries.values[:, c:c + 1]
+    rate = carried.mean(1) if top.size else np.zeros(len(queries))
+    per = {int(a): float(rate[queries.attrs[:, 0] == a].mean()) for a in np.unique(queries.attrs[:, 0])}
+    return {"per_attribute": per, "mean": float(rate.mean()) if len(rate) else 0.0}

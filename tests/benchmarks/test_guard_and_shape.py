@@ -6,7 +6,7 @@ import pytest
 
 from fashsdk.eval.guard import check, majority_shares
 from fashsdk.eval.protocol import QuerySet
-from fashsdk.eval.shape import chunk_shares, preservation, score_spread
+from fashsdk.eval.shape import chunk_shares, preservation, requested_share, score_spread
 from fashsdk.schema import AttributeSchema
 
 SCHEMA = AttributeSchema.from_dict({"colour": ["a", "b", "c"], "kind": ["x", "y"]})
@@ -61,3 +61,15 @@ def test_preservation_counts_only_unchanged_labelled_attributes() -> None:
                   candidates=1)
     result = preservation(np.array([[1, 2, 3, 0]]), gallery, qs, k=4)
     assert result["per_attribute"] == {1: 0.5} and result["mean"] == 0.5
+
+
+def test_requested_share_counts_results_carrying_every_requested_value() -> None:
+    gallery = np.array([[0, 0], [1, 0], [1, 1], [2, 1]])
+    single = QuerySet(rows=np.array([0, 3]), attrs=np.array([[0], [1]]), values=np.array([[1], [0]]),
+                      targets=np.array([[1, 0], [2, 0]]), candidates=2)
+    result = requested_share(np.array([[1, 2, 3, 0], [3, 2, 1, 0]]), gallery, single, k=4)
+    assert result["per_attribute"] == {0: 0.5, 1: 0.5} and result["mean"] == 0.5
+    assert requested_share(np.array([[1, 2, 3, 0], [0, 1, 2, 3]]), gallery, single, k=2)["per_attribute"] == {0: 1.0, 1: 1.0}
+    both = QuerySet(rows=np.array([0]), attrs=np.array([[0, 1]]), values=np.array([[1, 1]]),
+                    targets=np.array([[1, 1]]), candidates=1)  # colour 1 and kind 1: only item 2 has both
+    assert requested_share(np.array([[1, 2, 3, 0]]), gallery, both, k=4)["mean"] == 0.25
