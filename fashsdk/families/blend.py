@@ -11,6 +11,7 @@ of their weight columns. b = 0 is adde, b = 1 is fsn.
 """
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
@@ -53,11 +54,22 @@ class Blend:
             raise BundleError(f"bundle {str(bundle.directory)!r}: {exc}; export the bundle again") from None
 
     def change_one(self, vector: np.ndarray, current: Sequence[int], change: Mapping[int, int]) -> np.ndarray:
+        # the hot path: both queries built in place with dot-product norms (numpy call overhead dominates here)
         by_adde = self.adde.change_one(vector, current, change)
         if not change:
             return by_adde
-        b = float(self.blend[list(change)].mean())
-        return normalized((1.0 - b) * by_adde + b * self.fsn.change_one(vector, current, change)).astype(np.float32)
+        by_fsn = np.array(vector, dtype=np.float32)
+        table, layout, offsets = self.fsn.table, self.fsn.layout, self.fsn._offsets
+        for a, v in change.items():
+            start, stop = layout[a]
+            by_fsn[start:stop] = table[offsets[a] + v, start:stop]
+        by_fsn *= self.fsn._scales[a] if len(change) == 1 else self.fsn._scales[list(change)].mean(0)
+        b = float(self.blend[a]) if len(change) == 1 else float(self.blend[list(change)].mean())
+        # fsn's vector is normalised twice (after the replacement, after the weighting): only the second scale matters
+        by_fsn *= np.float32(b / max(math.sqrt(float(np.dot(by_fsn, by_fsn))), 1e-12))
+        by_fsn += np.float32(1.0 - b) * by_adde
+        by_fsn *= np.float32(1.0 / max(math.sqrt(float(np.dot(by_fsn, by_fsn))), 1e-12))
+        return by_fsn
 
     def change_batch(self, vectors: np.ndarray, current: np.ndarray, attrs: np.ndarray,
                      values: np.ndarray) -> np.ndarray:
