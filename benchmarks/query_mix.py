@@ -1,6 +1,6 @@
 """python -m benchmarks.query_mix --run RUN --json OUT: adde, chunk_replace with the changed chunk
 weighted by each emphasis c, blends (1 - b) adde + b weighted chunk_replace over a grid, and the
-per-attribute mix training chose (export/query_mix.py), on the test split.
+blend training chose (export/query_mix.py), on the test split.
 
 RUN is what ``python -m export demo`` wrote: its chunk_replace bundle's value table (bundle or
 bundle-chunk-replace), its adde bundle, and the saved index of the test split. Rows are ranked on
@@ -24,7 +24,6 @@ from fashsdk import Bundle, Retriever
 from fashsdk.eval.methods import Gallery, evaluate_methods
 from fashsdk.eval.protocol import manipulation_queries
 from fashsdk.families import Family
-from fashsdk.families.adde import Adde
 from fashsdk.families.blend import Blend
 from fashsdk.families.chunk_replace import checked_value_table
 from fashsdk.families.fsn import FashionSearchNetFamily
@@ -46,7 +45,7 @@ def bundle_of(run: Path, family: str) -> Path:
 
 def markdown(report: dict) -> str:
     names = report["attributes"]
-    lines = [f"Chunk emphasis on the test split ({report['gallery']} items) of `{report['run']}`; "
+    lines = [f"Query mix on the test split ({report['gallery']} items) of `{report['run']}`; "
              f"{report['machine']['cpu']}. Single-attribute Top-30 ({report['queries']} queries), per changed "
              f"attribute, two-attribute Top-30 ({report['pair_queries']} queries), and the share of the top-10 "
              "keeping the unchanged attributes (preservation) and carrying the requested value (requested).", "",
@@ -84,14 +83,16 @@ def main(argv: list[str] | None = None) -> int:
     families: dict[str, Family] = {"adde": adde.family}
     families.update({f"chunk_replace x{c:g}": emphasis_family(schema, layout, table, c) for c in sorted(args.grid)})
     count = len(schema.sizes)
-    for b in sorted(args.blends):
-        for c in sorted(args.blend_emphases):
-            fsn = FashionSearchNetFamily(schema, layout, table, emphasis_weights(count, c))
-            families[f"blend b{b:g} x{c:g}"] = Blend(adde.family, fsn, np.full(count, b, np.float32))
+
+    def blend(b: float | np.ndarray, c: float | np.ndarray) -> Blend:
+        fsn = FashionSearchNetFamily(schema, layout, table, emphasis_weights(count, c))
+        return Blend(adde.family, fsn, np.broadcast_to(np.asarray(b, np.float32), (count,)))
+
+    families.update({f"blend b{b:g} x{c:g}": blend(b, c)
+                     for b in sorted(args.blends) for c in sorted(args.blend_emphases)})
     mix = mix_arrays(adde.bundle.manifest["model"].get("training", {}), schema.names)
-    if mix is not None and isinstance(adde.family, Adde):  # the per-attribute mix training chose
-        fsn = FashionSearchNetFamily(schema, layout, table, emphasis_weights(count, mix[1]))
-        families["blend chosen on validation"] = Blend(adde.family, fsn, mix[0])
+    if mix is not None:  # the blend training chose
+        families["blend chosen on validation"] = blend(*mix)
     galleries = {name: gallery for name in families}
     single_q = manipulation_queries(gallery.codes, schema.sizes, max_queries=args.max_queries, seed=args.seed)
     single = evaluate_methods(galleries, families, schema, single_q)

@@ -10,7 +10,7 @@
   checkpoint served as fsn weights only the changed chunk, by the emphasis its training chose on
   validation (query_mix.py);
 - ``blend``: for an ADDE checkpoint, the memory block, the value table and the chunk weights, with
-  the per-attribute blend of adde's and fsn's queries its training chose (query_mix.py).
+  the blend of adde's and fsn's queries its training chose (query_mix.py).
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ Rows ranked on the same queries:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -79,13 +79,16 @@ def evaluate_methods(galleries: Mapping[str, Gallery], families: Mapping[str, Fa
         top_k[name] = hit_rates(results, first.codes, queries.targets, ks)
         ndcgs[name] = ndcg(results, first.codes, queries.targets, ks)
         per_attr[name] = per_attribute_hits(results, first.codes, queries, schema.names, ks)
-        share = preservation(results, first.codes, queries, k=10)
-        kept[name] = {"mean": share["mean"], **{schema.names[a]: v for a, v in share["per_attribute"].items()}}
-        share = requested_share(results, first.codes, queries, k=10)
-        requested[name] = {"mean": share["mean"], **{schema.names[a]: v for a, v in share["per_attribute"].items()}}
+        kept[name] = by_name(preservation(results, first.codes, queries, k=10), schema.names)
+        requested[name] = by_name(requested_share(results, first.codes, queries, k=10), schema.names)
     return {"queries": len(queries), "valid_queries": queries.candidates, "top_k": top_k, "ndcg": ndcgs,
             "per_attribute": per_attr, "top_k_hnsw": approx, "preservation_at_10": kept,
             "requested_at_10": requested}
+
+
+def by_name(share: Mapping[str, Any], names: Sequence[str]) -> dict[str, float]:
+    """A per-attribute share ({"mean", "per_attribute": {index: value}}) keyed by attribute name."""
+    return {"mean": share["mean"], **{names[a]: v for a, v in share["per_attribute"].items()}}
 
 
 def conditional_similarity(gallery: Gallery, schema: AttributeSchema, layout: Sequence[tuple[int, int]],

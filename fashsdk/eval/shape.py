@@ -53,7 +53,6 @@ def preservation(results: np.ndarray, gallery_codes: np.ndarray, queries: QueryS
     return {"per_attribute": per, "mean": float(np.mean(list(per.values()))) if per else 0.0}
 
 
-
 def requested_share(results: np.ndarray, gallery_codes: np.ndarray, queries: QuerySet, k: int = 10) -> dict[str, Any]:
     """Share of the top-k results that carry the requested value of each changed attribute, per
     (first) changed attribute and on average: what a shopper asking for "red" sees first."""

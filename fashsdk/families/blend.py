@@ -31,7 +31,7 @@ BLEND_WEIGHTS = "blend_weights"  # the family file's role in the manifest
 
 
 class Blend:
-    """(1 - b) adde + b fsn, b per changed attribute."""
+    """(1 - b) adde + b fsn, b per changed attribute (the mean of b over several changed ones)."""
 
     name = NAME
 
@@ -54,22 +54,17 @@ class Blend:
             raise BundleError(f"bundle {str(bundle.directory)!r}: {exc}; export the bundle again") from None
 
     def change_one(self, vector: np.ndarray, current: Sequence[int], change: Mapping[int, int]) -> np.ndarray:
-        # the hot path: both queries built in place with dot-product norms (numpy call overhead dominates here)
         by_adde = self.adde.change_one(vector, current, change)
         if not change:
             return by_adde
-        by_fsn = np.array(vector, dtype=np.float32)
-        table, layout, offsets = self.fsn.table, self.fsn.layout, self.fsn._offsets
-        for a, v in change.items():
-            start, stop = layout[a]
-            by_fsn[start:stop] = table[offsets[a] + v, start:stop]
-        by_fsn *= self.fsn._scales[a] if len(change) == 1 else self.fsn._scales[list(change)].mean(0)
-        b = float(self.blend[a]) if len(change) == 1 else float(self.blend[list(change)].mean())
-        # fsn's vector is normalised twice (after the replacement, after the weighting): only the second scale matters
-        by_fsn *= np.float32(b / max(math.sqrt(float(np.dot(by_fsn, by_fsn))), 1e-12))
-        by_fsn += np.float32(1.0 - b) * by_adde
-        by_fsn *= np.float32(1.0 / max(math.sqrt(float(np.dot(by_fsn, by_fsn))), 1e-12))
-        return by_fsn
+        b = float(self.blend[next(iter(change))]) if len(change) == 1 else float(self.blend[list(change)].mean())
+        # fsn's query, scaled to length b in place (the hot path: numpy call overhead dominates here)
+        out = self.fsn.replaced(vector, change)
+        out *= self.fsn.scale(change)
+        out *= np.float32(b / max(math.sqrt(float(np.dot(out, out))), 1e-12))
+        out += np.float32(1.0 - b) * by_adde
+        out *= np.float32(1.0 / max(math.sqrt(float(np.dot(out, out))), 1e-12))
+        return out
 
     def change_batch(self, vectors: np.ndarray, current: np.ndarray, attrs: np.ndarray,
                      values: np.ndarray) -> np.ndarray:
@@ -79,10 +74,11 @@ class Blend:
         used = attrs != NO_CHANGE
         counts = used.sum(1)
         b = np.where(used, self.blend[np.where(used, attrs, 0)], 0.0).sum(1) / np.maximum(counts, 1)
-        mixed = normalized((1.0 - b)[:, None] * by_adde + b[:, None] * by_fsn)
-        return np.where(counts[:, None] > 0, mixed, by_adde).astype(np.float32)
+        return np.where(counts[:, None] > 0, blend_query(by_adde, by_fsn, b), by_adde).astype(np.float32)
 
 
-def blend_query(adde_vectors: np.ndarray, fsn_vectors: np.ndarray, blend: float) -> np.ndarray:
-    """The searched vectors of one b for queries both families already changed (validation grids)."""
-    return normalized((1.0 - blend) * adde_vectors + blend * fsn_vectors).astype(np.float32)
+def blend_query(adde_vectors: np.ndarray, fsn_vectors: np.ndarray, blend: float | np.ndarray) -> np.ndarray:
+    """normalise((1 - b) adde + b fsn) for queries both families already changed; ``blend`` is one b
+    or one per query."""
+    b = np.reshape(np.asarray(blend, np.float32), (-1, 1))
+    return normalized((1.0 - b) * adde_vectors + b * fsn_vectors).astype(np.float32)

@@ -78,11 +78,16 @@ class ChunkReplace:
     def from_bundle(cls, bundle: "Bundle") -> "ChunkReplace":
         return cls(bundle.schema, list(bundle.layout.values()), checked_value_table(bundle))
 
-    def change_one(self, vector: np.ndarray, current: Sequence[int], change: Mapping[int, int]) -> np.ndarray:
+    def replaced(self, vector: np.ndarray, change: Mapping[int, int]) -> np.ndarray:
+        """A float32 copy of ``vector`` with the changed chunks replaced, not yet normalised."""
         out = np.array(vector, dtype=np.float32)
         for a, v in change.items():
             start, stop = self.layout[a]
             out[start:stop] = self.table[self._offsets[a] + v, start:stop]
+        return out
+
+    def change_one(self, vector: np.ndarray, current: Sequence[int], change: Mapping[int, int]) -> np.ndarray:
+        out = self.replaced(vector, change)
         out *= np.float32(1.0 / max(math.sqrt(float(np.dot(out, out))), 1e-12))
         return out
 

@@ -11,6 +11,7 @@ attributes use the mean of their columns; a query without a change is not weight
 """
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
@@ -54,12 +55,17 @@ class FashionSearchNetFamily(ChunkReplace):
         except ValueError as exc:
             raise BundleError(f"bundle {str(bundle.directory)!r}: {exc}; export the bundle again") from None
 
+    def scale(self, change: Mapping[int, int]) -> np.ndarray:
+        """(D,) per-dimension weights of a (non-empty) change: the mean of its attributes' rows."""
+        return self._scales[next(iter(change))] if len(change) == 1 else self._scales[list(change)].mean(0)
+
     def change_one(self, vector: np.ndarray, current: Sequence[int], change: Mapping[int, int]) -> np.ndarray:
-        out = super().change_one(vector, current, change)
         if not change:
-            return out
-        scale = self._scales[list(change)].mean(0)
-        return normalized(out * scale).astype(np.float32)
+            return super().change_one(vector, current, change)
+        out = self.replaced(vector, change)
+        out *= self.scale(change)  # normalising after the replacement too would only change the length
+        out *= np.float32(1.0 / max(math.sqrt(float(np.dot(out, out))), 1e-12))
+        return out
 
     def change_batch(self, vectors: np.ndarray, current: np.ndarray, attrs: np.ndarray,
                      values: np.ndarray) -> np.ndarray:
