@@ -52,7 +52,7 @@ LARGE_SIZE = (480, 640)  # width x height: the catalog's 3:4 portrait photos at 
 TARGETS = {"model_s_per_1000": 0.6, "e2e_large_s_per_1000": 1.9, "e2e_speedup_vs_eager": 5.0}
 
 
-OTHER_CONFIGS = ("compact", "datrnet", "fsn")  # trained bundles measured beside the demo's, each from --NAME-bundle
+OTHER_CONFIGS = ("compact", "datrnet", "fsn", "baseline")  # trained bundles measured beside the demo's, each from --NAME-bundle
 
 
 def log(message: str) -> None:
@@ -671,6 +671,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                                                        "measured as the 'datrnet' configuration")
     p.add_argument("--fsn-bundle", type=Path, help="a FashionSearchNet bundle (python -m export demo --family fsn), "
                                                    "measured as the 'fsn' configuration")
+    p.add_argument("--baseline-bundle", type=Path, help="any other trained bundle (say, the demo at another input "
+                                                        "size), measured as the 'baseline' configuration")
     p.add_argument("--paths", nargs="+", default=["torch_eager_fp32", "torch_bf16_cl", "ort_fp32", "ort_int8"])
     p.add_argument("--images", type=int, default=1000, help="catalog images for end to end (default 1000)")
     p.add_argument("--model-images", type=int, default=256, help="images for model-only timing (default 256)")

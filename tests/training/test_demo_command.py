@@ -27,6 +27,22 @@ def test_the_blend_is_served_only_when_its_lead_is_beyond_the_validation_noise()
     assert pipeline.served_adde_family({**clear, "val_top30_mix_lead": 0.0, "val_top30_mix_lead_se": 0.0}) == "adde"
 
 
+def test_input_size_defaults_follow_the_family_and_an_explicit_size_wins() -> None:
+    from argparse import Namespace
+
+    from export.backbones import LITE_MEAN
+
+    adde = pipeline._spec_for(Namespace(backbone="efficientnet-lite0", family="adde", input_size=None))
+    assert (adde.height, adde.width) == (112, 84) and adde.mean == tuple(LITE_MEAN)  # the pretrained weights' scaling
+    for family in ("datrnet", "fsn"):  # measured and documented at 128x96
+        spec = pipeline._spec_for(Namespace(backbone="efficientnet-lite0", family=family, input_size=None))
+        assert (spec.height, spec.width) == (128, 96)
+    compact = pipeline._spec_for(Namespace(backbone="compact", family="adde", input_size=None))
+    assert (compact.height, compact.width) == (80, 64) and compact.mean != adde.mean
+    chosen = pipeline._spec_for(Namespace(backbone="efficientnet-lite0", family="adde", input_size=[160, 128]))
+    assert (chosen.height, chosen.width) == (160, 128)
+
+
 @pytest.mark.parametrize("served", ["adde", "blend"])
 def test_demo_serves_the_chosen_family_and_evaluates_the_other(served: str, tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
