@@ -640,9 +640,9 @@ def markdown(result: dict[str, Any]) -> str:
                             for o in prof["by_op_type"][:6])
             lines.append(f"- ONNX Runtime {precision} per image (batch {prof['batch']}): {ops}")
         lines.append(f"- torch weights: {cfg['torch_weights']}; int8: {cfg['int8']}")
-    if result.get("quality"):
-        q = result["quality"]
-        lines += ["", "## Accuracy gate: Top-30 manipulation accuracy on the whole test split (demo bundle)", ""]
+    for key in [k for k in result if k == "quality" or k.startswith("quality_")]:
+        q, config = result[key], key.partition("_")[2] or "demo"
+        lines += ["", f"## Accuracy gate: Top-30 manipulation accuracy on the whole test split ({config} bundle)", ""]
         for name, v in q.items():
             if isinstance(v, dict):
                 lines.append(f"- {name}: Top-30 {100 * v['top30_exact']:.2f}% exact search, "
