@@ -54,7 +54,7 @@ def _add_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--width", type=int, default=24,
                         help="compact backbone base width; datrnet: the stem's channels (ASE modules 2x, 4x, 8x)")
     parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None,
-                        help="input height and width (default 80 64 for compact; for efficientnet-lite0 112 84 with "
+                        help="input height and width (default 80 64 for compact; for efficientnet-lite0 104 78 with "
                              "--family adde, 128 96 for datrnet and fsn; 224 224 otherwise)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--cache", type=Path, default=Path("runs/cache"), help="decoded-pixel cache folder")

@@ -33,7 +33,7 @@ def test_input_size_defaults_follow_the_family_and_an_explicit_size_wins() -> No
     from export.backbones import LITE_MEAN
 
     adde = pipeline._spec_for(Namespace(backbone="efficientnet-lite0", family="adde", input_size=None))
-    assert (adde.height, adde.width) == (112, 84) and adde.mean == tuple(LITE_MEAN)  # the pretrained weights' scaling
+    assert (adde.height, adde.width) == (104, 78) and adde.mean == tuple(LITE_MEAN)  # the pretrained weights' scaling
     for family in ("datrnet", "fsn"):  # measured and documented at 128x96
         spec = pipeline._spec_for(Namespace(backbone="efficientnet-lite0", family=family, input_size=None))
         assert (spec.height, spec.width) == (128, 96)
