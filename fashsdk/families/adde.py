@@ -8,14 +8,13 @@ M) and the runtime (numpy) share this one implementation.
 """
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
 from ..errors import BundleError
 from ..schema import UNKNOWN, AttributeSchema
-from .base import NO_CHANGE, check_change_batch, normalized
+from .base import NO_CHANGE, check_change_batch, normalized, scale_to_length
 
 if TYPE_CHECKING:
     from ..bundle import Bundle
@@ -70,8 +69,7 @@ class Adde:
             old = int(current[a])
             if old != UNKNOWN:
                 out -= self._rows[self._offsets[a] + old]
-        out *= np.float32(1.0 / max(math.sqrt(float(np.dot(out, out))), 1e-12))
-        return out
+        return scale_to_length(out)
 
     def change_batch(self, vectors: np.ndarray, current: np.ndarray, attrs: np.ndarray,
                      values: np.ndarray) -> np.ndarray:

@@ -18,6 +18,7 @@ the model: listed in the manifest's ``family`` section and pinned by its checksu
 """
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Mapping, Protocol, Sequence
 
 import numpy as np
@@ -51,6 +52,13 @@ class FamilyLoader(Protocol):
 def normalized(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length. Operators only, so it serves numpy arrays and torch tensors alike."""
     return x / ((x * x).sum(-1)[..., None].clip(1e-24) ** 0.5)
+
+
+def scale_to_length(vector: np.ndarray, length: float = 1.0) -> np.ndarray:
+    """One float32 (D,) vector scaled in place to ``length`` (a zero vector stays zero); returns it.
+    The one-query forms' step: plain float maths, as numpy call overhead dominates at this size."""
+    vector *= np.float32(length / max(math.sqrt(float(np.dot(vector, vector))), 1e-12))
+    return vector
 
 
 def check_change_batch(vectors: np.ndarray, current: np.ndarray, attrs: np.ndarray, values: np.ndarray,

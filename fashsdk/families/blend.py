@@ -11,7 +11,6 @@ of their weight columns. b = 0 is adde, b = 1 is fsn.
 """
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
@@ -19,7 +18,7 @@ import numpy as np
 from ..errors import BundleError
 from ..schema import AttributeSchema
 from .adde import Adde
-from .base import NO_CHANGE, check_change_batch, normalized
+from .base import NO_CHANGE, check_change_batch, normalized, scale_to_length
 from .chunk_replace import checked_value_table
 from .fsn import ATTRIBUTE_WEIGHTS, FashionSearchNetFamily
 
@@ -61,10 +60,9 @@ class Blend:
         # fsn's query, scaled to length b in place (the hot path: numpy call overhead dominates here)
         out = self.fsn.replaced(vector, change)
         out *= self.fsn.scale(change)
-        out *= np.float32(b / max(math.sqrt(float(np.dot(out, out))), 1e-12))
+        scale_to_length(out, b)
         out += np.float32(1.0 - b) * by_adde
-        out *= np.float32(1.0 / max(math.sqrt(float(np.dot(out, out))), 1e-12))
-        return out
+        return scale_to_length(out)
 
     def change_batch(self, vectors: np.ndarray, current: np.ndarray, attrs: np.ndarray,
                      values: np.ndarray) -> np.ndarray:

@@ -10,14 +10,13 @@ value over reference (training) images.
 """
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
 from ..errors import BundleError
 from ..schema import AttributeSchema
-from .base import NO_CHANGE, check_change_batch
+from .base import NO_CHANGE, check_change_batch, scale_to_length
 
 if TYPE_CHECKING:
     from ..bundle import Bundle
@@ -88,8 +87,7 @@ class ChunkReplace:
 
     def change_one(self, vector: np.ndarray, current: Sequence[int], change: Mapping[int, int]) -> np.ndarray:
         out = self.replaced(vector, change)
-        out *= np.float32(1.0 / max(math.sqrt(float(np.dot(out, out))), 1e-12))
-        return out
+        return scale_to_length(out)
 
     def change_batch(self, vectors: np.ndarray, current: np.ndarray, attrs: np.ndarray,
                      values: np.ndarray) -> np.ndarray:

@@ -11,14 +11,13 @@ attributes use the mean of their columns; a query without a change is not weight
 """
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
 from ..errors import BundleError
 from ..schema import AttributeSchema
-from .base import NO_CHANGE, normalized
+from .base import NO_CHANGE, normalized, scale_to_length
 from .chunk_replace import ChunkReplace, checked_value_table
 
 if TYPE_CHECKING:
@@ -64,8 +63,7 @@ class FashionSearchNetFamily(ChunkReplace):
             return super().change_one(vector, current, change)
         out = self.replaced(vector, change)
         out *= self.scale(change)  # normalising after the replacement too would only change the length
-        out *= np.float32(1.0 / max(math.sqrt(float(np.dot(out, out))), 1e-12))
-        return out
+        return scale_to_length(out)
 
     def change_batch(self, vectors: np.ndarray, current: np.ndarray, attrs: np.ndarray,
                      values: np.ndarray) -> np.ndarray:
