@@ -42,7 +42,8 @@ def stage2(model: ADDE, schema: AttributeSchema, feats: torch.Tensor, codes: np.
     target_group = np.searchsorted(uniq, target_keys)
     rng = np.random.default_rng(config.seed + 1)
     trainable = {n: p.requires_grad for n, p in model.named_parameters()}
-    head_params = [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
+    head_params = ([model.memory] if config.stage2_memory_only
+                   else [p for n, p in model.named_parameters() if not n.startswith("backbone.")])
     for p in model.backbone.parameters():
         p.requires_grad_(False)
     opt = torch.optim.Adam(head_params, lr=config.stage2_lr)

@@ -49,6 +49,8 @@ class TrainConfig:
     stage2_epochs: int = 30
     stage2_time_budget_s: float | None = None
     stage2_patience: int = 6  # epochs without a better validation Top-30 before stage 2 stops
+    stage2_memory_only: bool = False  # stage 2 trains the memory block alone; learners and heads stay as stage 1 left them
+    stage2_holdout: float = 0.0  # share of the training items kept out of stage 1 and given to stage 2 alone
     patience: int = 2  # stage-1 evaluations (about 6 over the plan) without a better validation Top-30 before it stops
     eval_every: int | None = None  # stage-1 steps between evaluations (default: about 1/10 of the plan)
     batch_p: int = 16
@@ -112,10 +114,13 @@ def train_adde(schema: AttributeSchema, spec: PreprocessSpec, train: ImageSet, v
     proto_rows = reference_rows(train_codes, sizes, config.proto_per_value, config.seed)
     eval_per_value = min(config.proto_per_value, EVAL_PROTO_PER_VALUE)
     eval_proto_rows = reference_rows(train_codes, sizes, eval_per_value, config.seed)
+    fit_rows, held_rows = holdout_split(len(train_codes), config.stage2_holdout, config.seed)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     _log(f"training {model_config.architecture}/{model_config.backbone}: {len(train.pixels)} train, {len(val.pixels)} val images, "
          f"{len(val_queries)} val manipulation queries, {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M "
          f"params ({trainable / 1e6:.2f} M trained)")
+    if len(held_rows):
+        _log(f"  stage 1 learns from {len(fit_rows)} training items; {len(held_rows)} are kept for stage 2")
     t0 = time.perf_counter()
     train_src = features_for(model, train, spec, config.trunk_variants, config.seed, config.shift_per_sample,
                              "trunk activations, train")
@@ -127,7 +132,7 @@ def train_adde(schema: AttributeSchema, spec: PreprocessSpec, train: ImageSet, v
         return manipulation_top_k(model, schema, feats, val_codes, val_queries)[30]
 
     still_improving, steps = _stage1(model, schema, train_src, val_src, train_codes, val_codes, val_queries,
-                                     eval_proto_rows, eval_per_value, config, result, t0)
+                                     eval_proto_rows, eval_per_value, config, result, t0, fit_rows)
     result.seconds["stage1"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()
@@ -149,8 +154,10 @@ def train_adde(schema: AttributeSchema, spec: PreprocessSpec, train: ImageSet, v
         result.history.append({"stage": "attribute_weights", "val_top30_uniform": uniform, "val_top30_fitted": fitted})
     best_state, best_score = copy.deepcopy(model.state_dict()), score
     if config.stage2_epochs > 0:
-        best_state, best_score = stage2(model, schema, train_feats, train_codes, validate, config, result,
-                                        best_state, best_score, _log)
+        s2_feats, s2_codes = ((train_feats[torch.from_numpy(held_rows)], train_codes[held_rows]) if len(held_rows)
+                              else (train_feats, train_codes))
+        best_state, best_score = stage2(model, schema, s2_feats, s2_codes, validate, config, result, best_state,
+                                        best_score, _log)
     model.load_state_dict(best_state)
     result.seconds["stage2"] = time.perf_counter() - t1
     result.best = {"val_top30": best_score}
@@ -194,12 +201,13 @@ def _embed(model: ADDE, features: torch.Tensor, batch: int = 4096) -> np.ndarray
 
 def _stage1(model: ADDE, schema: AttributeSchema, train_src: TrainingFeatures, val_src: TrainingFeatures, train_codes: np.ndarray,
             val_codes: np.ndarray, val_queries: Any, proto_rows: np.ndarray, per_value: int, config: TrainConfig,
-            result: TrainResult, t0: float) -> tuple[bool, int]:
-    """Attribute learning; returns (validation still improving when it stopped, steps taken).
+            result: TrainResult, t0: float, fit_rows: np.ndarray) -> tuple[bool, int]:
+    """Attribute learning on the training items ``fit_rows``; returns (validation still improving
+    when it stopped, steps taken).
 
     Each evaluation sets the memory from ``proto_rows`` (up to ``per_value`` items per value)."""
     sizes = schema.sizes
-    sampler = CombinationSampler(train_codes, sizes, config.batch_p, config.batch_k, config.seed,
+    sampler = CombinationSampler(train_codes[fit_rows], sizes, config.batch_p, config.batch_k, config.seed,
                                  extra=config.batch_random)
     plan = {"steps": config.stage1_steps if config.stage1_epochs is None else config.stage1_epochs * len(sampler)}
     opt = torch.optim.AdamW(_decay_groups(model, config.weight_decay), lr=config.lr)
@@ -222,6 +230,7 @@ def _stage1(model: ADDE, schema: AttributeSchema, train_src: TrainingFeatures, v
         if rows is None:
             batches = iter(sampler)
             continue
+        rows = fit_rows[rows]
         emb, logits, _ = model.head_outputs(train_src.batch(model, rows, gen))
         r = torch.from_numpy(rows)
         ramp = min(1.0, step / max(1, min(len(sampler), plan["steps"] // 10)))  # batch-hard triplets ramp in
@@ -279,6 +288,23 @@ def _stage1(model: ADDE, schema: AttributeSchema, train_src: TrainingFeatures, v
         model.load_state_dict(best_state)
     still_improving = len(history) >= 2 and history[-1] >= max(history[:-1]) and stale == 0
     return still_improving, step
+
+
+def holdout_split(n_items: int, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(stage-1 rows, stage-2 rows): ``share`` of the items, drawn at random, left out of stage 1.
+
+    After a long stage 1 the training items' embeddings are fitted closely, so stage 2's
+    composition triplets on them are easy and it overfits from its first epoch; items stage 1
+    never saw look to stage 2 as new catalog items will. ``share`` 0 keeps every item in both."""
+    if not 0.0 <= share < 1.0:
+        raise ValueError(f"--stage2-holdout must be in [0, 1), got {share}: it is the share of training items "
+                         "kept out of stage 1 for stage 2 (0 = none)")
+    rows = np.arange(n_items)
+    held = int(round(share * n_items))
+    if held == 0:
+        return rows, rows[:0]
+    order = np.random.default_rng(seed + 7).permutation(n_items)
+    return np.sort(order[held:]), np.sort(order[:held])
 
 
 def planned_steps(step: int, cap: int, time_left: float, per_step: float, per_eval: float, evals_left: int) -> int:
