@@ -5,16 +5,12 @@ import itertools
 from pathlib import Path
 
 import pytest
-from realdata import real_subset
+from tiny_training import tiny_training
 
 pytest.importorskip("torch")
 
 import export.train as train_module  # noqa: E402
-from export.data import decode_catalog, split_validation  # noqa: E402
-from export.models import ModelConfig  # noqa: E402
 from export.train import TrainConfig, train_adde  # noqa: E402
-from fashsdk.sources.catalog import read_catalog  # noqa: E402
-from fashsdk.sources.preprocess import PreprocessSpec  # noqa: E402
 
 
 @pytest.mark.parametrize("patience, evaluations", [(2, 4), (3, 5)])
@@ -27,16 +23,10 @@ def test_stage1_stops_after_patience_evaluations_without_a_better_score(
         return {10: score, 30: score}
 
     monkeypatch.setattr(train_module, "manipulation_top_k", top_k)
-    folder, labels = real_subset(tmp_path, 200)
-    catalog, _ = read_catalog(labels, ["gender", "masterCategory"], min_count=10)
-    spec = PreprocessSpec(height=40, width=32)
-    images = decode_catalog(catalog.split("train"), folder, spec)
-    train_rows, val_rows = split_validation(images.catalog, 0.2)
+    tiny = tiny_training(tmp_path, 200)
     config = TrainConfig(stage1_steps=200, eval_every=5, patience=patience, stage2_epochs=0, batch_p=4, batch_k=2,
                          batch_random=8, val_queries=50)
-    model_config = ModelConfig(backbone="compact", attribute_sizes=catalog.schema.sizes, dim=8, width=8,
-                               height_px=spec.height, width_px=spec.width)
-    result = train_adde(catalog.schema, spec, images.subset(train_rows), images.subset(val_rows), model_config, config)
+    result = train_adde(*tiny.args(), config)
     stage1 = [h for h in result.history if h["stage"] == 1]
     # 0.60 at the second evaluation is the best; after it, `patience` evaluations without a better one
     assert [h["step"] for h in stage1] == [5 * (i + 1) for i in range(evaluations)]
@@ -56,19 +46,12 @@ def test_stage1_evaluations_set_the_memory_from_a_smaller_sample_than_the_final_
 
     monkeypatch.setattr(train_module, "init_memory", recording_init)
     monkeypatch.setattr(train_module, "EVAL_PROTO_PER_VALUE", 3)
-    folder, labels = real_subset(tmp_path, 200)
-    catalog, _ = read_catalog(labels, ["gender", "masterCategory"], min_count=10)
-    spec = PreprocessSpec(height=40, width=32)
-    images = decode_catalog(catalog.split("train"), folder, spec)
-    train_rows, val_rows = split_validation(images.catalog, 0.2)
-    train_set = images.subset(train_rows)
+    tiny = tiny_training(tmp_path, 200)
     config = TrainConfig(stage1_steps=10, eval_every=5, stage2_epochs=0, batch_p=4, batch_k=2, batch_random=8,
                          val_queries=50)
-    model_config = ModelConfig(backbone="compact", attribute_sizes=catalog.schema.sizes, dim=8, width=8,
-                               height_px=spec.height, width_px=spec.width)
-    result = train_adde(catalog.schema, spec, train_set, images.subset(val_rows), model_config, config)
-    small = len(reference_rows(train_set.catalog.codes, catalog.schema.sizes, 3, config.seed))
-    full = len(reference_rows(train_set.catalog.codes, catalog.schema.sizes, config.proto_per_value, config.seed))
+    result = train_adde(*tiny.args(), config)
+    small = len(reference_rows(tiny.train.catalog.codes, tiny.schema.sizes, 3, config.seed))
+    full = len(reference_rows(tiny.train.catalog.codes, tiny.schema.sizes, config.proto_per_value, config.seed))
     assert small < full
     evaluations = len([h for h in result.history if h["stage"] == 1])
     # every stage-1 evaluation reads the small sample; the memory that is kept comes from the full one

@@ -5,17 +5,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from realdata import real_subset
+from tiny_training import tiny_training
 
 torch = pytest.importorskip("torch")
 
 import export.train as train_module  # noqa: E402
 from export.__main__ import main  # noqa: E402
-from export.data import decode_catalog, split_validation  # noqa: E402
-from export.models import ModelConfig  # noqa: E402
 from export.train import TrainConfig, holdout_split, train_adde  # noqa: E402
-from fashsdk.sources.catalog import read_catalog  # noqa: E402
-from fashsdk.sources.preprocess import PreprocessSpec  # noqa: E402
 
 
 @pytest.mark.parametrize("n_items, share", [(1000, 0.2), (37, 0.5), (10, 0.05)])
@@ -74,18 +70,11 @@ def test_stage1_never_reads_the_held_items_and_stage2_reads_only_them(
 
     monkeypatch.setattr(train_module, "features_for", recording_features_for)
     monkeypatch.setattr(train_module, "stage2", recording_stage2)
-    folder, labels = real_subset(tmp_path, 240)
-    catalog, _ = read_catalog(labels, ["gender", "masterCategory"], min_count=10)
-    spec = PreprocessSpec(height=40, width=32)
-    images = decode_catalog(catalog.split("train"), folder, spec)
-    train_rows, val_rows = split_validation(images.catalog, 0.2)
-    train_set = images.subset(train_rows)
+    tiny = tiny_training(tmp_path, 240)
     config = TrainConfig(stage1_steps=12, eval_every=6, stage2_epochs=1, stage2_batch=16, batch_p=4, batch_k=2,
                          batch_random=8, val_queries=50, stage2_holdout=0.25)
-    model_config = ModelConfig(backbone="compact", attribute_sizes=catalog.schema.sizes, dim=8, width=8,
-                               height_px=spec.height, width_px=spec.width)
-    train_adde(catalog.schema, spec, train_set, images.subset(val_rows), model_config, config)
-    fit, held = holdout_split(len(train_set.pixels), 0.25, config.seed)
+    train_adde(*tiny.args(), config)
+    fit, held = holdout_split(len(tiny.train.pixels), 0.25, config.seed)
     seen = np.unique(np.concatenate(stage1_rows))
     assert len(stage1_rows) == 12
     assert not set(seen) & set(held), "stage 1 trained on items kept for stage 2"
@@ -105,17 +94,11 @@ def test_memory_only_stage2_moves_the_memory_and_nothing_else(tmp_path: Path,
         return out
 
     monkeypatch.setattr(train_module, "stage2", recording_stage2)
-    folder, labels = real_subset(tmp_path, 240)
-    catalog, _ = read_catalog(labels, ["gender", "masterCategory"], min_count=10)
-    spec = PreprocessSpec(height=40, width=32)
-    images = decode_catalog(catalog.split("train"), folder, spec)
-    train_rows, val_rows = split_validation(images.catalog, 0.2)
-    model_config = ModelConfig(backbone="compact", attribute_sizes=catalog.schema.sizes, dim=8, width=8,
-                               height_px=spec.height, width_px=spec.width)
+    tiny = tiny_training(tmp_path, 240)
     for memory_only in (True, False):
         config = TrainConfig(stage1_steps=6, eval_every=6, stage2_epochs=2, stage2_batch=16, batch_p=4, batch_k=2,
                              batch_random=8, val_queries=50, stage2_memory_only=memory_only)
-        train_adde(catalog.schema, spec, images.subset(train_rows), images.subset(val_rows), model_config, config)
+        train_adde(*tiny.args(), config)
         before, after = snapshots["before"], snapshots["after"]
         moved = {n for n in before if not torch.equal(before[n], after[n])}
         heads = {n for n in before if n.startswith(("learners.", "heads."))}
