@@ -57,7 +57,8 @@ class VariantRunner:
         self.queries = {"val": manipulation_queries(ctx["val_codes"], schema.sizes, max_queries=config.val_queries,
                                                     seed=config.seed),
                         "test": manipulation_queries(test.catalog.codes, schema.sizes, max_queries=20000, seed=0)}
-        self.evaluated = (schema, feats, codes, val_feats, test_feats, test.catalog.codes, config)
+        rows = reference_rows(codes, schema.sizes, config.proto_per_value, config.seed)
+        self.evaluated = (schema, feats[torch.from_numpy(rows)], codes[rows], val_feats, test_feats, test.catalog.codes)
         start = copy.deepcopy(model.state_dict())
         self._record(model, "memory by averaging (no stage 2)", {"val_top30": best_score})
         kept = None
@@ -75,13 +76,11 @@ class VariantRunner:
         return kept
 
     def _record(self, model, name: str, fields: dict[str, Any]) -> None:
-        schema, feats, codes, val_feats, test_feats, test_codes, config = self.evaluated
+        schema, reference_feats, reference_codes, val_feats, test_feats, test_codes = self.evaluated
         top = manipulation_top_k(model, schema, test_feats, test_codes, self.queries["test"])
-        rows = reference_rows(codes, schema.sizes, config.proto_per_value, config.seed)
-        d = model.config.dim
-        layout = [(a * d, (a + 1) * d) for a in range(len(schema.sizes))]
+        layout = model.chunk_layout()
         embed = train_module._embed
-        table, _ = value_means(embed(model, feats[torch.from_numpy(rows)]), codes[rows], schema, layout)
+        table, _ = value_means(embed(model, reference_feats), reference_codes, schema, layout)
         memory = model.memory.detach().numpy().astype(np.float32)
         mix = choose_query_mix(schema, layout, memory, table, embed(model, val_feats), self.context["val_codes"],
                                self.queries["val"])

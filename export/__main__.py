@@ -114,9 +114,13 @@ def main(argv: list[str] | None = None) -> int:
     add_flam_arguments(p)
 
     args = parser.parse_args(argv)
-    if not 0.0 <= getattr(args, "stage2_holdout", 0.0) < 1.0:
-        parser.error(f"--stage2-holdout must be in [0, 1), got {args.stage2_holdout}: the share of training items "
-                     "kept out of stage 1 for stage 2 (0 = none)")
+    if hasattr(args, "stage2_holdout"):
+        from .train import check_holdout_share
+
+        try:
+            check_holdout_share(args.stage2_holdout)
+        except ValueError as exc:
+            parser.error(str(exc))
     if args.command == "outfits":
         return _outfits(parser, args)
     if args.command == "outfit-head":

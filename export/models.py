@@ -64,6 +64,11 @@ class ADDE(nn.Module):
         return nn.ModuleList(nn.Sequential(nn.Linear(feat, d), nn.ReLU(inplace=True), nn.Linear(d, d))
                              for _ in config.attribute_sizes)
 
+    def chunk_layout(self) -> list[tuple[int, int]]:
+        """The embedding's (start, stop) slice of each attribute, in schema order."""
+        d = self.config.dim
+        return [(a * d, (a + 1) * d) for a in range(len(self.config.attribute_sizes))]
+
     def attribute_chunks(self, features: torch.Tensor) -> list[torch.Tensor]:
         return [learner(features) for learner in self.learners]
 

@@ -168,8 +168,7 @@ def train_adde(schema: AttributeSchema, spec: PreprocessSpec, train: ImageSet, v
         ref = (result.embeddings[0][proto_rows] if result.embeddings is not None
                else _embed(model, train_src.features(model, proto_rows)))
         val_emb = result.embeddings[1] if result.embeddings is not None else _embed(model, val_feats)
-        d = model.config.dim
-        layout = [(a * d, (a + 1) * d) for a in range(len(sizes))]
+        layout = model.chunk_layout()
         table, _ = value_means(ref, train_codes[proto_rows], schema, layout)
         prototypes = model.memory.detach().cpu().numpy().astype(np.float32)
         mix = choose_query_mix(schema, layout, prototypes, table, val_emb, val_codes, val_queries)
@@ -290,15 +289,20 @@ def _stage1(model: ADDE, schema: AttributeSchema, train_src: TrainingFeatures, v
     return still_improving, step
 
 
+def check_holdout_share(share: float) -> None:
+    """--stage2-holdout's range, checked before any data is read."""
+    if not 0.0 <= share < 1.0:
+        raise ValueError(f"--stage2-holdout must be in [0, 1), got {share}: it is the share of training items "
+                         "kept out of stage 1 for stage 2 (0 = none)")
+
+
 def holdout_split(n_items: int, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(stage-1 rows, stage-2 rows): ``share`` of the items, drawn at random, left out of stage 1.
 
     Items stage 1 never fitted look to stage 2 as new catalog items will; on myntra-small the
     smaller stage-1 set cost more than that gained (docs/quality.md), so the default is 0, which
     keeps every item in both stages."""
-    if not 0.0 <= share < 1.0:
-        raise ValueError(f"--stage2-holdout must be in [0, 1), got {share}: it is the share of training items "
-                         "kept out of stage 1 for stage 2 (0 = none)")
+    check_holdout_share(share)
     rows = np.arange(n_items)
     held = int(round(share * n_items))
     if held == 0:
