@@ -24,7 +24,7 @@ from fashsdk import Retriever
 from fashsdk.bundle import Bundle
 from fashsdk.errors import BundleError
 from fashsdk.eval.guard import check
-from fashsdk.eval.methods import BASELINES, Gallery, conditional_similarity, evaluate_methods
+from fashsdk.eval.methods import BASELINES, RERANKED, Gallery, conditional_similarity, evaluate_methods
 from fashsdk.eval.protocol import DEFAULT_KS, manipulation_queries
 from fashsdk.eval.shape import chunk_shares, score_spread
 from fashsdk.families import Family
@@ -251,23 +251,25 @@ def main(argv: list[str] | None = None) -> int:
     galleries["mean_swap"], approximate["mean_swap"] = galleries[names[0]], approximate[names[0]]
 
     gallery = galleries[names[0]]
+    rerankers = {name: r.rerank for name, r in zip(names, retrievers) if r.rerank is not None}
+    served = names[0] + RERANKED if names[0] in rerankers else names[0]  # the row of what the first bundle serves
     print(f"evaluating {len(gallery.ids)} gallery items ...", file=sys.stderr, flush=True)
     single_q = manipulation_queries(gallery.codes, schema.sizes, max_queries=args.max_queries, seed=args.seed)
-    single = evaluate_methods(galleries, families, schema, single_q, approximate=approximate)
+    single = evaluate_methods(galleries, families, schema, single_q, approximate=approximate, rerankers=rerankers)
     pair_q = manipulation_queries(gallery.codes, schema.sizes, changes=2, max_queries=args.pair_queries, seed=args.seed)
-    pair = evaluate_methods(galleries, families, schema, pair_q)
+    pair = evaluate_methods(galleries, families, schema, pair_q, rerankers=rerankers)
     cond = {row: conditional_similarity(g, schema, list(r.bundle.layout.values()), seed=args.seed)
             for row, g, r in spaces.values() if r.bundle.attribute_subspaces}
     shape = {row: {"chunk_shares": chunk_shares(g.vectors, list(r.bundle.layout.values()), schema.names),
                    "scores": score_spread(g.vectors, seed=args.seed)} for row, g, r in spaces.values()}
     train_codes = catalog.split("train").codes
     verdict = check(schema, gallery.predicted, gallery.codes, train_codes,
-                    {m: single["top_k"][m][30] for m in (names[0], *BASELINES)}, names[0])
+                    {m: single["top_k"][m][30] for m in (served, *BASELINES)}, served)
     report = _str_keys({
         "bundles": [{"path": str(r.bundle.directory), "family": r.family.name, "sha256": r.bundle.sha256()}
                     for r in retrievers],
         "machine": machine(), "backend": first.backend_name, "gallery": len(gallery.ids), "attributes": schema.names,
-        "seed": args.seed, "rows": [*families, *BASELINES], "mean_swap_means": mean_swap_source, **single,
+        "seed": args.seed, "rows": list(single["top_k"]), "mean_swap_means": mean_swap_source, **single,
         "two_attribute": {k: pair[k] for k in ("queries", "valid_queries", "top_k", "ndcg", "per_attribute")},
         "conditional_similarity": cond, "embedding": shape, "guard": verdict.to_json(),
         "seconds": round(time.perf_counter() - t0, 1),

@@ -1,5 +1,6 @@
-"""python -m export {train,onnx,demo,outfits,outfit-head}: train a model, export a bundle of a model family, run
-the whole demo, derive outfits from catalog labels, or train the outfit head."""
+"""python -m export {train,onnx,demo,label-rerank,outfits,outfit-head,flam}: train a model, export a bundle of a
+model family, run the whole demo, give a bundle a label rerank, derive outfits from catalog labels, train the outfit
+head, or run FLAM."""
 from __future__ import annotations
 
 import argparse
@@ -97,6 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     if family in FAMILY_DEFAULTS:  # the same stage-1 budget, the family's trunk and losses
         p.set_defaults(**FAMILY_DEFAULTS[family])
 
+    from .label_rerank_command import add_arguments as add_rerank_arguments
+
+    p = sub.add_parser("label-rerank", help="fit a bundle's label rerank on the catalog's training split and choose "
+                                            "its weights on validation (python -m export demo does this itself)")
+    add_rerank_arguments(p)
+
     from .outfits import add_arguments as add_outfit_arguments
 
     p = sub.add_parser("outfits", help="derive outfits (train/test, fill-in-the-blank, compatibility) from labels")
@@ -130,6 +137,16 @@ def main(argv: list[str] | None = None) -> int:
             return run_head(args)
         except (ValueError, OSError) as exc:
             print(f"export outfit-head: error: {exc}", file=sys.stderr)
+            return 2
+    if args.command == "label-rerank":
+        from fashsdk.errors import FashsdkError
+
+        from .label_rerank_command import run as run_rerank
+
+        try:
+            return run_rerank(args)
+        except (ValueError, OSError, FashsdkError) as exc:
+            print(f"export label-rerank: error: {exc}", file=sys.stderr)
             return 2
     if args.command == "flam":
         from .flam_command import cmd_flam

@@ -28,6 +28,7 @@ from .backbones import LITE_MEAN, LITE_STD
 from .catalog_args import data_paths, load_catalog_from_args
 from .data import decode_catalog, split_validation
 from .families import family_files, served_family, table_family_arrays, value_table
+from .label_probe import PROBE_MAX_ROWS, add_rerank
 from .models import ModelConfig
 from .onnx_export import build_bundle, derive_bundle
 from .query_mix import mix_arrays
@@ -232,6 +233,25 @@ def served_adde_family(best: dict[str, Any]) -> str:
     return "blend"
 
 
+def _label_rerank(bundle_dir: Path, result: Any, train: Any, val: Any, sizes: list[int],
+                  config: TrainConfig) -> dict[str, Any]:
+    """The served bundle's label rerank (export/label_probe.py) from training's own embeddings of the
+    train and validation images, or the bundle's where training kept none; its validation report."""
+    print("== label rerank: a linear probe per attribute on the embedding, weights chosen on validation", flush=True)
+    if result.embeddings is not None:
+        (train_vectors, val_vectors), train_codes = result.embeddings, train.catalog.codes
+    else:
+        rows = np.arange(len(train.catalog.codes))
+        if len(rows) > PROBE_MAX_ROWS:
+            rows = np.sort(np.random.default_rng(config.seed).choice(rows, PROBE_MAX_ROWS, replace=False))
+        retriever = Retriever(bundle_dir)
+        train_vectors, train_codes = retriever.encode(list(train.pixels[rows])).embedding, train.catalog.codes[rows]
+        val_vectors = retriever.encode(list(val.pixels)).embedding
+    queries = manipulation_queries(val.catalog.codes, sizes, max_queries=config.val_queries, seed=config.seed)
+    return add_rerank(bundle_dir, train_vectors, train_codes, val_vectors, val.catalog.codes, queries,
+                      seed=config.seed).to_json()
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     t_all = time.perf_counter()
     out: Path = args.out
@@ -285,6 +305,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
               f"({others})")
     timings["export_s"] = time.perf_counter() - t
     print(f"   parity on 64 real images: max |diff| {parity.max_abs_diff:.1e}, min cosine {parity.min_cosine:.7f}")
+    t = time.perf_counter()
+    rerank = _label_rerank(out / "bundle", result, train, val, catalog.schema.sizes, config)
+    timings["label_rerank_s"] = time.perf_counter() - t
 
     retriever, encoded, encode_ms = index_test_split(out, catalog, images, timings)
     quality = evaluate_bundles(out, bundles, args, images, timings, mean_swap)
@@ -318,7 +341,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "machine": machine(), "bundle": str(out / "bundle"), "bundle_sha256": bundle.sha256(),
         "served_family": family, "model": bundle.manifest["model"]["config"], "train_config": {f.name: getattr(config, f.name) for f in fields(config)},
         "training_time_s": round(timings["train_s"], 1), "timings_s": {k: round(v, 2) for k, v in timings.items()},
-        "validation": result.best, "parity": parity.to_json(),
+        "validation": result.best, "label_rerank": rerank, "parity": parity.to_json(),
         "top_k": quality["top_k"], "top_k_hnsw": quality["top_k_hnsw"], "quality_report": str(out / "quality.md"),
         "queries": quality["queries"], "valid_queries": quality["valid_queries"],
         "encode_ms_per_image": round(encode_ms, 3), "search_ms_per_query": search_ms,

@@ -26,6 +26,7 @@ from .schema import Change, Where
 from .sources.preprocess import ImageInput
 from .tasks import Prediction, SearchResult, predict, query_vector, search, search_batch, similar
 from .tasks.complete import CompletionTable, complete
+from .tasks.label_rerank import LabelRerank
 from .tasks.outfit_head import OutfitHead
 from .tasks.ingest import IngestReport, Labels, add_items, index_catalog, label_codes
 from .tasks.predict import SINGLE
@@ -67,6 +68,7 @@ class Retriever:
                  self.bundle.dim, len(self.bundle.schema.attributes))
         self.schema = self.bundle.schema
         self.family: Family = self.bundle.family
+        self.rerank: LabelRerank | None = LabelRerank.from_bundle(self.bundle)  # None: rank by cosine alone
         self._backend_name, self._threads, self._batch_size = backend, threads, batch_size
         self._encoder: Encoder | None = None
         self._encoder_lock = threading.Lock()
@@ -244,7 +246,9 @@ class Retriever:
 
         ``change`` maps attribute names to wanted values, e.g. {"baseColour": "Red"}; several
         attributes change together. ``where`` keeps only items whose stored (else predicted)
-        values match, e.g. {"gender": "Women", "usage": ["Casual", "Sports"]}. The query item
+        values match, e.g. {"gender": "Women", "usage": ["Casual", "Sports"]}. With a change, a
+        bundle that carries a label rerank reorders the nearest candidates by how likely each has
+        the wanted values (fashsdk.tasks.label_rerank). The query item
         itself is left out of its own results unless ``include_query``. A str that is an indexed
         id is the id, even if a file of that name exists; otherwise it must be an image file.
         ``k`` above the number of matching items returns them all. Raises QueryError /
@@ -252,7 +256,7 @@ class Retriever:
         """
         self.limits.check(k=k, change=change, where=where)
         return search(self._require_index(), self.family, self.schema, self.encode, query, change, k, where,
-                      exact, include_query)
+                      exact, include_query, self.rerank)
 
     def search_batch(self, queries: Sequence[object], changes: Change | Sequence[Change | None] | None = None,
                      k: int = 10, *, where: Where | None = None, exact: bool = False,
@@ -263,7 +267,7 @@ class Retriever:
         for change in changes if isinstance(changes, Sequence) and not isinstance(changes, (str, bytes)) else ():
             self.limits.check(change=change)
         return search_batch(self._require_index(), self.family, self.schema, self.encode, queries, changes, k,
-                            where, exact, include_query)
+                            where, exact, include_query, self.rerank)
 
     def complete(self, items: Sequence[object], category: str, k: int = 10, *,
                  where: Where | None = None) -> list[SearchResult]:
@@ -291,5 +295,6 @@ class Retriever:
     def describe(self) -> dict[str, Any]:
         """What this retriever runs: bundle, family, engine, schema, catalog size."""
         return {"bundle": str(self.bundle.directory), "family": self.family.name, "backend": self.backend_name,
+                "label_rerank": self.rerank is not None,
                 "attributes": {a.name: list(a.values) for a in self.schema.attributes},
                 "dim": self.bundle.dim, "catalog_items": len(self.index) if self.index else 0}

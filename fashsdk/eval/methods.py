@@ -7,6 +7,9 @@ Rows ranked on the same queries:
 - ``attribute_based``: the heads' predicted attributes with the changed one replaced; the
   gallery is ranked by agreement of predicted attributes, ties by embedding similarity;
 - ``no_manipulation``: the query's own nearest neighbours.
+
+A family row whose bundle carries a label rerank (fashsdk.tasks.label_rerank) is ranked twice:
+``NAME+rerank`` (what the SDK serves: the family's candidates reordered) and ``NAME`` (cosine alone).
 """
 from __future__ import annotations
 
@@ -15,12 +18,14 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from ..families import Family
+from ..families import NO_CHANGE, Family
 from ..schema import UNKNOWN, AttributeSchema
+from ..tasks.label_rerank import LabelRerank, wanted_values
 from .protocol import DEFAULT_KS, QuerySet, exact_topk, hit_rates, ndcg, per_attribute_hits
 from .shape import preservation, requested_share
 
 BASELINES = ("attribute_based", "no_manipulation")
+RERANKED = "+rerank"  # suffix of a row reordered by its bundle's label rerank
 
 
 @dataclass
@@ -53,14 +58,26 @@ def attribute_based_topk(gallery: Gallery, queries: QuerySet, k: int, chunk: int
     return out
 
 
+def reranked(rerank: LabelRerank, gallery: Gallery, log_probs: np.ndarray, moved: np.ndarray,
+             candidates: np.ndarray, queries: QuerySet) -> np.ndarray:
+    """Gallery rows (Q, K) of each query's ``candidates`` reordered by the label rerank; ``moved``
+    are the changed query vectors, ``log_probs`` the rerank's (n, J) over the gallery."""
+    cosine = np.einsum("qd,qkd->qk", moved, gallery.vectors[candidates])
+    wanted, changed = wanted_values(gallery.codes[queries.rows], queries.attrs, queries.values, NO_CHANGE)
+    order, _ = rerank.order(cosine, log_probs, candidates, wanted, changed)
+    return np.take_along_axis(candidates, order, axis=1)
+
+
 def evaluate_methods(galleries: Mapping[str, Gallery], families: Mapping[str, Family], schema: AttributeSchema,
                      queries: QuerySet, ks: Sequence[int] = DEFAULT_KS,
-                     approximate: Mapping[str, Callable[[np.ndarray, int], np.ndarray]] | None = None) -> dict:
+                     approximate: Mapping[str, Callable[[np.ndarray, int], np.ndarray]] | None = None,
+                     rerankers: Mapping[str, LabelRerank] | None = None) -> dict:
     """Top-k, NDCG@k and per-attribute Top-k for every family row and the baselines.
 
     ``galleries[row]`` is the gallery in that row's embedding space (rows of one checkpoint
     share one); the baselines use the first. ``approximate[row]`` (the production index: query
-    vectors -> gallery rows) repeats that row's search through the index.
+    vectors -> gallery rows) repeats that row's search through the index. ``rerankers[row]``
+    adds the row ``row+rerank``, that family's candidates reordered by the label rerank.
     """
     kmax = max(ks)
     top_k, ndcgs, per_attr, approx = {}, {}, {}, {}
@@ -69,6 +86,15 @@ def evaluate_methods(galleries: Mapping[str, Gallery], families: Mapping[str, Fa
     for name, family in families.items():
         gallery = galleries[name]
         q = family_queries(family, gallery, queries)
+        rerank = (rerankers or {}).get(name)
+        if rerank is not None:
+            log_probs = rerank.log_probs(gallery.vectors)
+            wide = max(kmax, rerank.candidates)
+            rows[name + RERANKED] = reranked(rerank, gallery, log_probs, q, exact_topk(q, gallery.vectors, wide),
+                                             queries)[:, :kmax]
+            if approximate is not None and name in approximate:
+                found = reranked(rerank, gallery, log_probs, q, approximate[name](q, wide), queries)[:, :kmax]
+                approx[name + RERANKED] = hit_rates(found, gallery.codes, queries.targets, ks)
         rows[name] = exact_topk(q, gallery.vectors, kmax)
         if approximate is not None and name in approximate:
             approx[name] = hit_rates(approximate[name](q, kmax), gallery.codes, queries.targets, ks)

@@ -80,7 +80,7 @@ class Service:
         r = self.retriever
         with self._checked(query):
             found = search(self.index, r.family, self.schema, self._encoder(timer), query, change, k, where, False,
-                           include_query)
+                           include_query, r.rerank)
         return self.items(found)
 
     def similar(self, query: Query, attribute: str, k: int, where: Where | None, timer: Timer) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ from ..errors import IndexFileError, QueryError
 from ..families import NO_CHANGE, Family
 from ..index import IndexBackend, Hits, normalize_id
 from ..schema import UNKNOWN, AttributeSchema, Change, Where
+from .label_rerank import LabelRerank, wanted_values
 
 Encode = Callable[[Sequence[object]], ModelOutputs]
 
@@ -24,10 +25,13 @@ class SearchResult(NamedTuple):
     ``attributes`` holds each attribute's stored label; where none was stored, the model's
     predicted value, and then ``predicted`` names that attribute with the prediction's
     probability (None when the index does not know it). None in ``attributes``: neither.
+    Results come best first by ``score``: for a change on a bundle with a label rerank
+    (fashsdk.tasks.label_rerank) that is the cosine plus weighted log-probabilities (<= 0) that the
+    item carries the wanted values, so it can fall below the cosine.
     """
 
     id: str
-    score: float  # cosine similarity to the (manipulated) query, in the searched space
+    score: float  # cosine similarity to the (manipulated) query; after a label rerank, plus its log-p terms
     attributes: dict[str, str | None]
     predicted: dict[str, float | None]
 
@@ -132,19 +136,30 @@ def query_vector(index: IndexBackend | None, family: Family, schema: AttributeSc
 
 
 def search(index: IndexBackend, family: Family, schema: AttributeSchema, encode: Encode, query: object,
-           change: Change | None, k: int, where: Where | None, exact: bool, include_query: bool) -> list[SearchResult]:
+           change: Change | None, k: int, where: Where | None, exact: bool, include_query: bool,
+           rerank: LabelRerank | None = None) -> list[SearchResult]:
     filters = schema.parse_where(where)
-    vector, query_id = query_vector(index, family, schema, encode, query, change)
-    exclude = [query_id] if query_id is not None and not include_query else None
-    hits = index.hits(vector[None, :], k, exact=exact, exclude=exclude, where=filters or None)
-    return to_results(schema, hits[0])
+    parsed = schema.parse_change(change)
+    item = resolve(query, index, schema, encode)
+    vector = family.change_one(item.vector, item.current, parsed) if parsed else item.vector
+    exclude = [item.id] if item.id is not None and not include_query else None
+    if rerank is None or not parsed:
+        hits = index.hits(vector[None, :], k, exact=exact, exclude=exclude, where=filters or None)
+        return to_results(schema, hits[0])
+    hits = index.hits(vector[None, :], max(k, rerank.candidates), exact=exact, exclude=exclude, where=filters or None)
+    wanted, changed = list(item.current), np.zeros(len(item.current), bool)
+    for a, value in parsed.items():
+        wanted[a], changed[a] = value, True
+    return to_results(schema, rerank.rerank_hits(index, hits[0], wanted, changed, k))
 
 
 def search_batch(index: IndexBackend, family: Family, schema: AttributeSchema, encode: Encode,
                  queries: Sequence[object], changes: Change | Sequence[Change | None] | None, k: int,
-                 where: Where | None, exact: bool, include_query: bool) -> list[list[SearchResult]]:
+                 where: Where | None, exact: bool, include_query: bool,
+                 rerank: LabelRerank | None = None) -> list[list[SearchResult]]:
     """Many queries: ids read in one locked call, images encoded in batches, the family's batched
-    arithmetic, and one multi-threaded graph search."""
+    arithmetic, and one multi-threaded graph search (two with a rerank: changed queries fetch its
+    candidates)."""
     if isinstance(queries, (str, bytes)) or not isinstance(queries, Sequence):
         raise QueryError(f"queries must be a list of ids or images, got {type(queries).__name__}")
     n = len(queries)
@@ -163,9 +178,30 @@ def search_batch(index: IndexBackend, family: Family, schema: AttributeSchema, e
         changed = np.flatnonzero((attrs != NO_CHANGE).any(axis=1))
         vectors[changed] = family.change_batch(vectors[changed], current[changed], attrs[changed], values[changed])
     exclude = None if include_query else ids
-    hits = index.hits(vectors, k, exact=exact, exclude=exclude, where=filters or None)
+    if rerank is None or not width or not len(changed):
+        hits = index.hits(vectors, k, exact=exact, exclude=exclude, where=filters or None)
+    else:
+        hits = _reranked_hits(index, rerank, vectors, current, attrs, values, changed, k, exact, exclude, filters)
     decoded: dict = {}
     return [to_results(schema, h, decoded) for h in hits]
+
+
+def _reranked_hits(index: IndexBackend, rerank: LabelRerank, vectors: np.ndarray, current: np.ndarray,
+                   attrs: np.ndarray, values: np.ndarray, changed: np.ndarray, k: int, exact: bool,
+                   exclude: list[str | None] | None, filters: dict) -> list[Hits]:
+    """Unchanged queries' top k, changed queries' rerank candidates reordered and cut to k."""
+    hits: list[Hits | None] = [None] * len(vectors)
+    plain = np.setdiff1d(np.arange(len(vectors)), changed)
+    for rows, count in ((plain, k), (changed, max(k, rerank.candidates))):
+        if len(rows):
+            skip = None if exclude is None else [exclude[i] for i in rows.tolist()]
+            for i, found in zip(rows.tolist(), index.hits(vectors[rows], count, exact=exact, exclude=skip,
+                                                         where=filters or None)):
+                hits[i] = found
+    wanted, moved = wanted_values(current[changed], attrs[changed], values[changed], NO_CHANGE)
+    for n, i in enumerate(changed.tolist()):
+        hits[i] = rerank.rerank_hits(index, hits[i], wanted[n], moved[n], k)  # type: ignore[arg-type]
+    return hits  # type: ignore[return-value]
 
 
 def _changes(changes: Change | Sequence[Change | None] | None, n: int) -> list[Change | None]:

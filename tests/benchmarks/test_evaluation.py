@@ -191,3 +191,41 @@ def test_chunk_leakage_finds_which_chunk_carries_which_attribute() -> None:
     table = leakage(fake, queries=300)
     assert table["colour"]["colour"] > 0.95
     assert table["kind"]["colour"] < 0.5 and table["colour"]["kind"] < 0.65  # chance: 1/3 and 1/2
+
+
+def test_a_row_with_a_label_rerank_is_ranked_twice_through_the_same_candidates() -> None:
+    """NAME+rerank is the family's candidates reordered by the rerank, exact and through the index;
+    NAME stays the plain ranking."""
+    from fashsdk.tasks.label_rerank import LabelRerank
+
+    rng = np.random.default_rng(0)
+    schema = AttributeSchema.from_dict({"colour": ["a", "b", "c"], "kind": ["x", "y"]})
+    codes = np.stack([rng.integers(0, 3, 60), rng.integers(0, 2, 60)], axis=1)
+    signal = np.concatenate([np.eye(3)[codes[:, 0]], np.eye(2)[codes[:, 1]]], axis=1) * 0.2
+    vectors = np.concatenate([signal, rng.normal(size=(60, 6))], axis=1).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    gallery = Gallery([str(i) for i in range(60)], vectors, codes, codes)
+    qs = manipulation_queries(codes, [3, 2], max_queries=None)
+
+    class Unchanged:
+        name = "unchanged"
+
+        def change_batch(self, v, current, attrs, values):  # cosine alone knows nothing of the change
+            return np.asarray(v, np.float32)
+
+    probe = np.zeros((11, 5), np.float32)
+    probe[:5, :5] = np.eye(5) * 200  # reads the labels off the signal dims exactly
+    rerank = LabelRerank(probe, np.zeros(5, np.float32), (3, 2), 1.0, 1.0, 60)
+    index_calls = []
+
+    def through_index(q: np.ndarray, k: int) -> np.ndarray:
+        index_calls.append(k)
+        return exact_topk(q, vectors, k)
+
+    report = evaluate_methods({"unchanged": gallery}, {"unchanged": Unchanged()}, schema, qs, ks=(1, 5),
+                              approximate={"unchanged": through_index}, rerankers={"unchanged": rerank})
+    assert list(report["top_k"])[:2] == ["unchanged+rerank", "unchanged"]
+    assert report["top_k"]["unchanged+rerank"][1] == 1.0  # every target combination exists; the labels find it
+    assert report["top_k"]["unchanged"][1] < 0.5
+    assert report["top_k_hnsw"]["unchanged+rerank"] == report["top_k"]["unchanged+rerank"]
+    assert max(index_calls) == 60  # the index is asked for the rerank's candidates, not only the top k

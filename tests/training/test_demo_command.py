@@ -86,8 +86,14 @@ def test_demo_serves_the_chosen_family_and_evaluates_the_other(served: str, tmp_
         hits_blend = query.search(report["examples"][0]["query"], change=report["examples"][0]["change"], k=5)
         assert len(hits_blend) == 5
     quality = json.loads((out / "quality.json").read_text())
+    # the served bundle's label rerank, when validation chose one, is its first row (what the SDK serves)
+    rerank = report["label_rerank"]
+    reranked = Retriever(out / "bundle").rerank is not None
+    assert reranked == (rerank["val_top30"] > rerank["val_top30_plain"])
+    assert set(rerank["probe_accuracy"]) == {"gender", "masterCategory", "baseColour"}
     # mean_swap is read from the chunk_replace bundle; adde is evaluated as a bundle only when it is not served
-    assert quality["rows"] == ([served] + ([] if served == "adde" else ["adde"])
+    assert quality["rows"] == (([served + "+rerank"] if reranked else []) + [served]
+                               + ([] if served == "adde" else ["adde"])
                                + ["mean_swap", "attribute_based", "no_manipulation"])
     assert quality["mean_swap_means"] == str((out / "bundle-chunk-replace").resolve())
     hits = Retriever(out / "bundle", out / "index").search(report["examples"][0]["query"], k=3)
