@@ -123,8 +123,12 @@ class CatalogIndex:
         """(vectors (n, D), label codes (n, A), predicted codes (n, A)) of indexed items, one locked read."""
         keys = id_list(ids)
         with self.lock.read():
-            slots = np.array([self.table.slot_of(k) for k in keys], np.int64)
-            return self.store.rows(slots), self.table.codes[slots], self.table.predicted[slots]
+            table = self.table
+            try:  # one dict lookup per id (a label rerank reads hundreds per query)
+                slots = np.fromiter(map(table.slot.__getitem__, keys), np.int64, len(keys))
+            except KeyError:
+                slots = np.array([table.slot_of(k) for k in keys], np.int64)  # raises, naming the id
+            return self.store.rows(slots), table.codes[slots], table.predicted[slots]
 
     def hits_of(self, ids: Sequence[object]) -> list[Hits]:
         """Indexed items as one-row Hits each (score 1): their codes and predictions, one locked read."""
