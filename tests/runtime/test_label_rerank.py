@@ -188,3 +188,20 @@ def test_one_querys_bonus_equals_the_batch_form(scale: float) -> None:
     batch = rerank.bonus(rerank.log_probs(vectors), np.arange(20)[None], wanted[None], changed[None])[0]
     assert np.allclose(rerank.single_bonus(vectors, wanted, changed), batch, atol=1e-4)
     assert np.isfinite(batch).all()
+
+
+def test_a_candidate_removed_between_the_two_reads_is_dropped_not_an_error(
+        reranked_bundle: tuple[Path, LabelRerank], real_index_dir: Path) -> None:
+    from fashsdk.errors import QueryError
+
+    directory, rerank = reranked_bundle
+    retriever = Retriever(directory, real_index_dir, threads=1)
+    index = retriever.index
+    found = index.hits(index.get(index.ids[0])[0][None], 10)[0]
+    gone = found.ids[3]
+    index.remove([gone])
+    with pytest.raises(QueryError, match=repr(gone)):
+        index.get_many([found.ids[0], gone])  # the read the rerank makes names the missing id
+    out = rerank.rerank_hits(index, found, [0] * len(rerank.sizes), np.zeros(len(rerank.sizes), bool), 5)
+    assert gone not in out.ids and len(out.ids) == 5
+    assert out.labels.shape == (5, len(rerank.sizes)) and all(i in index for i in out.ids)
