@@ -254,3 +254,31 @@ def test_queries_by_id_answered_below_fastapi_match_the_apps_own_answers(serve_a
         check_error(client.post("/v1/search", json={"id": query, "k": 0}), 422, "k:")
         check_error(client.post("/v1/similar", json={"id": query, "attribute": "colour"}), 422, "did you mean")
         check_error(client.post("/v1/search", json={"id": "no-such-item"}), 404, "unknown item id")
+
+
+def test_a_bundle_with_a_label_rerank_is_served_reranked(bundle_copy: Path, real_index_dir: Path, real_retriever,
+                                                         real_subset_data, catalog_images_dir: Path) -> None:
+    """The HTTP search returns what Retriever.search returns for a bundle with a rerank, which is not
+    the cosine order."""
+    from fastapi.testclient import TestClient
+
+    from export.label_probe import RerankChoice, attach_rerank, fit_probe
+    from fashsdk import Retriever
+    from fashsdk.serve import create_app
+    from fashsdk.tasks.label_rerank import LabelRerank
+
+    _, vectors, codes = real_retriever.index.vectors_and_codes()
+    weights, bias = fit_probe(vectors, codes, real_retriever.schema.sizes, steps=100)
+    rerank = LabelRerank(weights, bias, tuple(real_retriever.schema.sizes), 0.5, 0.5, 40)
+    attach_rerank(bundle_copy, RerankChoice(rerank, np.zeros(1, bool), {(0.5, 0.5): np.ones(1, bool)}, {}))
+    reranked = Retriever(bundle_copy, real_index_dir, threads=1)
+    differs = 0
+    with TestClient(create_app(reranked, images=catalog_images_dir)) as http:
+        for query in real_subset_data.ids[:10]:
+            change = {"baseColour": other_value(real_retriever, query, "baseColour")}
+            response = http.post("/v1/search", json={"id": query, "change": change, "k": 7})
+            assert response.status_code == 200, response.text
+            served = [r["id"] for r in response.json()["results"]]
+            assert served == [r.id for r in reranked.search(query, change=change, k=7)]
+            differs += served != [r.id for r in real_retriever.search(query, change=change, k=7)]
+    assert differs >= 3
