@@ -31,6 +31,14 @@ PROBE_MAX_ROWS = 50_000  # training rows the probe is fitted on (a uniform sampl
 FILES = {"weights": "label_probe_weights.npy", "bias": "label_probe_bias.npy"}
 
 
+def probe_rows(count: int, seed: int = 0) -> np.ndarray:
+    """The training rows the probe is fitted on: all of them, or a seeded uniform sample of
+    PROBE_MAX_ROWS (callers that must encode the images first ask before encoding)."""
+    if count <= PROBE_MAX_ROWS:
+        return np.arange(count)
+    return np.sort(np.random.default_rng(seed).choice(count, PROBE_MAX_ROWS, replace=False))
+
+
 def fit_probe(vectors: np.ndarray, codes: np.ndarray, sizes: Sequence[int], steps: int = 300, lr: float = 0.05,
               l2: float = 1e-4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(weights (D, J), bias (J,)): softmax regression per attribute by full-batch Adam; labels < 0
@@ -38,14 +46,14 @@ def fit_probe(vectors: np.ndarray, codes: np.ndarray, sizes: Sequence[int], step
     vectors, codes = np.asarray(vectors, np.float32), np.asarray(codes)
     if len(vectors) != len(codes) or codes.shape[1:] != (len(sizes),):
         raise ValueError(f"probe data: {len(vectors)} vectors, codes of shape {codes.shape}, {len(sizes)} attributes")
-    if len(vectors) > PROBE_MAX_ROWS:
-        rows = np.sort(np.random.default_rng(seed).choice(len(vectors), PROBE_MAX_ROWS, replace=False))
-        vectors, codes = vectors[rows], codes[rows]
+    rows = probe_rows(len(vectors), seed)
+    vectors, codes = vectors[rows], codes[rows]
     offsets = np.cumsum((0, *sizes[:-1]))
     weights = np.zeros((vectors.shape[1], sum(sizes)), np.float32)
     bias = np.zeros(sum(sizes), np.float32)
     moments = [[np.zeros_like(p), np.zeros_like(p)] for p in (weights, bias)]
     known = [np.flatnonzero(codes[:, a] >= 0) for a in range(len(sizes))]
+    unknown = [codes[:, a] < 0 for a in range(len(sizes))]
     for step in range(1, steps + 1):
         grad = vectors @ weights + bias  # logits, turned into d loss / d logits in place
         for a, (offset, size) in enumerate(zip(offsets, sizes)):
@@ -53,10 +61,8 @@ def fit_probe(vectors: np.ndarray, codes: np.ndarray, sizes: Sequence[int], step
             block -= block.max(axis=1, keepdims=True)
             np.exp(block, out=block)
             block /= block.sum(axis=1, keepdims=True)
-            mask = np.zeros(len(block), bool)
-            mask[known[a]] = True
             block[known[a], codes[known[a], a]] -= 1.0
-            block[~mask] = 0.0
+            block[unknown[a]] = 0.0
             block /= max(len(known[a]), 1)
         for param, g, (m, v) in ((weights, vectors.T @ grad + l2 * weights, moments[0]),
                                  (bias, grad.sum(axis=0), moments[1])):

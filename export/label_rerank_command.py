@@ -20,7 +20,7 @@ from fashsdk.sources.images import load_images
 
 from .catalog_args import add_data_args, data_paths
 from .data import split_validation
-from .label_probe import PROBE_MAX_ROWS, add_rerank
+from .label_probe import add_rerank, probe_rows
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -33,13 +33,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                                  "chosen on")
 
 
-def embed(retriever: Retriever, images: list[str], ids: list[str], what: str) -> np.ndarray:
-    """The bundle's embeddings of catalog images, in ``ids`` order, with a progress bar."""
-    bar, update = progress_bar(len(ids), f"encode {what}")
+def embed(retriever: Retriever, images: list[str], ids: list[str]) -> np.ndarray:
+    """The bundle's embeddings of catalog images in ``ids`` order (the sources read once), with a progress bar."""
+    found = load_images(images, ids)
+    bar, update = progress_bar(len(ids), "encode training and validation items")
     parts = []
     for start in range(0, len(ids), 512):
         chunk = ids[start:start + 512]
-        found = load_images(images, chunk)
         parts.append(retriever.encode([found[i] for i in chunk]).embedding)
         update(len(chunk))
     bar.close()
@@ -54,11 +54,9 @@ def run(args: argparse.Namespace) -> int:
                               split_column=args.split_column)
     train = catalog.split("train")
     train_rows, val_rows = split_validation(train, seed=args.seed)
-    if len(train_rows) > PROBE_MAX_ROWS:
-        train_rows = np.sort(np.random.default_rng(args.seed).choice(train_rows, PROBE_MAX_ROWS, replace=False))
-    train_ids, val_ids = [train.ids[r] for r in train_rows], [train.ids[r] for r in val_rows]
-    train_vectors = embed(retriever, images, train_ids, "training items")
-    val_vectors = embed(retriever, images, val_ids, "validation items")
+    train_rows = train_rows[probe_rows(len(train_rows), args.seed)]
+    vectors = embed(retriever, images, [train.ids[r] for r in (*train_rows, *val_rows)])
+    train_vectors, val_vectors = vectors[:len(train_rows)], vectors[len(train_rows):]
     val_codes = train.codes[val_rows]
     queries = manipulation_queries(val_codes, schema.sizes, max_queries=args.val_queries, seed=args.seed)
     if not len(queries):

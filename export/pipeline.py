@@ -28,7 +28,7 @@ from .backbones import LITE_MEAN, LITE_STD
 from .catalog_args import data_paths, load_catalog_from_args
 from .data import decode_catalog, split_validation
 from .families import family_files, served_family, table_family_arrays, value_table
-from .label_probe import PROBE_MAX_ROWS, add_rerank
+from .label_probe import add_rerank, probe_rows
 from .models import ModelConfig
 from .onnx_export import build_bundle, derive_bundle
 from .query_mix import mix_arrays
@@ -241,9 +241,7 @@ def _label_rerank(bundle_dir: Path, result: Any, train: Any, val: Any, sizes: li
     if result.embeddings is not None:
         (train_vectors, val_vectors), train_codes = result.embeddings, train.catalog.codes
     else:
-        rows = np.arange(len(train.catalog.codes))
-        if len(rows) > PROBE_MAX_ROWS:
-            rows = np.sort(np.random.default_rng(config.seed).choice(rows, PROBE_MAX_ROWS, replace=False))
+        rows = probe_rows(len(train.catalog.codes), config.seed)
         retriever = Retriever(bundle_dir)
         train_vectors, train_codes = retriever.encode(list(train.pixels[rows])).embedding, train.catalog.codes[rows]
         val_vectors = retriever.encode(list(val.pixels)).embedding

@@ -87,15 +87,15 @@ def evaluate_methods(galleries: Mapping[str, Gallery], families: Mapping[str, Fa
         gallery = galleries[name]
         q = family_queries(family, gallery, queries)
         rerank = (rerankers or {}).get(name)
+        wide = kmax if rerank is None else max(kmax, rerank.candidates)
+        nearest = exact_topk(q, gallery.vectors, wide)  # best first, so its first kmax are the plain row
         if rerank is not None:
             log_probs = rerank.log_probs(gallery.vectors)
-            wide = max(kmax, rerank.candidates)
-            rows[name + RERANKED] = reranked(rerank, gallery, log_probs, q, exact_topk(q, gallery.vectors, wide),
-                                             queries)[:, :kmax]
+            rows[name + RERANKED] = reranked(rerank, gallery, log_probs, q, nearest, queries)[:, :kmax]
             if approximate is not None and name in approximate:
                 found = reranked(rerank, gallery, log_probs, q, approximate[name](q, wide), queries)[:, :kmax]
                 approx[name + RERANKED] = hit_rates(found, gallery.codes, queries.targets, ks)
-        rows[name] = exact_topk(q, gallery.vectors, kmax)
+        rows[name] = nearest[:, :kmax]
         if approximate is not None and name in approximate:
             approx[name] = hit_rates(approximate[name](q, kmax), gallery.codes, queries.targets, ks)
     rows["attribute_based"] = attribute_based_topk(first, queries, kmax)

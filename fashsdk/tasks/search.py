@@ -127,30 +127,34 @@ def _is_file(path: str) -> bool:
         return False
 
 
+def changed_query(index: IndexBackend | None, family: Family, schema: AttributeSchema, encode: Encode, query: object,
+                  change: Change | None) -> tuple[np.ndarray, QueryItem, dict[int, int]]:
+    """The (changed) vector a search sends to the index, the query item and the parsed change."""
+    parsed = schema.parse_change(change)
+    item = resolve(query, index, schema, encode)
+    return (family.change_one(item.vector, item.current, parsed) if parsed else item.vector), item, parsed
+
+
 def query_vector(index: IndexBackend | None, family: Family, schema: AttributeSchema, encode: Encode, query: object,
                  change: Change | None) -> tuple[np.ndarray, str | None]:
     """The (changed) vector a search sends to the index, and the query's id when it is indexed."""
-    parsed = schema.parse_change(change)
-    item = resolve(query, index, schema, encode)
-    return (family.change_one(item.vector, item.current, parsed) if parsed else item.vector), item.id
+    vector, item, _ = changed_query(index, family, schema, encode, query, change)
+    return vector, item.id
 
 
 def search(index: IndexBackend, family: Family, schema: AttributeSchema, encode: Encode, query: object,
            change: Change | None, k: int, where: Where | None, exact: bool, include_query: bool,
            rerank: LabelRerank | None = None) -> list[SearchResult]:
     filters = schema.parse_where(where)
-    parsed = schema.parse_change(change)
-    item = resolve(query, index, schema, encode)
-    vector = family.change_one(item.vector, item.current, parsed) if parsed else item.vector
+    vector, item, parsed = changed_query(index, family, schema, encode, query, change)
     exclude = [item.id] if item.id is not None and not include_query else None
     if rerank is None or not parsed:
         hits = index.hits(vector[None, :], k, exact=exact, exclude=exclude, where=filters or None)
         return to_results(schema, hits[0])
     hits = index.hits(vector[None, :], max(k, rerank.candidates), exact=exact, exclude=exclude, where=filters or None)
-    wanted, changed = list(item.current), np.zeros(len(item.current), bool)
-    for a, value in parsed.items():
-        wanted[a], changed[a] = value, True
-    return to_results(schema, rerank.rerank_hits(index, hits[0], wanted, changed, k))
+    wanted, changed = wanted_values(np.array([item.current]), np.array([list(parsed)]),
+                                    np.array([list(parsed.values())]), NO_CHANGE)
+    return to_results(schema, rerank.rerank_hits(index, hits[0], wanted[0], changed[0], k))
 
 
 def search_batch(index: IndexBackend, family: Family, schema: AttributeSchema, encode: Encode,
