@@ -3,8 +3,10 @@
 B is a bundle with a label rerank (``python -m export demo`` or ``python -m export label-rerank``),
 IDX its saved index of the test split. On the same queries as ``benchmarks.quality`` (20,000
 single-attribute and 10,000 two-attribute, seed 0; exact search), rows: the bundle's family
-without the rerank, then with it over each number of candidates (the bundle's own among them);
-Top-10/30, two-attribute Top-30 and the share of the top-10 keeping the unchanged attributes.
+without the rerank, then with it over each number of nearest candidates (with the bundle's value
+candidates), then over each number of value candidates (with the bundle's nearest ones); Top-10/30,
+two-attribute Top-30, the share of the top-10 keeping the unchanged attributes, and Top-30 per
+changed attribute on up to 3,000 queries each.
 Beside each, the p50 of ``Retriever.search(id, change, k=30)`` through the production index,
 over the same 500 queries, interleaved rounds, one thread: the price of the candidates.
 """
@@ -22,14 +24,15 @@ import numpy as np
 from export.catalog_args import add_data_args, data_paths
 from fashsdk import Retriever
 from fashsdk.eval.methods import evaluate_methods
-from fashsdk.eval.protocol import manipulation_queries
+from fashsdk.eval.protocol import manipulation_queries, per_attribute_queries
 from fashsdk.files import atomic_write_bytes, atomic_write_json
 from fashsdk.sources.catalog import read_catalog
 from fashsdk.system import machine
 
 from .quality import build_gallery
 
-CANDIDATES = (50, 100, 200, 300, 500)
+CANDIDATES = (50, 100, 200, 300, 500)  # nearest neighbours of the changed query
+VALUE_CANDIDATES = (0, 25, 50, 100)  # neighbours among the items carrying the wanted values
 
 
 def latency_ms(retrievers: dict[str, Retriever], queries: list[tuple[str, dict[str, str]]], rounds: int) -> dict:
@@ -49,10 +52,14 @@ def markdown(report: dict) -> str:
              f"(weights kept {report['kept']:g}, changed {report['changed']:g}); {report['machine']['cpu']}, "
              f"{report['machine'].get('cores', '?')} cores. Exact search; latency: search(id, change, k=30) through "
              "the index, one thread, p50.", "",
-             "| row | Top-10 | Top-30 | two-attribute Top-30 | preservation | p50 ms |", "|---|---|---|---|---|---|"]
+             "Rows `+rerank N+M`: N nearest candidates and M value candidates.", "",
+             "| row | Top-10 | Top-30 | two-attribute Top-30 | preservation | "
+             + " | ".join(f"{a} Top-30" for a in report["attributes"]) + " | p50 ms |",
+             "|---|---|---|---|---|" + "---|" * len(report["attributes"]) + "---|"]
     for name, r in report["rows"].items():
+        per = " | ".join(f"{r['per_attribute_top30'][a]:.3f}" for a in report["attributes"])
         lines.append(f"| {name} | {r['top10']:.3f} | {r['top30']:.3f} | {r['two_attribute_top30']:.3f} | "
-                     f"{r['preservation']:.3f} | {r['p50_ms']:.3f} |")
+                     f"{r['preservation']:.3f} | {per} | {r['p50_ms']:.3f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -77,23 +84,30 @@ def main(argv: list[str] | None = None) -> int:
     catalog, _ = read_catalog(labels, base.schema.names, schema=base.schema)
     gallery = build_gallery(base, catalog.split("test"), images, args.index)
     family = base.family.name
-    counts = sorted({*CANDIDATES, base.rerank.candidates})
-    reranks = {f"{family}+rerank {k}": replace(base.rerank, candidates=k) for k in counts}
+    served = base.rerank
+    pools = sorted({*((k, served.value_candidates) for k in CANDIDATES),
+                    *((served.candidates, m) for m in VALUE_CANDIDATES)})
+    reranks = {f"{family}+rerank {k}+{m}": replace(served, candidates=k, value_candidates=m) for k, m in pools}
     rows: dict[str, dict] = {}
-    for changes, limit in ((1, args.max_queries), (2, args.pair_queries)):
-        queries = manipulation_queries(gallery.codes, base.schema.sizes, changes=changes, max_queries=limit,
-                                       seed=args.seed)
+    sizes = base.schema.sizes
+    query_sets = {"single": manipulation_queries(gallery.codes, sizes, max_queries=args.max_queries, seed=args.seed),
+                  "pair": manipulation_queries(gallery.codes, sizes, changes=2, max_queries=args.pair_queries,
+                                               seed=args.seed),
+                  "each": per_attribute_queries(gallery.codes, sizes, 3000, seed=args.seed)}
+    for kind, queries in query_sets.items():
         for name, rerank in [(family, None), *reranks.items()]:
             found = evaluate_methods({family: gallery}, {family: base.family}, base.schema, queries, ks=(10, 30),
                                      rerankers=None if rerank is None else {family: rerank})
             key = family if rerank is None else family + "+rerank"
             row = rows.setdefault(name, {})
-            if changes == 1:
+            if kind == "single":
                 row.update(top10=found["top_k"][key][10], top30=found["top_k"][key][30],
                            preservation=found["preservation_at_10"][key]["mean"])
-            else:
+            elif kind == "pair":
                 row["two_attribute_top30"] = found["top_k"][key][30]
-        print(f"evaluated {changes}-attribute queries", file=sys.stderr, flush=True)
+            else:
+                row["per_attribute_top30"] = {a: hits[30] for a, hits in found["per_attribute"][key].items()}
+        print(f"evaluated the {kind} queries", file=sys.stderr, flush=True)
     rng = np.random.default_rng(args.seed)
     single = manipulation_queries(gallery.codes, base.schema.sizes, max_queries=args.latency_queries, seed=args.seed)
     timed = [(gallery.ids[int(r)], {base.schema.names[int(a)]: base.schema.attributes[int(a)].values[int(v)]})
@@ -108,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, ms in latency_ms(retrievers, timed, args.rounds).items():
         rows[name]["p50_ms"] = ms
     report = {"bundle": str(args.bundle), "machine": machine(), "gallery": len(gallery.ids),
-              "kept": base.rerank.kept, "changed": base.rerank.changed, "served_candidates": base.rerank.candidates,
+              "attributes": base.schema.names, "kept": served.kept, "changed": served.changed,
+              "served_candidates": served.candidates, "served_value_candidates": served.value_candidates,
               "queries": args.max_queries, "pair_queries": args.pair_queries, "rows": rows}
     atomic_write_json(args.json, report)
     table = markdown(report)

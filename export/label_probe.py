@@ -5,19 +5,21 @@ The probe is a softmax regression per attribute on the L2-normalised embedding (
 index stores), fitted in numpy on the training split's embeddings with their labels, so it reads
 attributes from any family's vectors, DAtRNet's and FashionSearchNet's included. The rerank's
 weights (``kept`` for the attributes a query keeps, ``changed`` for those it changes) are the pair
-of ``KEPT_GRID`` x ``CHANGED_SHARE`` with the most validation Top-30 hits; when no pair beats
+of ``KEPT_GRID`` x ``CHANGED_SHARE`` with the most validation Top-30 hits over the pool the SDK
+serves (CANDIDATES nearest plus VALUE_CANDIDATES carrying the wanted values); when no pair beats
 the plain ranking, the bundle gets no rerank. Runtime side: fashsdk/tasks/label_rerank.py.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from fashsdk.bundle import MANIFEST, Bundle
+from fashsdk.eval.methods import rerank_pool
 from fashsdk.eval.protocol import QuerySet, exact_topk, paired_lead, query_hits
 from fashsdk.families import NO_CHANGE, Family
 from fashsdk.files import atomic_save_npy, atomic_write_json, seal, sha256_file
@@ -25,7 +27,10 @@ from fashsdk.tasks.label_rerank import MANIFEST_KEY, LabelRerank, wanted_values
 
 KEPT_GRID = (0.0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15)  # weight of log p per kept attribute
 CHANGED_SHARE = (0.0, 0.5, 1.0, 2.0)  # the changed attributes' weight as a share of the kept one
-CANDIDATES = 200  # neighbours reordered: past this Top-30 gains little and each costs time (docs/quality.md)
+# the pool reordered: the changed query's nearest neighbours and its nearest among the items that carry
+# the wanted values; with the second, more of the first gain little and cost time (docs/quality.md)
+CANDIDATES = 100
+VALUE_CANDIDATES = 50
 TOP_K = 30
 PROBE_MAX_ROWS = 50_000  # training rows the probe is fitted on (a uniform sample above this)
 FILES = {"weights": "label_probe_weights.npy", "bias": "label_probe_bias.npy"}
@@ -93,11 +98,11 @@ class RerankChoice:
 
 
 def choose_rerank(weights: np.ndarray, bias: np.ndarray, sizes: Sequence[int], names: Sequence[str], family: Family,
-                  vectors: np.ndarray, codes: np.ndarray, queries: QuerySet,
-                  candidates: int = CANDIDATES) -> RerankChoice:
+                  vectors: np.ndarray, codes: np.ndarray, queries: QuerySet, candidates: int = CANDIDATES,
+                  value_candidates: int = VALUE_CANDIDATES) -> RerankChoice:
     """Validation Top-30 of the family's queries over ``vectors`` (the validation gallery), reranked
     with each grid pair; the best pair (ties: the smaller weights), or none when none beats plain."""
-    probe = LabelRerank(weights, bias, tuple(sizes), 0.0, 0.0, candidates)
+    probe = LabelRerank(weights, bias, tuple(sizes), 0.0, 0.0, candidates, value_candidates)
     log_probs = probe.log_probs(vectors)
     accuracy = {}
     for a, (offset, size) in enumerate(zip(probe.offsets, sizes)):
@@ -105,7 +110,7 @@ def choose_rerank(weights: np.ndarray, bias: np.ndarray, sizes: Sequence[int], n
         accuracy[names[a]] = round(float((log_probs[ok, offset:offset + size].argmax(1) == codes[ok, a]).mean()), 4)
     moved = family.change_batch(vectors[queries.rows], codes[queries.rows], queries.attrs, queries.values)
     top = exact_topk(moved, vectors, max(candidates, TOP_K))
-    cosine = np.einsum("qd,qkd->qk", moved, vectors[top])
+    rows, cosine = rerank_pool(probe, vectors, codes, moved, top, queries)  # the validation labels stand for current
     wanted, changed = wanted_values(codes[queries.rows], queries.attrs, queries.values, NO_CHANGE)
     plain = query_hits(top, codes, queries.targets, TOP_K)
     grid: dict[tuple[float, float], np.ndarray] = {}
@@ -113,14 +118,14 @@ def choose_rerank(weights: np.ndarray, bias: np.ndarray, sizes: Sequence[int], n
         for share in CHANGED_SHARE:
             if kept == 0.0 and share != CHANGED_SHARE[0]:
                 continue
-            pair = LabelRerank(weights, bias, tuple(sizes), kept, kept * share, candidates)
-            order, _ = pair.order(cosine, log_probs, top, wanted, changed)
-            grid[(pair.kept, pair.changed)] = query_hits(np.take_along_axis(top, order, 1), codes, queries.targets,
+            pair = replace(probe, kept=kept, changed=kept * share)
+            order, _ = pair.order(cosine, log_probs, rows, wanted, changed)
+            grid[(pair.kept, pair.changed)] = query_hits(np.take_along_axis(rows, order, 1), codes, queries.targets,
                                                          TOP_K)
     kept, changed_weight = max(grid, key=lambda p: (int(grid[p].sum()), -p[0], -p[1]))
     chosen = None
     if grid[(kept, changed_weight)].sum() > plain.sum():
-        chosen = LabelRerank(weights, bias, tuple(sizes), kept, changed_weight, candidates)
+        chosen = replace(probe, kept=kept, changed=changed_weight)
     return RerankChoice(chosen, plain, grid, accuracy)
 
 
@@ -159,12 +164,14 @@ def add_rerank(directory: Path, train_vectors: np.ndarray, train_codes: np.ndarr
     attach_rerank(directory, choice)
     report = choice.to_json()
     accuracy = ", ".join(f"{n} {100 * v:.1f}%" for n, v in choice.probe_accuracy.items())
+    plain, chosen = report["val_top30_plain"], report["val_top30"]
     if choice.rerank is None:
-        log(f"   label rerank: no weights beat the plain ranking on validation (Top-30 {report['val_top30_plain']:.3f}); "
+        log(f"   label rerank: no weights beat the plain ranking on validation (Top-30 {plain:.3f}); "
             f"{directory} ranks by cosine alone (probe accuracy {accuracy})")
     else:
-        log(f"   label rerank in {directory}: weights kept {choice.rerank.kept:g}, changed {choice.rerank.changed:g} "
-            f"over {choice.rerank.candidates} candidates; validation Top-30 {report['val_top30_plain']:.3f} -> "
-            f"{report['val_top30']:.3f} (lead {100 * report['val_lead']:+.1f} points, standard error "
+        rerank = choice.rerank
+        log(f"   label rerank in {directory}: weights kept {rerank.kept:g}, changed {rerank.changed:g} over "
+            f"{rerank.candidates} + {rerank.value_candidates} candidates; validation Top-30 {plain:.3f} -> "
+            f"{chosen:.3f} (lead {100 * report['val_lead']:+.1f} points, standard error "
             f"{100 * report['val_lead_se']:.1f}); probe accuracy {accuracy}; {time.perf_counter() - t:.0f} s")
     return choice

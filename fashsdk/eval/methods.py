@@ -58,14 +58,52 @@ def attribute_based_topk(gallery: Gallery, queries: QuerySet, k: int, chunk: int
     return out
 
 
+def value_candidates(vectors: np.ndarray, current: np.ndarray, moved: np.ndarray, queries: QuerySet,
+                     count: int) -> np.ndarray:
+    """(Q, count) gallery rows: each query's nearest items whose ``current`` value (label, else
+    prediction) is the wanted one for every changed attribute, found exactly, as the served
+    ``where`` search finds them; -1 pads where fewer items carry those values."""
+    out = np.full((len(queries), count), -1, np.int64)
+    groups: dict[tuple[tuple[int, int], ...], list[int]] = {}
+    for q, (attrs, values) in enumerate(zip(queries.attrs.tolist(), queries.values.tolist())):
+        groups.setdefault(tuple((a, v) for a, v in zip(attrs, values) if a != NO_CHANGE), []).append(q)
+    for key, rows in groups.items():
+        selected = np.flatnonzero(np.logical_and.reduce([current[:, a] == v for a, v in key]))
+        take = min(count, len(selected))
+        if take:
+            nearest = exact_topk(moved[rows], vectors[selected], take)
+            out[np.asarray(rows)[:, None], np.arange(take)] = selected[nearest]
+    return out
+
+
+def rerank_pool(rerank: LabelRerank, vectors: np.ndarray, current: np.ndarray, moved: np.ndarray,
+                nearest: np.ndarray, queries: QuerySet, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """(rows (Q, K), cosines (Q, K)): each query's ``nearest`` gallery rows followed by the value
+    candidates they lack, the rerank's pool; a repeat or a pad becomes a copy of the query's
+    first row with cosine -inf, so it sorts last."""
+    rows, repeat = nearest, np.zeros((len(nearest), 0), bool)
+    if rerank.value_candidates > 0:
+        extra = value_candidates(vectors, current, moved, queries, rerank.value_candidates)
+        offset = np.arange(len(nearest))[:, None] * len(vectors)  # per-query keys: one isin for all queries
+        repeat = (extra < 0) | np.isin(extra + offset, nearest + offset)
+        rows = np.concatenate([nearest, np.where(repeat, nearest[:, :1], extra)], axis=1)
+    cosine = np.empty(rows.shape, np.float32)
+    for s in range(0, len(rows), chunk):  # (chunk, K, D) at a time: all queries at once can take gigabytes
+        cosine[s:s + chunk] = np.einsum("qd,qkd->qk", moved[s:s + chunk], vectors[rows[s:s + chunk]])
+    cosine[:, nearest.shape[1]:][repeat] = -np.inf
+    return rows, cosine
+
+
 def reranked(rerank: LabelRerank, gallery: Gallery, log_probs: np.ndarray, moved: np.ndarray,
              candidates: np.ndarray, queries: QuerySet) -> np.ndarray:
-    """Gallery rows (Q, K) of each query's ``candidates`` reordered by the label rerank; ``moved``
-    are the changed query vectors, ``log_probs`` the rerank's (n, J) over the gallery."""
-    cosine = np.einsum("qd,qkd->qk", moved, gallery.vectors[candidates])
+    """Gallery rows of each query's rerank pool (``candidates`` and the value candidates) reordered
+    by the label rerank; ``moved`` are the changed query vectors, ``log_probs`` the rerank's (n, J)
+    over the gallery."""
+    current = np.where(gallery.codes >= 0, gallery.codes, gallery.predicted)
+    rows, cosine = rerank_pool(rerank, gallery.vectors, current, moved, candidates, queries)
     wanted, changed = wanted_values(gallery.codes[queries.rows], queries.attrs, queries.values, NO_CHANGE)
-    order, _ = rerank.order(cosine, log_probs, candidates, wanted, changed)
-    return np.take_along_axis(candidates, order, axis=1)
+    order, _ = rerank.order(cosine, log_probs, rows, wanted, changed)
+    return np.take_along_axis(rows, order, axis=1)
 
 
 def evaluate_methods(galleries: Mapping[str, Gallery], families: Mapping[str, Family], schema: AttributeSchema,

@@ -86,6 +86,16 @@ def manipulation_queries(codes: np.ndarray, sizes: Sequence[int], *, changes: in
     return QuerySet(rows, attrs, values, targets, total)
 
 
+def per_attribute_queries(codes: np.ndarray, sizes: Sequence[int], per_attribute: int, seed: int = 0) -> QuerySet:
+    """Single-attribute queries, up to ``per_attribute`` changing each attribute (each sampled as
+    ``manipulation_queries`` samples): a uniform sample gives a rare attribute a few hundred
+    queries, too few to tell its Top-30 to within a point."""
+    parts = [manipulation_queries(codes, sizes, max_queries=per_attribute, seed=seed, attributes=[a])
+             for a in range(len(sizes))]
+    return QuerySet(*(np.concatenate([getattr(q, f) for q in parts]) for f in ("rows", "attrs", "values", "targets")),
+                    sum(q.candidates for q in parts))
+
+
 def exact_topk(queries: np.ndarray, gallery: np.ndarray, k: int, chunk: int = 1024) -> np.ndarray:
     """Indices (Q, k) of the k most similar gallery rows by inner product, best first; chunks of
     queries run on a few threads (numpy's product and partition release the GIL)."""

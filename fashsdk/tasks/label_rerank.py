@@ -1,6 +1,9 @@
 """Label rerank: a manipulation query's candidates reordered by how likely each carries the wanted values.
 
-The changed query vector finds ``candidates`` nearest neighbours; each one's score becomes
+The changed query vector finds ``candidates`` nearest neighbours, and ``value_candidates`` more
+among the items whose current value (stored label, else prediction) is the wanted one for every
+changed attribute (a ``where`` search: a value the vector moves towards weakly, such as a usage,
+still reaches the pool); each candidate's score becomes
 
     cosine + sum over attributes a of w_a * log p_a(wanted value of a | the candidate's vector)
 
@@ -16,12 +19,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
 from ..errors import BundleError, QueryError
-from ..index import Hits, IndexBackend
+from ..index import Filter, Hits, IndexBackend
 
 if TYPE_CHECKING:
     from ..bundle import Bundle
@@ -39,6 +42,7 @@ class LabelRerank:
     kept: float  # weight of log p for each attribute the query keeps
     changed: float  # weight of log p for each attribute the query changes
     candidates: int  # neighbours of the changed query that are reordered
+    value_candidates: int = 0  # and its neighbours among the items that carry every wanted value
 
     def __post_init__(self) -> None:
         total = sum(self.sizes)
@@ -49,8 +53,9 @@ class LabelRerank:
             raise ValueError("label probe holds NaN or infinity")
         if not (math.isfinite(self.kept) and math.isfinite(self.changed)) or self.kept < 0 or self.changed < 0:
             raise ValueError(f"rerank weights must be finite and >= 0, got kept {self.kept}, changed {self.changed}")
-        if self.candidates < 1:
-            raise ValueError(f"rerank candidates must be >= 1, got {self.candidates}")
+        if self.candidates < 1 or self.value_candidates < 0:
+            raise ValueError(f"rerank candidates must be >= 1 and value candidates >= 0, got {self.candidates} and "
+                             f"{self.value_candidates}")
         object.__setattr__(self, "_starts", np.cumsum((0, *self.sizes[:-1])).astype(np.int64))
         # for unit vectors every logit lies within +-(|w_j| + |b_j|): below EXP_SAFE, exp needs no shift
         bound = float(np.max(np.linalg.norm(self.weights, axis=0) + np.abs(self.bias))) if total else 0.0
@@ -72,7 +77,7 @@ class LabelRerank:
             weights = bundle.array(str(files["weights"]), "label probe weights").astype(np.float32)
             bias = bundle.array(str(files["bias"]), "label probe bias").astype(np.float32)
             rerank = cls(weights, bias, tuple(bundle.schema.sizes), float(section["kept"]), float(section["changed"]),
-                         int(section["candidates"]))
+                         int(section["candidates"]), int(section.get("value_candidates", 0)))
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"{where} is malformed ({exc}); export the rerank again "
                               "(python -m export label-rerank)") from None
@@ -83,7 +88,21 @@ class LabelRerank:
 
     def to_manifest(self, files: dict[str, str], extra: dict[str, Any] | None = None) -> dict[str, Any]:
         return {"files": files, "kept": self.kept, "changed": self.changed, "candidates": self.candidates,
-                **(extra or {})}
+                "value_candidates": self.value_candidates, **(extra or {})}
+
+    def value_filter(self, change: Mapping[int, int], where: Filter | None = None) -> Filter | None:
+        """The ``where`` that finds a changed query's value candidates: the query's own filter AND
+        each changed attribute at its wanted value; None when there is nothing to find (no value
+        candidates asked for, no change, or a filter that excludes a wanted value)."""
+        if self.value_candidates <= 0 or not change:
+            return None
+        out = dict(where or {})
+        for a, v in change.items():
+            allowed = out.get(a, frozenset([v])) & frozenset([v])
+            if not allowed:
+                return None
+            out[a] = allowed
+        return out
 
     def log_probs(self, vectors: np.ndarray) -> np.ndarray:
         """(n, J): per attribute, the log-softmax of the probe's logits for each value (a few whole-array
@@ -150,6 +169,20 @@ class LabelRerank:
             terms = logits[:, columns] - np.log(np.add.reduceat(np.exp(logits), self._starts, axis=1))
         weights = np.where(np.asarray(changed, bool), self.changed, self.kept) * known
         return np.maximum(terms, LOG_FLOOR) @ weights.astype(np.float32)
+
+
+def with_extra(hits: Hits, extra: Hits) -> Hits:
+    """``hits`` followed by the items of ``extra`` it lacks: one pool of candidates to reorder."""
+    seen = set(hits.ids)
+    new = [n for n, i in enumerate(extra.ids) if i not in seen]
+    if not new:
+        return hits
+    def joined(mine: np.ndarray, theirs: np.ndarray) -> np.ndarray:
+        return np.concatenate([mine, theirs[new]])
+
+    return Hits(hits.ids + [extra.ids[n] for n in new], joined(hits.scores, extra.scores),
+                joined(hits.labels, extra.labels), joined(hits.predicted, extra.predicted),
+                joined(hits.confidence, extra.confidence))
 
 
 def wanted_values(current: np.ndarray, attrs: np.ndarray, values: np.ndarray,

@@ -14,7 +14,7 @@ from ..errors import IndexFileError, QueryError
 from ..families import NO_CHANGE, Family
 from ..index import IndexBackend, Hits, normalize_id
 from ..schema import UNKNOWN, AttributeSchema, Change, Where
-from .label_rerank import LabelRerank, wanted_values
+from .label_rerank import LabelRerank, wanted_values, with_extra
 
 Encode = Callable[[Sequence[object]], ModelOutputs]
 
@@ -151,10 +151,15 @@ def search(index: IndexBackend, family: Family, schema: AttributeSchema, encode:
     if rerank is None or not parsed:
         hits = index.hits(vector[None, :], k, exact=exact, exclude=exclude, where=filters or None)
         return to_results(schema, hits[0])
-    hits = index.hits(vector[None, :], max(k, rerank.candidates), exact=exact, exclude=exclude, where=filters or None)
+    count = max(k, rerank.candidates)
+    hits = index.hits(vector[None, :], count, exact=exact, exclude=exclude, where=filters or None)[0]
+    value_where = rerank.value_filter(parsed, filters)
+    if value_where is not None:
+        hits = with_extra(hits, index.hits(vector[None, :], rerank.value_candidates, exact=exact, exclude=exclude,
+                                           where=value_where)[0])
     wanted, changed = wanted_values(np.array([item.current]), np.array([list(parsed)]),
                                     np.array([list(parsed.values())]), NO_CHANGE)
-    return to_results(schema, rerank.rerank_hits(index, hits[0], wanted[0], changed[0], k))
+    return to_results(schema, rerank.rerank_hits(index, hits, wanted[0], changed[0], k))
 
 
 def search_batch(index: IndexBackend, family: Family, schema: AttributeSchema, encode: Encode,
@@ -202,10 +207,32 @@ def _reranked_hits(index: IndexBackend, rerank: LabelRerank, vectors: np.ndarray
             for i, found in zip(rows.tolist(), index.hits(vectors[rows], count, exact=exact, exclude=skip,
                                                          where=filters or None)):
                 hits[i] = found
+    _add_value_candidates(index, rerank, hits, vectors, attrs, values, changed, exact, exclude, filters)
     wanted, moved = wanted_values(current[changed], attrs[changed], values[changed], NO_CHANGE)
     for n, i in enumerate(changed.tolist()):
         hits[i] = rerank.rerank_hits(index, hits[i], wanted[n], moved[n], k)  # type: ignore[arg-type]
     return hits  # type: ignore[return-value]
+
+
+def _add_value_candidates(index: IndexBackend, rerank: LabelRerank, hits: list, vectors: np.ndarray,
+                          attrs: np.ndarray, values: np.ndarray, changed: np.ndarray, exact: bool,
+                          exclude: list[str | None] | None, filters: dict) -> None:
+    """The changed queries' value candidates added to their pools: one ``where`` search for all the
+    queries that ask for the same values."""
+    if rerank.value_candidates <= 0:
+        return
+    groups: dict[tuple[tuple[int, int], ...], list[int]] = {}
+    for i in changed.tolist():
+        key = tuple(sorted((int(a), int(v)) for a, v in zip(attrs[i], values[i]) if a != NO_CHANGE))
+        groups.setdefault(key, []).append(i)
+    for key, rows in groups.items():
+        where = rerank.value_filter(dict(key), filters)
+        if where is None:
+            continue
+        skip = None if exclude is None else [exclude[i] for i in rows]
+        for i, found in zip(rows, index.hits(vectors[rows], rerank.value_candidates, exact=exact, exclude=skip,
+                                             where=where)):
+            hits[i] = with_extra(hits[i], found)
 
 
 def _changes(changes: Change | Sequence[Change | None] | None, n: int) -> list[Change | None]:

@@ -229,3 +229,74 @@ def test_a_row_with_a_label_rerank_is_ranked_twice_through_the_same_candidates()
     assert report["top_k"]["unchanged"][1] < 0.5
     assert report["top_k_hnsw"]["unchanged+rerank"] == report["top_k"]["unchanged+rerank"]
     assert max(index_calls) == 60  # the index is asked for the rerank's candidates, not only the top k
+
+
+def test_value_candidates_are_the_nearest_items_carrying_every_wanted_value() -> None:
+    from fashsdk.eval.methods import rerank_pool, value_candidates
+    from fashsdk.tasks.label_rerank import LabelRerank
+
+    rng = np.random.default_rng(1)
+    current = np.stack([rng.integers(0, 3, 80), rng.integers(0, 2, 80)], axis=1)
+    current[:4, 0] = 2  # value 2 of attribute 0 with value 1 of attribute 1: a rare pair
+    current[:4, 1] = 1
+    current[4:, 0] = np.where((current[4:, 0] == 2) & (current[4:, 1] == 1), 0, current[4:, 0])
+    vectors = rng.normal(size=(80, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    single = manipulation_queries(current, [3, 2], max_queries=None)
+    pair = manipulation_queries(current, [3, 2], changes=2, max_queries=None)
+    for queries in (single, pair):
+        moved = vectors[queries.rows]
+        got = value_candidates(vectors, current, moved, queries, 6)
+        for q in range(len(queries)):
+            carries = np.ones(80, bool)
+            for a, v in zip(queries.attrs[q], queries.values[q]):
+                carries &= current[:, a] == v
+            rows = np.flatnonzero(carries)
+            want = rows[np.argsort(-(vectors[rows] @ moved[q]), kind="stable")][:6]
+            assert got[q, :len(want)].tolist() == want.tolist() and (got[q, len(want):] == -1).all()
+    assert (value_candidates(vectors, current, vectors[pair.rows], pair, 6) == -1).any()  # the rare pair pads
+    # the pool: nearest rows first, then the value candidates they lack; repeats and pads sort last
+    rerank = LabelRerank(np.zeros((8, 5), np.float32), np.zeros(5, np.float32), (3, 2), 0.0, 0.0, 4, 6)
+    moved = vectors[pair.rows]
+    nearest = exact_topk(moved, vectors, 4)
+    rows, cosine = rerank_pool(rerank, vectors, current, moved, nearest, pair, chunk=7)
+    extra = value_candidates(vectors, current, moved, pair, 6)
+    assert rows.shape == cosine.shape == (len(pair), 10) and np.array_equal(rows[:, :4], nearest)
+    for q in range(len(pair)):
+        fresh = [(n, r) for n, r in enumerate(extra[q]) if r >= 0 and r not in nearest[q]]
+        real = np.isfinite(cosine[q])
+        assert real.sum() == 4 + len(fresh)
+        assert sorted(rows[q, real].tolist()) == sorted(nearest[q].tolist() + [r for _, r in fresh])
+        assert np.allclose(cosine[q, real], vectors[rows[q, real]] @ moved[q], atol=1e-5)
+        assert (rows[q, ~real] == nearest[q, 0]).all()  # a valid row that can only sort last
+
+
+def test_value_candidates_find_targets_the_nearest_candidates_miss() -> None:
+    """A family that does not move the query: its one nearest candidate is the query itself (the
+    evaluation keeps it), never a target; value candidates bring the wanted value, ranked first."""
+    from fashsdk.tasks.label_rerank import LabelRerank
+
+    rng = np.random.default_rng(0)
+    schema = AttributeSchema.from_dict({"colour": ["a", "b", "c"], "kind": ["x", "y"]})
+    codes = np.stack([rng.integers(0, 3, 60), rng.integers(0, 2, 60)], axis=1)
+    signal = np.concatenate([np.eye(3)[codes[:, 0]], np.eye(2)[codes[:, 1]]], axis=1) * 0.2
+    vectors = np.concatenate([signal, rng.normal(size=(60, 6))], axis=1).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    gallery = Gallery([str(i) for i in range(60)], vectors, codes, codes)
+    qs = manipulation_queries(codes, [3, 2], max_queries=None)
+
+    class Unchanged:
+        name = "unchanged"
+
+        def change_batch(self, v, current, attrs, values):
+            return np.asarray(v, np.float32)
+
+    probe = np.zeros((11, 5), np.float32)
+    probe[:5, :5] = np.eye(5) * 200
+    tops = {}
+    for extra in (0, 10):
+        rerank = LabelRerank(probe, np.zeros(5, np.float32), (3, 2), 1.0, 1.0, 1, extra)
+        report = evaluate_methods({"unchanged": gallery}, {"unchanged": Unchanged()}, schema, qs, ks=(1,),
+                                  rerankers={"unchanged": rerank})
+        tops[extra] = report["top_k"]["unchanged+rerank"][1]
+    assert tops[0] == 0.0 and tops[10] == 1.0  # every target exists; the value candidates reach it

@@ -12,7 +12,8 @@ import pytest
 from export.label_probe import FILES, RerankChoice, attach_rerank, fit_probe
 from fashsdk import Bundle, Retriever
 from fashsdk.errors import BundleError
-from fashsdk.tasks.label_rerank import LOG_FLOOR, MANIFEST_KEY, LabelRerank
+from fashsdk.index import Hits
+from fashsdk.tasks.label_rerank import LOG_FLOOR, MANIFEST_KEY, LabelRerank, with_extra
 
 
 def reference_log_probs(logits: np.ndarray, sizes: tuple[int, ...]) -> np.ndarray:
@@ -70,7 +71,7 @@ def test_kept_and_changed_weights_apply_to_their_own_attributes() -> None:
     assert set(order[0, :2].tolist()) == {0, 1}  # now attribute 1 = 0 is the changed one
 
 
-@pytest.mark.parametrize("bad", [dict(kept=-0.1), dict(changed=float("nan")), dict(candidates=0),
+@pytest.mark.parametrize("bad", [dict(kept=-0.1), dict(changed=float("nan")), dict(candidates=0), dict(value_candidates=-1),
                                  dict(bias=np.zeros(3, np.float32)), dict(weights=np.full((4, 4), np.inf, np.float32))])
 def test_a_malformed_rerank_is_refused(bad: dict) -> None:
     args = dict(weights=np.eye(4, dtype=np.float32), bias=np.zeros(4, np.float32), sizes=(2, 2), kept=0.1,
@@ -92,12 +93,14 @@ def reranked_bundle(bundle_copy: Path, real_retriever: Retriever) -> tuple[Path,
 
 
 def reference_order(retriever: Retriever, rerank: LabelRerank, query: str, change: dict[str, str],
-                    k: int) -> list[str]:
-    """The rerank by hand: the plain exact candidates, cosine + weighted floored log-probabilities."""
+                    k: int, pool: list[str] | None = None) -> list[str]:
+    """The rerank by hand: the ``pool`` (default: the plain exact candidates), cosine + weighted floored
+    log-probabilities."""
     schema = retriever.schema
-    found = retriever.search(query, change=change, k=rerank.candidates, exact=True)
+    if pool is None:
+        pool = [r.id for r in retriever.search(query, change=change, k=rerank.candidates, exact=True)]
     moved, _ = retriever.query_vector(query, change)
-    vectors = retriever.index.get_many([r.id for r in found])[0]
+    vectors = retriever.index.get_many(pool)[0]
     log_probs = reference_log_probs(vectors @ rerank.weights + rerank.bias, rerank.sizes)
     _, labels, predicted = retriever.index.get(query)
     wanted = {**schema.decode(np.where(labels >= 0, labels, predicted)), **change}  # label, else prediction
@@ -106,7 +109,7 @@ def reference_order(retriever: Retriever, rerank: LabelRerank, query: str, chang
         if wanted[name] is not None:
             weight = rerank.changed if name in change else rerank.kept
             score = score + weight * np.maximum(log_probs[:, offset + schema.value_index(a, wanted[name])], LOG_FLOOR)
-    return [found[n].id for n in np.argsort(-score, kind="stable")[:k]]
+    return [pool[n] for n in np.argsort(-score, kind="stable")[:k]]
 
 
 def test_a_bundle_with_a_rerank_reorders_changed_searches_toward_the_wanted_values(
@@ -205,3 +208,75 @@ def test_a_candidate_removed_between_the_two_reads_is_dropped_not_an_error(
     out = rerank.rerank_hits(index, found, [0] * len(rerank.sizes), np.zeros(len(rerank.sizes), bool), 5)
     assert gone not in out.ids and len(out.ids) == 5
     assert out.labels.shape == (5, len(rerank.sizes)) and all(i in index for i in out.ids)
+
+
+def test_the_value_filter_asks_for_every_wanted_value_within_the_querys_own_filter() -> None:
+    rerank, _ = onehot_rerank(kept=0.1, changed=0.1)
+    assert rerank.value_filter({0: 1}) is None  # no value candidates asked for
+    rerank = LabelRerank(rerank.weights, rerank.bias, (2, 2), 0.1, 0.1, 10, value_candidates=5)
+    assert rerank.value_filter({}) is None
+    assert rerank.value_filter({0: 1}) == {0: frozenset([1])}
+    assert rerank.value_filter({0: 1, 1: 0}) == {0: frozenset([1]), 1: frozenset([0])}
+    assert rerank.value_filter({0: 1}, {1: frozenset([0, 1])}) == {0: frozenset([1]), 1: frozenset([0, 1])}
+    assert rerank.value_filter({0: 1}, {0: frozenset([0, 1])}) == {0: frozenset([1])}
+    assert rerank.value_filter({0: 1}, {0: frozenset([0])}) is None  # the filter excludes the wanted value
+
+
+def test_extra_candidates_join_the_pool_once_in_order() -> None:
+    def hits(ids: list[str], base: float) -> Hits:
+        n = len(ids)
+        return Hits(ids, np.arange(n, dtype=np.float32) + base, np.full((n, 2), base, np.int16),
+                    np.full((n, 2), base + 1, np.int16), np.full((n, 2), base / 10, np.float16))
+
+    pool = with_extra(hits(["a", "b"], 0), hits(["b", "c", "d"], 5))
+    assert pool.ids == ["a", "b", "c", "d"]
+    assert pool.scores.tolist() == [0, 1, 6, 7]  # b keeps its first score; c, d bring theirs
+    assert pool.labels[:, 0].tolist() == [0, 0, 5, 5] and pool.predicted[:, 1].tolist() == [1, 1, 6, 6]
+    assert len(pool.confidence) == 4
+    same = hits(["a"], 0)
+    assert with_extra(same, hits(["a"], 5)) is same
+
+
+def reference_pool(retriever: Retriever, rerank: LabelRerank, query: str, change: dict[str, str]) -> list[str]:
+    """By hand: the ``candidates`` nearest items to the changed query, then the ``value_candidates``
+    nearest among those whose label (else prediction) is every wanted value, the query left out."""
+    ids = [i for i in retriever.index.ids if i != query]
+    vectors, labels, predicted = retriever.index.get_many(ids)
+    current = np.where(labels >= 0, labels, predicted)
+    moved, _ = retriever.query_vector(query, change)
+    score = vectors @ moved
+    nearest = [ids[n] for n in np.argsort(-score, kind="stable")[:rerank.candidates]]
+    schema = retriever.schema
+    carries = np.ones(len(ids), bool)
+    for name, value in change.items():
+        a = schema.names.index(name)
+        carries &= current[:, a] == schema.value_index(a, value)
+    by_value = [ids[n] for n in np.flatnonzero(carries)[np.argsort(-score[carries], kind="stable")]]
+    return nearest + [i for i in by_value[:rerank.value_candidates] if i not in nearest]
+
+
+def test_value_candidates_bring_items_with_the_wanted_values_into_the_pool(
+        bundle_copy: Path, real_index_dir: Path, real_retriever: Retriever) -> None:
+    _, vectors, codes = real_retriever.index.vectors_and_codes()
+    weights, bias = fit_probe(vectors, codes, real_retriever.schema.sizes, steps=200)
+    rerank = LabelRerank(weights, bias, tuple(real_retriever.schema.sizes), 0.5, 0.5, 3, value_candidates=8)
+    attach_rerank(bundle_copy, RerankChoice(rerank, np.zeros(1, bool), {(0.5, 0.5): np.ones(1, bool)}, {}))
+    retriever = Retriever(bundle_copy, real_index_dir, threads=1)
+    assert retriever.rerank.value_candidates == 8
+    schema = retriever.schema
+    colour = schema.names.index("baseColour")
+    grew = 0
+    for query in retriever.index.ids[:12]:
+        code = int(retriever.index.get(query)[1][colour])
+        change = {"baseColour": schema.attributes[colour].values[(max(code, 0) + 1) % schema.sizes[colour]]}
+        pool = reference_pool(retriever, rerank, query, change)
+        found = [r.id for r in retriever.search(query, change=change, k=3, exact=True)]
+        assert found == reference_order(retriever, rerank, query, change, 3, pool)
+        grew += bool(set(found) - set(pool[:rerank.candidates]))  # a value candidate made the top 3
+        batch = retriever.search_batch([query], changes=[change], k=3, exact=True)[0]
+        assert [r.id for r in batch] == found
+        # a filter that excludes the wanted value leaves only the nearest candidates it allows
+        other = schema.attributes[colour].values[max(code, 0)]
+        assert all(r.attributes["baseColour"] == other
+                   for r in retriever.search(query, change=change, k=5, exact=True, where={"baseColour": other}))
+    assert grew >= 4  # the wanted colour was often not among the 3 nearest: the value search supplied it

@@ -144,8 +144,13 @@ def test_chunk_replace_export_and_two_families_in_one_quality_table(trained: dic
     out = tmp / "families.json"
     assert quality.main(["--bundle", str(trained["bundle"].directory), "--bundle", str(tmp / "chunk-bundle"),
                          "--labels", str(trained["labels"]), "--images", str(trained["folder"]), "--json", str(out),
-                         "--max-queries", "400", "--pair-queries", "200"]) == 0
+                         "--max-queries", "100000", "--per-attribute-queries", "100000", "--pair-queries", "200"]) == 0
     report = json.loads(out.read_text())
+    # every valid query in both samples: the per-attribute section repeats the main table's split exactly
+    each = report["per_attribute_queries"]
+    assert sum(each["queries"].values()) == report["queries"] == report["valid_queries"]
+    assert each["per_attribute"] == report["per_attribute"]
+    assert "queries per attribute" in out.with_suffix(".md").read_text()
     assert report["rows"] == ["adde", "chunk_replace", "mean_swap", "attribute_based", "no_manipulation"]
     assert set(report["top_k"]) == set(report["rows"]) and report["queries"] > 50
     assert all(0.0 <= report["top_k"][m]["30"] <= 1.0 for m in report["rows"])
@@ -157,11 +162,11 @@ def test_chunk_replace_export_and_two_families_in_one_quality_table(trained: dic
     again = tmp / "mean-swap-from.json"
     assert quality.main(["--bundle", str(trained["bundle"].directory), "--mean-swap-from", str(tmp / "chunk-bundle"),
                          "--labels", str(trained["labels"]), "--images", str(trained["folder"]), "--json", str(again),
-                         "--max-queries", "400", "--pair-queries", "200"]) == 0
+                         "--max-queries", "100000", "--per-attribute-queries", "0", "--pair-queries", "200"]) == 0
     shortcut = json.loads(again.read_text())
     assert shortcut["rows"] == ["adde", "mean_swap", "attribute_based", "no_manipulation"]
     assert shortcut["top_k"]["mean_swap"] == report["top_k"]["chunk_replace"]
-    assert shortcut["mean_swap_means"] == str(tmp / "chunk-bundle")
+    assert shortcut["mean_swap_means"] == str(tmp / "chunk-bundle") and shortcut["per_attribute_queries"] == {}
     with pytest.raises(SystemExit, match="has no value means; pass a chunk_replace bundle"):
         quality.main(["--bundle", str(trained["bundle"].directory), "--mean-swap-from", str(trained["bundle"].directory),
                       "--labels", str(trained["labels"]), "--images", str(trained["folder"]), "--json", str(again)])
