@@ -29,7 +29,7 @@ KEPT_GRID = (0.0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15)  # weight of l
 CHANGED_SHARE = (0.0, 0.5, 1.0, 2.0)  # the changed attributes' weight as a share of the kept one
 # the pool reordered: the changed query's nearest neighbours and its nearest among the items that carry
 # the wanted values; with the second, more of the first gain little and cost time (docs/quality.md)
-CANDIDATES = 100
+CANDIDATES = 200
 VALUE_CANDIDATES = 50
 TOP_K = 30
 PROBE_MAX_ROWS = 50_000  # training rows the probe is fitted on (a uniform sample above this)
@@ -104,13 +104,14 @@ def choose_rerank(weights: np.ndarray, bias: np.ndarray, sizes: Sequence[int], n
     with each grid pair; the best pair (ties: the smaller weights), or none when none beats plain."""
     probe = LabelRerank(weights, bias, tuple(sizes), 0.0, 0.0, candidates, value_candidates)
     log_probs = probe.log_probs(vectors)
+    predicted = np.stack([log_probs[:, o:o + s].argmax(1) for o, s in zip(probe.offsets, sizes)], axis=1)
     accuracy = {}
-    for a, (offset, size) in enumerate(zip(probe.offsets, sizes)):
+    for a, name in enumerate(names):
         ok = codes[:, a] >= 0
-        accuracy[names[a]] = round(float((log_probs[ok, offset:offset + size].argmax(1) == codes[ok, a]).mean()), 4)
+        accuracy[name] = round(float((predicted[ok, a] == codes[ok, a]).mean()), 4)
     moved = family.change_batch(vectors[queries.rows], codes[queries.rows], queries.attrs, queries.values)
     top = exact_topk(moved, vectors, max(candidates, TOP_K))
-    rows, cosine = rerank_pool(probe, vectors, codes, moved, top, queries)  # the validation labels stand for current
+    rows, cosine = rerank_pool(probe, vectors, predicted, moved, top, queries)  # as the evaluation: by predictions
     wanted, changed = wanted_values(codes[queries.rows], queries.attrs, queries.values, NO_CHANGE)
     plain = query_hits(top, codes, queries.targets, TOP_K)
     grid: dict[tuple[float, float], np.ndarray] = {}

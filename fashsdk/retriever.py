@@ -247,8 +247,9 @@ class Retriever:
         ``change`` maps attribute names to wanted values, e.g. {"baseColour": "Red"}; several
         attributes change together. ``where`` keeps only items whose stored (else predicted)
         values match, e.g. {"gender": "Women", "usage": ["Casual", "Sports"]}. With a change, a
-        bundle that carries a label rerank reorders the nearest candidates by how likely each has
-        the wanted values (fashsdk.tasks.label_rerank). The query item
+        bundle that carries a label rerank reorders the nearest candidates, and the nearest items
+        whose current values are the wanted ones, by how likely each has the wanted values
+        (fashsdk.tasks.label_rerank). The query item
         itself is left out of its own results unless ``include_query``. A str that is an indexed
         id is the id, even if a file of that name exists; otherwise it must be an image file.
         ``k`` above the number of matching items returns them all. Raises QueryError /

@@ -9,7 +9,8 @@ Rows ranked on the same queries:
 - ``no_manipulation``: the query's own nearest neighbours.
 
 A family row whose bundle carries a label rerank (fashsdk.tasks.label_rerank) is ranked twice:
-``NAME+rerank`` (what the SDK serves: the family's candidates reordered) and ``NAME`` (cosine alone).
+``NAME+rerank`` (what the SDK serves: the family's nearest candidates and value candidates,
+reordered) and ``NAME`` (cosine alone).
 """
 from __future__ import annotations
 
@@ -98,9 +99,10 @@ def reranked(rerank: LabelRerank, gallery: Gallery, log_probs: np.ndarray, moved
              candidates: np.ndarray, queries: QuerySet) -> np.ndarray:
     """Gallery rows of each query's rerank pool (``candidates`` and the value candidates) reordered
     by the label rerank; ``moved`` are the changed query vectors, ``log_probs`` the rerank's (n, J)
-    over the gallery."""
-    current = np.where(gallery.codes >= 0, gallery.codes, gallery.predicted)
-    rows, cosine = rerank_pool(rerank, gallery.vectors, current, moved, candidates, queries)
+    over the gallery. The value candidates are chosen by the model's predicted values: the gallery's
+    labels define the hits, so a measure of the model must not search by them (an index that
+    holds labels serves them, and does as well as they are right)."""
+    rows, cosine = rerank_pool(rerank, gallery.vectors, gallery.predicted, moved, candidates, queries)
     wanted, changed = wanted_values(gallery.codes[queries.rows], queries.attrs, queries.values, NO_CHANGE)
     order, _ = rerank.order(cosine, log_probs, rows, wanted, changed)
     return np.take_along_axis(rows, order, axis=1)

@@ -300,3 +300,8 @@ def test_value_candidates_find_targets_the_nearest_candidates_miss() -> None:
                                   rerankers={"unchanged": rerank})
         tops[extra] = report["top_k"]["unchanged+rerank"][1]
     assert tops[0] == 0.0 and tops[10] == 1.0  # every target exists; the value candidates reach it
+    # the value search reads the model's predictions, never the labels that define the hits
+    blind = Gallery(gallery.ids, vectors, codes, np.zeros_like(codes))
+    report = evaluate_methods({"unchanged": blind}, {"unchanged": Unchanged()}, schema, qs, ks=(1,),
+                              rerankers={"unchanged": rerank})
+    assert report["top_k"]["unchanged+rerank"][1] < 0.5
