@@ -177,6 +177,7 @@ def with_extra(hits: Hits, extra: Hits) -> Hits:
     new = [n for n, i in enumerate(extra.ids) if i not in seen]
     if not new:
         return hits
+
     def joined(mine: np.ndarray, theirs: np.ndarray) -> np.ndarray:
         return np.concatenate([mine, theirs[new]])
 
