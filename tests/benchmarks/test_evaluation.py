@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from fashsdk.eval.methods import Gallery, attribute_based_topk, conditional_similarity, evaluate_methods, family_queries
-from fashsdk.eval.protocol import exact_topk, hit_rates, manipulation_queries, ndcg, paired_lead, query_hits
+from fashsdk.eval.protocol import QuerySet, exact_topk, hit_rates, manipulation_queries, ndcg, paired_lead, query_hits
 from fashsdk.families.chunk_replace import ChunkReplace, value_means
 from fashsdk.schema import AttributeSchema
 
@@ -193,34 +193,42 @@ def test_chunk_leakage_finds_which_chunk_carries_which_attribute() -> None:
     assert table["kind"]["colour"] < 0.5 and table["colour"]["kind"] < 0.65  # chance: 1/3 and 1/2
 
 
-def test_a_row_with_a_label_rerank_is_ranked_twice_through_the_same_candidates() -> None:
-    """NAME+rerank is the family's candidates reordered by the rerank, exact and through the index;
-    NAME stays the plain ranking."""
-    from fashsdk.tasks.label_rerank import LabelRerank
+class Unchanged:
+    """A family whose query is the item's own vector: cosine alone knows nothing of the change."""
 
+    name = "unchanged"
+
+    def change_batch(self, v, current, attrs, values):
+        return np.asarray(v, np.float32)
+
+
+def signal_gallery() -> tuple[AttributeSchema, Gallery, QuerySet, np.ndarray]:
+    """60 items whose first 5 dims say their two labels (one-hot, small beside 6 noise dims), every
+    single-attribute query over them, and a probe that reads the labels off those dims exactly."""
     rng = np.random.default_rng(0)
     schema = AttributeSchema.from_dict({"colour": ["a", "b", "c"], "kind": ["x", "y"]})
     codes = np.stack([rng.integers(0, 3, 60), rng.integers(0, 2, 60)], axis=1)
     signal = np.concatenate([np.eye(3)[codes[:, 0]], np.eye(2)[codes[:, 1]]], axis=1) * 0.2
     vectors = np.concatenate([signal, rng.normal(size=(60, 6))], axis=1).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    gallery = Gallery([str(i) for i in range(60)], vectors, codes, codes)
-    qs = manipulation_queries(codes, [3, 2], max_queries=None)
-
-    class Unchanged:
-        name = "unchanged"
-
-        def change_batch(self, v, current, attrs, values):  # cosine alone knows nothing of the change
-            return np.asarray(v, np.float32)
-
     probe = np.zeros((11, 5), np.float32)
-    probe[:5, :5] = np.eye(5) * 200  # reads the labels off the signal dims exactly
+    probe[:5, :5] = np.eye(5) * 200
+    return schema, Gallery([str(i) for i in range(60)], vectors, codes, codes), \
+        manipulation_queries(codes, [3, 2], max_queries=None), probe
+
+
+def test_a_row_with_a_label_rerank_is_ranked_twice_through_the_same_candidates() -> None:
+    """NAME+rerank is the family's candidates reordered by the rerank, exact and through the index;
+    NAME stays the plain ranking."""
+    from fashsdk.tasks.label_rerank import LabelRerank
+
+    schema, gallery, qs, probe = signal_gallery()
     rerank = LabelRerank(probe, np.zeros(5, np.float32), (3, 2), 1.0, 1.0, 60)
     index_calls = []
 
     def through_index(q: np.ndarray, k: int) -> np.ndarray:
         index_calls.append(k)
-        return exact_topk(q, vectors, k)
+        return exact_topk(q, gallery.vectors, k)
 
     report = evaluate_methods({"unchanged": gallery}, {"unchanged": Unchanged()}, schema, qs, ks=(1, 5),
                               approximate={"unchanged": through_index}, rerankers={"unchanged": rerank})
@@ -276,23 +284,7 @@ def test_value_candidates_find_targets_the_nearest_candidates_miss() -> None:
     evaluation keeps it), never a target; value candidates bring the wanted value, ranked first."""
     from fashsdk.tasks.label_rerank import LabelRerank
 
-    rng = np.random.default_rng(0)
-    schema = AttributeSchema.from_dict({"colour": ["a", "b", "c"], "kind": ["x", "y"]})
-    codes = np.stack([rng.integers(0, 3, 60), rng.integers(0, 2, 60)], axis=1)
-    signal = np.concatenate([np.eye(3)[codes[:, 0]], np.eye(2)[codes[:, 1]]], axis=1) * 0.2
-    vectors = np.concatenate([signal, rng.normal(size=(60, 6))], axis=1).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    gallery = Gallery([str(i) for i in range(60)], vectors, codes, codes)
-    qs = manipulation_queries(codes, [3, 2], max_queries=None)
-
-    class Unchanged:
-        name = "unchanged"
-
-        def change_batch(self, v, current, attrs, values):
-            return np.asarray(v, np.float32)
-
-    probe = np.zeros((11, 5), np.float32)
-    probe[:5, :5] = np.eye(5) * 200
+    schema, gallery, qs, probe = signal_gallery()
     tops = {}
     for extra in (0, 10):
         rerank = LabelRerank(probe, np.zeros(5, np.float32), (3, 2), 1.0, 1.0, 1, extra)
@@ -301,7 +293,7 @@ def test_value_candidates_find_targets_the_nearest_candidates_miss() -> None:
         tops[extra] = report["top_k"]["unchanged+rerank"][1]
     assert tops[0] == 0.0 and tops[10] == 1.0  # every target exists; the value candidates reach it
     # the value search reads the model's predictions, never the labels that define the hits
-    blind = Gallery(gallery.ids, vectors, codes, np.zeros_like(codes))
+    blind = Gallery(gallery.ids, gallery.vectors, gallery.codes, np.zeros_like(gallery.codes))
     report = evaluate_methods({"unchanged": blind}, {"unchanged": Unchanged()}, schema, qs, ks=(1,),
                               rerankers={"unchanged": rerank})
     assert report["top_k"]["unchanged+rerank"][1] < 0.5
