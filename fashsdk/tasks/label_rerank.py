@@ -104,6 +104,16 @@ class LabelRerank:
             out[a] = allowed
         return out
 
+    def lacks_values(self, nearest: Hits, change: Mapping[int, int]) -> bool:
+        """Whether the value search can add anything to ``nearest`` (the query's nearest candidates,
+        found under the same filter): when they already hold ``value_candidates`` items carrying the
+        wanted values, the nearest carriers overall are among them, so the search is skipped."""
+        current = np.where(nearest.labels >= 0, nearest.labels, nearest.predicted)
+        carries = np.ones(len(nearest.ids), bool)
+        for a, v in change.items():
+            carries &= current[:, a] == v
+        return int(carries.sum()) < self.value_candidates
+
     def log_probs(self, vectors: np.ndarray) -> np.ndarray:
         """(n, J): per attribute, the log-softmax of the probe's logits for each value (a few whole-array
         calls rather than a loop over attributes: this runs on every changed query's candidates)."""

@@ -154,7 +154,7 @@ def search(index: IndexBackend, family: Family, schema: AttributeSchema, encode:
     count = max(k, rerank.candidates)
     hits = index.hits(vector[None, :], count, exact=exact, exclude=exclude, where=filters or None)[0]
     value_where = rerank.value_filter(parsed, filters)
-    if value_where is not None:
+    if value_where is not None and rerank.lacks_values(hits, parsed):
         hits = with_extra(hits, index.hits(vector[None, :], rerank.value_candidates, exact=exact, exclude=exclude,
                                            where=value_where)[0])
     wanted, changed = wanted_values(np.array([item.current]), np.array([list(parsed)]),
@@ -218,13 +218,14 @@ def _add_value_candidates(index: IndexBackend, rerank: LabelRerank, hits: list, 
                           attrs: np.ndarray, values: np.ndarray, changed: np.ndarray, exact: bool,
                           exclude: list[str | None] | None, filters: dict) -> None:
     """The changed queries' value candidates added to their pools: one ``where`` search for all the
-    queries that ask for the same values."""
+    queries that ask for the same values and lack them among their nearest candidates."""
     if rerank.value_candidates <= 0:
         return
     groups: dict[tuple[tuple[int, int], ...], list[int]] = {}
     for i in changed.tolist():
         key = tuple(sorted((int(a), int(v)) for a, v in zip(attrs[i], values[i]) if a != NO_CHANGE))
-        groups.setdefault(key, []).append(i)
+        if rerank.lacks_values(hits[i], dict(key)):
+            groups.setdefault(key, []).append(i)
     for key, rows in groups.items():
         where = rerank.value_filter(dict(key), filters)
         if where is None:

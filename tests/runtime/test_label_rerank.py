@@ -280,3 +280,34 @@ def test_value_candidates_bring_items_with_the_wanted_values_into_the_pool(
         assert all(r.attributes["baseColour"] == other
                    for r in retriever.search(query, change=change, k=5, exact=True, where={"baseColour": other}))
     assert grew >= 4  # the wanted colour was often not among the 3 nearest: the value search supplied it
+
+
+def test_the_value_search_is_skipped_when_the_nearest_already_hold_enough_carriers(
+        reranked_bundle: tuple[Path, LabelRerank], real_index_dir: Path, real_retriever: Retriever) -> None:
+    directory, rerank = reranked_bundle  # 60 nearest of the ~100 indexed photos
+    labels = np.array([[0, 1], [-1, 1], [1, 1]], np.int16)
+    nearest = Hits(["a", "b", "c"], np.zeros(3, np.float32), labels, np.array([[9, 9], [0, 9], [0, 0]], np.int16),
+                   np.ones((3, 2), np.float16))
+    two = LabelRerank(rerank.weights, rerank.bias, rerank.sizes, 0.1, 0.1, 3, value_candidates=2)
+    assert not two.lacks_values(nearest, {0: 0})  # a by label, b by prediction (its label unknown); c's label is 1
+    assert two.lacks_values(nearest, {0: 0, 1: 0})  # only b carries both
+    retriever = Retriever(directory, real_index_dir, threads=1)
+    retriever.rerank = LabelRerank(rerank.weights, rerank.bias, rerank.sizes, 0.5, 0.5, 60, value_candidates=2)
+    index, calls = retriever.index, []
+    plain_hits = index.hits
+
+    def counted(queries, k, **kw):
+        calls.append(kw.get("where"))
+        return plain_hits(queries, k, **kw)
+
+    index.hits = counted  # type: ignore[method-assign]
+    gender = retriever.schema.names.index("gender")
+    for query in index.ids[:8]:
+        code = int(index.get(query)[1][gender])
+        change = {"gender": retriever.schema.attributes[gender].values[(max(code, 0) + 1) % 2]}
+        pool = reference_pool(retriever, retriever.rerank, query, change)
+        assert len(pool) == 60  # the 2 nearest carriers are among the 60 nearest ...
+        calls.clear()
+        found = [r.id for r in retriever.search(query, change=change, k=5, exact=True)]
+        assert calls == [None]  # ... so no where search was made
+        assert found == reference_order(retriever, retriever.rerank, query, change, 5, pool)
