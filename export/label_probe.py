@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from fashsdk.bundle import MANIFEST, Bundle
-from fashsdk.eval.methods import rerank_pool
+from fashsdk.eval.methods import rerank_pool, value_candidates as value_candidate_rows
 from fashsdk.eval.protocol import QuerySet, exact_topk, paired_lead, query_hits
 from fashsdk.families import NO_CHANGE, Family
 from fashsdk.files import atomic_save_npy, atomic_write_json, seal, sha256_file
@@ -111,7 +111,9 @@ def choose_rerank(weights: np.ndarray, bias: np.ndarray, sizes: Sequence[int], n
         accuracy[name] = round(float((predicted[ok, a] == codes[ok, a]).mean()), 4)
     moved = family.change_batch(vectors[queries.rows], codes[queries.rows], queries.attrs, queries.values)
     top = exact_topk(moved, vectors, max(candidates, TOP_K))
-    rows, cosine = rerank_pool(probe, vectors, predicted, moved, top, queries)  # as the evaluation: by predictions
+    extra = (value_candidate_rows(vectors, predicted, moved, queries, value_candidates) if value_candidates > 0
+             else None)
+    rows, cosine = rerank_pool(vectors, moved, top, extra)  # value candidates by predictions, as the evaluation
     wanted, changed = wanted_values(codes[queries.rows], queries.attrs, queries.values, NO_CHANGE)
     plain = query_hits(top, codes, queries.targets, TOP_K)
     grid: dict[tuple[float, float], np.ndarray] = {}

@@ -77,14 +77,13 @@ def value_candidates(vectors: np.ndarray, current: np.ndarray, moved: np.ndarray
     return out
 
 
-def rerank_pool(rerank: LabelRerank, vectors: np.ndarray, current: np.ndarray, moved: np.ndarray,
-                nearest: np.ndarray, queries: QuerySet, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """(rows (Q, K), cosines (Q, K)): each query's ``nearest`` gallery rows followed by the value
-    candidates they lack, the rerank's pool; a repeat or a pad becomes a copy of the query's
-    first row with cosine -inf, so it sorts last."""
+def rerank_pool(vectors: np.ndarray, moved: np.ndarray, nearest: np.ndarray, extra: np.ndarray | None,
+                chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """(rows (Q, K), cosines (Q, K)): each query's ``nearest`` gallery rows followed by the ``extra``
+    rows (its value candidates, -1 pads; None: none) they lack, the rerank's pool; a repeat or a pad
+    becomes a copy of the query's first row with cosine -inf, so it sorts last."""
     rows, repeat = nearest, np.zeros((len(nearest), 0), bool)
-    if rerank.value_candidates > 0:
-        extra = value_candidates(vectors, current, moved, queries, rerank.value_candidates)
+    if extra is not None:
         offset = np.arange(len(nearest))[:, None] * len(vectors)  # per-query keys: one isin for all queries
         repeat = (extra < 0) | np.isin(extra + offset, nearest + offset)
         rows = np.concatenate([nearest, np.where(repeat, nearest[:, :1], extra)], axis=1)
@@ -96,13 +95,11 @@ def rerank_pool(rerank: LabelRerank, vectors: np.ndarray, current: np.ndarray, m
 
 
 def reranked(rerank: LabelRerank, gallery: Gallery, log_probs: np.ndarray, moved: np.ndarray,
-             candidates: np.ndarray, queries: QuerySet) -> np.ndarray:
-    """Gallery rows of each query's rerank pool (``candidates`` and the value candidates) reordered
-    by the label rerank; ``moved`` are the changed query vectors, ``log_probs`` the rerank's (n, J)
-    over the gallery. The value candidates are chosen by the model's predicted values: the gallery's
-    labels define the hits, so a measure of the model must not search by them (an index that
-    holds labels serves them, and does as well as they are right)."""
-    rows, cosine = rerank_pool(rerank, gallery.vectors, gallery.predicted, moved, candidates, queries)
+             candidates: np.ndarray, extra: np.ndarray | None, queries: QuerySet) -> np.ndarray:
+    """Gallery rows of each query's rerank pool (``candidates`` and the value candidates ``extra``)
+    reordered by the label rerank; ``moved`` are the changed query vectors, ``log_probs`` the
+    rerank's (n, J) over the gallery."""
+    rows, cosine = rerank_pool(gallery.vectors, moved, candidates, extra)
     wanted, changed = wanted_values(gallery.codes[queries.rows], queries.attrs, queries.values, NO_CHANGE)
     order, _ = rerank.order(cosine, log_probs, rows, wanted, changed)
     return np.take_along_axis(rows, order, axis=1)
@@ -131,9 +128,13 @@ def evaluate_methods(galleries: Mapping[str, Gallery], families: Mapping[str, Fa
         nearest = exact_topk(q, gallery.vectors, wide)  # best first, so its first kmax are the plain row
         if rerank is not None:
             log_probs = rerank.log_probs(gallery.vectors)
-            rows[name + RERANKED] = reranked(rerank, gallery, log_probs, q, nearest, queries)[:, :kmax]
+            # found by the model's predicted values, never by the labels that define the hits (an index
+            # that holds labels serves them, and does as well as they are right); one set for both paths
+            extra = (value_candidates(gallery.vectors, gallery.predicted, q, queries, rerank.value_candidates)
+                     if rerank.value_candidates > 0 else None)
+            rows[name + RERANKED] = reranked(rerank, gallery, log_probs, q, nearest, extra, queries)[:, :kmax]
             if approximate is not None and name in approximate:
-                found = reranked(rerank, gallery, log_probs, q, approximate[name](q, wide), queries)[:, :kmax]
+                found = reranked(rerank, gallery, log_probs, q, approximate[name](q, wide), extra, queries)[:, :kmax]
                 approx[name + RERANKED] = hit_rates(found, gallery.codes, queries.targets, ks)
         rows[name] = nearest[:, :kmax]
         if approximate is not None and name in approximate:

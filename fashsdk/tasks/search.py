@@ -153,10 +153,7 @@ def search(index: IndexBackend, family: Family, schema: AttributeSchema, encode:
         return to_results(schema, hits[0])
     count = max(k, rerank.candidates)
     hits = index.hits(vector[None, :], count, exact=exact, exclude=exclude, where=filters or None)[0]
-    value_where = rerank.value_filter(parsed, filters)
-    if value_where is not None and rerank.lacks_values(hits, parsed):
-        hits = with_extra(hits, index.hits(vector[None, :], rerank.value_candidates, exact=exact, exclude=exclude,
-                                           where=value_where)[0])
+    hits = _with_value_candidates(index, rerank, [hits], vector[None, :], parsed, filters, exact, exclude)[0]
     wanted, changed = wanted_values(np.array([item.current]), np.array([list(parsed)]),
                                     np.array([list(parsed.values())]), NO_CHANGE)
     return to_results(schema, rerank.rerank_hits(index, hits, wanted[0], changed[0], k))
@@ -207,33 +204,35 @@ def _reranked_hits(index: IndexBackend, rerank: LabelRerank, vectors: np.ndarray
             for i, found in zip(rows.tolist(), index.hits(vectors[rows], count, exact=exact, exclude=skip,
                                                          where=filters or None)):
                 hits[i] = found
-    _add_value_candidates(index, rerank, hits, vectors, attrs, values, changed, exact, exclude, filters)
+    groups: dict[tuple[tuple[int, int], ...], list[int]] = {}  # queries asking for the same values
+    for i in changed.tolist():
+        groups.setdefault(tuple(sorted((int(a), int(v)) for a, v in zip(attrs[i], values[i]) if a != NO_CHANGE)),
+                          []).append(i)
+    for key, rows in groups.items():
+        skip = None if exclude is None else [exclude[i] for i in rows]
+        pools = _with_value_candidates(index, rerank, [hits[i] for i in rows], vectors[rows], dict(key), filters,
+                                       exact, skip)
+        for i, pool in zip(rows, pools):
+            hits[i] = pool
     wanted, moved = wanted_values(current[changed], attrs[changed], values[changed], NO_CHANGE)
     for n, i in enumerate(changed.tolist()):
         hits[i] = rerank.rerank_hits(index, hits[i], wanted[n], moved[n], k)  # type: ignore[arg-type]
     return hits  # type: ignore[return-value]
 
 
-def _add_value_candidates(index: IndexBackend, rerank: LabelRerank, hits: list, vectors: np.ndarray,
-                          attrs: np.ndarray, values: np.ndarray, changed: np.ndarray, exact: bool,
-                          exclude: list[str | None] | None, filters: dict) -> None:
-    """The changed queries' value candidates added to their pools: one ``where`` search for all the
-    queries that ask for the same values and lack them among their nearest candidates."""
-    if rerank.value_candidates <= 0:
-        return
-    groups: dict[tuple[tuple[int, int], ...], list[int]] = {}
-    for i in changed.tolist():
-        key = tuple(sorted((int(a), int(v)) for a, v in zip(attrs[i], values[i]) if a != NO_CHANGE))
-        if rerank.lacks_values(hits[i], dict(key)):
-            groups.setdefault(key, []).append(i)
-    for key, rows in groups.items():
-        where = rerank.value_filter(dict(key), filters)
-        if where is None:
-            continue
-        skip = None if exclude is None else [exclude[i] for i in rows]
-        for i, found in zip(rows, index.hits(vectors[rows], rerank.value_candidates, exact=exact, exclude=skip,
+def _with_value_candidates(index: IndexBackend, rerank: LabelRerank, pools: list[Hits], vectors: np.ndarray,
+                           change: dict[int, int], filters: dict, exact: bool,
+                           exclude: list[str | None] | None) -> list[Hits]:
+    """The pools (nearest candidates) of queries that ask for the same ``change``, each with its value
+    candidates added: one ``where`` search for those whose nearest candidates lack them."""
+    where = rerank.value_filter(change, filters)
+    rows = [] if where is None else [n for n, pool in enumerate(pools) if rerank.lacks_values(pool, change)]
+    if rows:
+        skip = None if exclude is None else [exclude[n] for n in rows]
+        for n, found in zip(rows, index.hits(vectors[rows], rerank.value_candidates, exact=exact, exclude=skip,
                                              where=where)):
-            hits[i] = with_extra(hits[i], found)
+            pools[n] = with_extra(pools[n], found)
+    return pools
 
 
 def _changes(changes: Change | Sequence[Change | None] | None, n: int) -> list[Change | None]:

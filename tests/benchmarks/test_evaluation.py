@@ -241,7 +241,6 @@ def test_a_row_with_a_label_rerank_is_ranked_twice_through_the_same_candidates()
 
 def test_value_candidates_are_the_nearest_items_carrying_every_wanted_value() -> None:
     from fashsdk.eval.methods import rerank_pool, value_candidates
-    from fashsdk.tasks.label_rerank import LabelRerank
 
     rng = np.random.default_rng(1)
     current = np.stack([rng.integers(0, 3, 80), rng.integers(0, 2, 80)], axis=1)
@@ -264,11 +263,10 @@ def test_value_candidates_are_the_nearest_items_carrying_every_wanted_value() ->
             assert got[q, :len(want)].tolist() == want.tolist() and (got[q, len(want):] == -1).all()
     assert (value_candidates(vectors, current, vectors[pair.rows], pair, 6) == -1).any()  # the rare pair pads
     # the pool: nearest rows first, then the value candidates they lack; repeats and pads sort last
-    rerank = LabelRerank(np.zeros((8, 5), np.float32), np.zeros(5, np.float32), (3, 2), 0.0, 0.0, 4, 6)
     moved = vectors[pair.rows]
     nearest = exact_topk(moved, vectors, 4)
-    rows, cosine = rerank_pool(rerank, vectors, current, moved, nearest, pair, chunk=7)
     extra = value_candidates(vectors, current, moved, pair, 6)
+    rows, cosine = rerank_pool(vectors, moved, nearest, extra, chunk=7)
     assert rows.shape == cosine.shape == (len(pair), 10) and np.array_equal(rows[:, :4], nearest)
     for q in range(len(pair)):
         fresh = [(n, r) for n, r in enumerate(extra[q]) if r >= 0 and r not in nearest[q]]
