@@ -3,7 +3,10 @@ its weights chosen on the validation split, and the bundle that carries them.
 
 The probe is a softmax regression per attribute on the L2-normalised embedding (the vector the
 index stores), fitted in numpy on the training split's embeddings with their labels, so it reads
-attributes from any family's vectors, DAtRNet's and FashionSearchNet's included. The rerank's
+attributes from any family's vectors, DAtRNet's and FashionSearchNet's included. Training items'
+embeddings are fitted closely, so the probe's confidence on them is not its confidence on new items:
+each attribute's logits are then divided by a temperature that minimises the validation items'
+log loss (folded into the weights, so the runtime is unchanged; docs/quality.md). The rerank's
 weights (``kept`` for the attributes a query keeps, ``changed`` for those it changes) are the pair
 of ``KEPT_GRID`` x ``CHANGED_SHARE`` with the most validation Top-30 hits over the pool the SDK
 serves (CANDIDATES nearest plus VALUE_CANDIDATES carrying the wanted values); when no pair beats
@@ -12,7 +15,7 @@ the plain ranking, the bundle gets no rerank. Runtime side: fashsdk/tasks/label_
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -33,6 +36,7 @@ CANDIDATES = 200
 VALUE_CANDIDATES = 50
 TOP_K = 30
 PROBE_MAX_ROWS = 50_000  # training rows the probe is fitted on (a uniform sample above this)
+TEMPERATURES = np.exp(np.linspace(np.log(0.25), np.log(8.0), 81)).astype(np.float32)  # searched per attribute
 FILES = {"weights": "label_probe_weights.npy", "bias": "label_probe_bias.npy"}
 
 
@@ -79,6 +83,27 @@ def fit_probe(vectors: np.ndarray, codes: np.ndarray, sizes: Sequence[int], step
     return weights, bias
 
 
+def calibrate(weights: np.ndarray, bias: np.ndarray, sizes: Sequence[int], vectors: np.ndarray,
+              codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(weights, bias, temperatures (A,)): each attribute's logits divided by the temperature of
+    TEMPERATURES with the lowest log loss on ``vectors`` (held-out items) and their labels; 1 for an
+    attribute without labelled items there. Dividing the weights and bias gives the same logits."""
+    logits = np.asarray(vectors, np.float32) @ weights + bias
+    offsets = np.cumsum((0, *sizes[:-1]))
+    temperatures = np.ones(len(sizes), np.float32)
+    for a, (offset, size) in enumerate(zip(offsets, sizes)):
+        known = np.flatnonzero(codes[:, a] >= 0)
+        if not len(known):
+            continue
+        block = logits[known, offset:offset + size]
+        block = block - block.max(axis=1, keepdims=True)
+        true = block[np.arange(len(known)), codes[known, a]]
+        loss = [float(np.mean(np.log(np.exp(block / t).sum(axis=1)) - true / t)) for t in TEMPERATURES]
+        temperatures[a] = TEMPERATURES[int(np.argmin(loss))]
+    per_value = np.repeat(1.0 / temperatures, sizes).astype(np.float32)
+    return (weights * per_value).astype(np.float32), (bias * per_value).astype(np.float32), temperatures
+
+
 @dataclass
 class RerankChoice:
     """The chosen rerank (None: none beat the plain ranking) and every grid pair's validation Top-30."""
@@ -87,12 +112,14 @@ class RerankChoice:
     plain: np.ndarray  # per validation query: hit at 30 without rerank
     grid: dict[tuple[float, float], np.ndarray]
     probe_accuracy: dict[str, float]
+    probe_temperatures: dict[str, float] = field(default_factory=dict)  # per attribute, chosen on validation
 
     def to_json(self) -> dict[str, Any]:
         best = self.plain if self.rerank is None else self.grid[(self.rerank.kept, self.rerank.changed)]
         lead, error = paired_lead(self.plain, best)
         return {"val_top30_plain": round(float(self.plain.mean()), 4), "val_top30": round(float(best.mean()), 4),
                 "val_lead": round(lead, 4), "val_lead_se": round(error, 4), "probe_accuracy": self.probe_accuracy,
+                **({"probe_temperatures": self.probe_temperatures} if self.probe_temperatures else {}),
                 "val_top30_by_weights": {f"kept {k:g} changed {c:g}": round(float(h.mean()), 4)
                                          for (k, c), h in self.grid.items()}}
 
@@ -158,16 +185,20 @@ def attach_rerank(directory: Path, choice: RerankChoice) -> Bundle:
 def add_rerank(directory: Path, train_vectors: np.ndarray, train_codes: np.ndarray, val_vectors: np.ndarray,
                val_codes: np.ndarray, queries: QuerySet, seed: int = 0,
                log: Callable[[str], None] = print) -> RerankChoice:
-    """Fit the probe, choose the weights on validation, attach them to the bundle in ``directory``."""
+    """Fit the probe on the training items, calibrate it and choose the weights on validation, attach
+    them to the bundle in ``directory``."""
     bundle = Bundle.load(directory)
     schema = bundle.schema
     t = time.perf_counter()
     weights, bias = fit_probe(train_vectors, train_codes, schema.sizes, seed=seed)
+    weights, bias, temperatures = calibrate(weights, bias, schema.sizes, val_vectors, val_codes)
     choice = choose_rerank(weights, bias, schema.sizes, schema.names, bundle.family, val_vectors, val_codes, queries)
+    choice = replace(choice, probe_temperatures={n: round(float(v), 3) for n, v in zip(schema.names, temperatures)})
     attach_rerank(directory, choice)
     report = choice.to_json()
     accuracy = ", ".join(f"{n} {100 * v:.1f}%" for n, v in choice.probe_accuracy.items())
     plain, chosen = report["val_top30_plain"], report["val_top30"]
+    calibrated = ", ".join(f"{n} {v:g}" for n, v in choice.probe_temperatures.items())
     if choice.rerank is None:
         log(f"   label rerank: no weights beat the plain ranking on validation (Top-30 {plain:.3f}); "
             f"{directory} ranks by cosine alone (probe accuracy {accuracy})")
@@ -176,5 +207,6 @@ def add_rerank(directory: Path, train_vectors: np.ndarray, train_codes: np.ndarr
         log(f"   label rerank in {directory}: weights kept {rerank.kept:g}, changed {rerank.changed:g} over "
             f"{rerank.candidates} + {rerank.value_candidates} candidates; validation Top-30 {plain:.3f} -> "
             f"{chosen:.3f} (lead {100 * report['val_lead']:+.1f} points, standard error "
-            f"{100 * report['val_lead_se']:.1f}); probe accuracy {accuracy}; {time.perf_counter() - t:.0f} s")
+            f"{100 * report['val_lead_se']:.1f}); probe accuracy {accuracy}; temperatures {calibrated}; "
+            f"{time.perf_counter() - t:.0f} s")
     return choice

@@ -12,7 +12,7 @@ from realdata import real_subset
 
 from export import label_probe
 from export.__main__ import main
-from export.label_probe import CANDIDATES, choose_rerank, fit_probe
+from export.label_probe import CANDIDATES, calibrate, choose_rerank, fit_probe
 from fashsdk import Retriever
 from fashsdk.eval.protocol import manipulation_queries
 from fashsdk.families import NO_CHANGE
@@ -68,6 +68,41 @@ def test_the_probe_learns_labels_and_leaves_unknown_ones_out(monkeypatch: pytest
         fit_probe(vectors, codes[:10], SIZES)
 
 
+def mislabelled(data: tuple[np.ndarray, np.ndarray], seed: int, share: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
+    """The vectors with ``share`` of their labels redrawn at random: no probe can be sure of them."""
+    vectors, codes = data
+    rng = np.random.default_rng(seed + 10)
+    redrawn = np.stack([rng.integers(0, s, len(codes)) for s in SIZES], axis=1)
+    return vectors, np.where(rng.random(codes.shape) < share, redrawn, codes)
+
+
+def held_out_log_loss(weights: np.ndarray, bias: np.ndarray, vectors: np.ndarray, codes: np.ndarray) -> float:
+    log_probs = LabelRerank(weights, bias, SIZES, 0.0, 0.0, 1).log_probs(vectors)
+    return float(-np.mean([log_probs[np.arange(len(codes)), o + codes[:, a]] for a, o in enumerate((0, SIZES[0]))]))
+
+
+def test_calibration_undoes_over_and_under_confidence_and_keeps_every_prediction() -> None:
+    train, train_codes = mislabelled(labelled_vectors(2000, noise=0.3, seed=0), seed=0)
+    val, val_codes = mislabelled(labelled_vectors(600, noise=0.3, seed=1), seed=1)
+    weights, bias = fit_probe(train, train_codes, SIZES)
+    _, _, reference = calibrate(weights, bias, SIZES, val, val_codes)
+    assert np.all((reference > 0.5) & (reference < 2.0))  # fitted on labels as noisy as these: near calibrated
+    for scale in (5.0, 0.4):  # a probe 5x too sure, then 2.5x too unsure, of the same answers
+        sure_w, sure_b = weights * scale, bias * scale
+        cal_w, cal_b, temperatures = calibrate(sure_w, sure_b, SIZES, val, val_codes)
+        ratio = temperatures / (scale * reference)
+        assert np.all((ratio > 0.95) & (ratio < 1.05)), (scale, temperatures, reference)
+        assert held_out_log_loss(cal_w, cal_b, val, val_codes) < held_out_log_loss(sure_w, sure_b, val, val_codes)
+        logits, calibrated = val @ sure_w + sure_b, val @ cal_w + cal_b
+        np.testing.assert_allclose(calibrated, logits / np.repeat(temperatures, SIZES), rtol=1e-4, atol=1e-5)
+        for block in (slice(0, SIZES[0]), slice(SIZES[0], None)):
+            assert np.array_equal(calibrated[:, block].argmax(1), logits[:, block].argmax(1))
+    unknown = val_codes.copy()
+    unknown[:, 1] = -1  # no labelled validation item for the second attribute: it keeps its logits
+    cal_w, _, temperatures = calibrate(weights, bias, SIZES, val, unknown)
+    assert temperatures[1] == 1.0 and np.array_equal(cal_w[:, SIZES[0]:], weights[:, SIZES[0]:])
+
+
 def test_weights_are_chosen_where_the_probe_helps_and_none_where_nothing_beats_plain() -> None:
     train, train_codes = labelled_vectors(3000, noise=0.3, seed=0)
     weights, bias = fit_probe(train, train_codes, SIZES)
@@ -103,5 +138,8 @@ def test_the_label_rerank_command_gives_a_real_bundle_its_rerank(bundle_copy: Pa
     assert section["validation"]["val_top30"] > section["validation"]["val_top30_plain"]
     assert (retriever.rerank.kept, retriever.rerank.changed) == (section["kept"], section["changed"])
     assert set(section["validation"]["probe_accuracy"]) == set(retriever.schema.names)
+    temperatures = section["validation"]["probe_temperatures"]
+    assert set(temperatures) == set(retriever.schema.names) and min(temperatures.values()) > 0
+    assert "temperatures" in printed
     assert main(["label-rerank", "--bundle", str(tmp_path / "missing"), "--labels", str(labels)]) == 2
     assert "does not exist" in capsys.readouterr().err
