@@ -37,6 +37,7 @@ VALUE_CANDIDATES = 50
 TOP_K = 30
 PROBE_MAX_ROWS = 50_000  # training rows the probe is fitted on (a uniform sample above this)
 TEMPERATURES = np.exp(np.linspace(np.log(0.25), np.log(8.0), 81)).astype(np.float32)  # searched per attribute
+CALIBRATION_MIN_ITEMS = 30  # labelled validation items an attribute needs before its temperature is fitted
 FILES = {"weights": "label_probe_weights.npy", "bias": "label_probe_bias.npy"}
 
 
@@ -87,13 +88,14 @@ def calibrate(weights: np.ndarray, bias: np.ndarray, sizes: Sequence[int], vecto
               codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(weights, bias, temperatures (A,)): each attribute's logits divided by the temperature of
     TEMPERATURES with the lowest log loss on ``vectors`` (held-out items) and their labels; 1 for an
-    attribute without labelled items there. Dividing the weights and bias gives the same logits."""
+    attribute with fewer than CALIBRATION_MIN_ITEMS labelled items there (too few to say).
+    Dividing the weights and bias gives the same logits."""
     logits = np.asarray(vectors, np.float32) @ weights + bias
     offsets = np.cumsum((0, *sizes[:-1]))
     temperatures = np.ones(len(sizes), np.float32)
     for a, (offset, size) in enumerate(zip(offsets, sizes)):
         known = np.flatnonzero(codes[:, a] >= 0)
-        if not len(known):
+        if len(known) < CALIBRATION_MIN_ITEMS:
             continue
         block = logits[known, offset:offset + size]
         block = block - block.max(axis=1, keepdims=True)

@@ -98,7 +98,7 @@ def test_calibration_undoes_over_and_under_confidence_and_keeps_every_prediction
         for block in (slice(0, SIZES[0]), slice(SIZES[0], None)):
             assert np.array_equal(calibrated[:, block].argmax(1), logits[:, block].argmax(1))
     unknown = val_codes.copy()
-    unknown[:, 1] = -1  # no labelled validation item for the second attribute: it keeps its logits
+    unknown[10:, 1] = -1  # 10 labelled validation items for the second attribute, too few: it keeps its logits
     cal_w, _, temperatures = calibrate(weights, bias, SIZES, val, unknown)
     assert temperatures[1] == 1.0 and np.array_equal(cal_w[:, SIZES[0]:], weights[:, SIZES[0]:])
 
